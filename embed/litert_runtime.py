@@ -1,0 +1,205 @@
+"""The fast CPU runtime: the Keras backbone exported to LiteRT and run with XNNPACK.
+
+Conversion is slow (seconds), so the ``.tflite`` is cached on disk keyed by backbone, input
+size and weights hash, and written atomically. The export is trusted only after it agrees with
+Keras on the first real batch; otherwise every batch goes to Keras and the manifest says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# First-batch agreement with Keras (cosine similarity of raw feature rows) needed to trust LiteRT.
+MIN_MEAN_COSINE = 0.999
+MIN_MIN_COSINE = 0.995
+
+
+def default_cache_dir() -> Path:
+    """`$EMBED_DOGS_CACHE/litert`, else `~/.cache/embed-dogs/litert`."""
+    root = os.environ.get("EMBED_DOGS_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "embed-dogs"
+    return base / "litert"
+
+
+def default_num_threads() -> int:
+    """CPU cores this process may use (respects affinity/cgroup pinning, unlike cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def model_cache_key(model: Any) -> str:
+    """Key for a model when the caller has none: name, input shape and weights hash."""
+    from embed.backbones import weights_sha256
+
+    shape = "x".join(str(d) for d in model.input_shape[1:])
+    return f"{model.name}-{shape}-{weights_sha256(model)}"
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity of matching rows; two all-zero rows count as identical."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    na = np.linalg.norm(a, axis=1)
+    nb = np.linalg.norm(b, axis=1)
+    cos = np.einsum("ij,ij->i", a, b) / np.maximum(na * nb, 1e-30)
+    return np.where((na < 1e-12) & (nb < 1e-12), 1.0, cos)
+
+
+def export_litert(model: Any, path: Path) -> Path:
+    """Export `model` to `path` (float32, no quantisation) via Keras' own LiteRT exporter.
+
+    Written to a temporary name in the same folder and renamed, so a crash or a concurrent
+    worker never leaves a half-written file under the cached name.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.tflite", dir=path.parent)
+    os.close(fd)
+    try:
+        model.export(tmp, format="litert", verbose=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class LiteRTRuntime:
+    """Runs a Keras backbone through LiteRT + XNNPACK, checked against Keras on first use.
+
+    Parameters are stored as given; state learned at run time ends in ``_``:
+    ``converted_`` (this instance exported the model), ``parity_`` (first-batch agreement),
+    ``fell_back_`` (Keras produces the vectors).
+
+    ``requested`` is what the user asked for (``auto`` or ``litert``), kept for the manifest.
+    ``tflite_path`` runs that file instead of the cached export (tests use it to force a
+    parity failure); ``min_mean_cosine``/``min_min_cosine`` set the parity bound.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        cache_key: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        num_threads: int | None = None,
+        tflite_path: str | os.PathLike[str] | None = None,
+        min_mean_cosine: float = MIN_MEAN_COSINE,
+        min_min_cosine: float = MIN_MIN_COSINE,
+        requested: str = "litert",
+    ) -> None:
+        from embed.runtimes import KerasRuntime
+
+        self.model = model
+        self.requested = requested
+        self.name = "litert"  # what actually produces the vectors; "keras" after a fall-back
+        self.cache_key = cache_key or model_cache_key(model)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.num_threads = num_threads or default_num_threads()
+        self.min_mean_cosine = min_mean_cosine
+        self.min_min_cosine = min_min_cosine
+        self.keras_ = KerasRuntime(model)
+        self.converted_ = False
+        self.parity_: dict[str, Any] | None = None
+        self.fell_back_ = False
+        self.error_: str | None = None
+        self._batch_size: int | None = None
+
+        if tflite_path is not None:
+            self.cache_file = Path(tflite_path)
+        else:
+            safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.cache_key)
+            self.cache_file = self.cache_dir / f"{safe}.tflite"
+        try:
+            if not self.cache_file.is_file():
+                log.info("converting %s to LiteRT at %s", self.cache_key, self.cache_file)
+                export_litert(model, self.cache_file)
+                self.converted_ = True
+            self._open()
+        except Exception as exc:  # conversion or loading failed: Keras still works
+            self._fall_back(f"LiteRT unavailable for {self.cache_key}: {exc}")
+
+    def _open(self) -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        # BUILTIN applies the default delegate, XNNPACK, to every op it supports.
+        self._interpreter = Interpreter(
+            model_path=str(self.cache_file),
+            num_threads=self.num_threads,
+            experimental_op_resolver_type=OpResolverType.BUILTIN,
+        )
+        (inp,) = self._interpreter.get_input_details()
+        (out,) = self._interpreter.get_output_details()
+        self._input_index = inp["index"]
+        self._output_index = out["index"]
+        self._dim = int(out["shape"][-1])
+        self._batch_size = None
+
+    def _fall_back(self, reason: str) -> None:
+        warnings.warn(f"{reason}; falling back to the Keras runtime", RuntimeWarning, stacklevel=3)
+        log.warning("%s; falling back to the Keras runtime", reason)
+        self.fell_back_ = True
+        self.name = "keras"
+        self.error_ = reason
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if len(batch) != self._batch_size:
+            # Re-planning memory is costly: do it only when the batch size changes.
+            self._interpreter.resize_tensor_input(self._input_index, list(batch.shape))
+            self._interpreter.allocate_tensors()
+            self._batch_size = len(batch)
+        self._interpreter.set_tensor(self._input_index, batch)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output_index)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """Raw features for a preprocessed float32 batch; the first batch also checks parity."""
+        if self.fell_back_:
+            return self.keras_.embed(batch)
+        if len(batch) == 0:
+            return np.zeros((0, self._dim), np.float32)
+        out = self._run(batch)
+        if self.parity_ is None:
+            reference = self.keras_.embed(batch)
+            cos = row_cosines(out, reference)
+            mean, low = float(cos.mean()), float(cos.min())
+            passed = mean >= self.min_mean_cosine and low >= self.min_min_cosine
+            self.parity_ = {
+                "mean_cosine": mean,
+                "min_cosine": low,
+                "passed": passed,
+                "rows": len(cos),
+            }
+            if not passed:
+                self._fall_back(
+                    f"LiteRT output disagrees with Keras on the first batch (cosine mean {mean:.5f}"
+                    f" < {self.min_mean_cosine} or min {low:.5f} < {self.min_min_cosine})"
+                )
+                return reference
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """What goes into the manifest: who produced the vectors, and why it was trusted."""
+        d: dict[str, Any] = {
+            "name": self.name,
+            "requested": self.requested,
+            "parity": self.parity_,
+            "num_threads": self.num_threads,
+            "cache_file": str(self.cache_file),
+            "cache_key": self.cache_key,
+        }
+        if self.error_:
+            d["fallback_reason"] = self.error_
+        return d
