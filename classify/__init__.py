@@ -1,0 +1,1 @@
+"""Breed heads over embeddings: fitting, evaluation and safe persistence."""

@@ -1,0 +1,103 @@
+"""Evaluation of a head on the test split: top-1/top-5, per breed, confusion matrix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embed.bundle import atomic_path, atomic_write_text
+
+MOST_CONFUSED = 10
+
+
+def top_k_from_probabilities(
+    probabilities: np.ndarray, classes: np.ndarray, k: int
+) -> list[list[tuple[str, float]]]:
+    """Per row, the k most likely classes with their probabilities, best first."""
+    k = min(k, len(classes))
+    order = np.argsort(-probabilities, axis=1)[:, :k]
+    return [
+        [(str(classes[j]), float(probabilities[i, j])) for j in row]
+        for i, row in enumerate(order)
+    ]
+
+
+def evaluate_probabilities(
+    probabilities: np.ndarray, classes: np.ndarray, labels: np.ndarray
+) -> dict[str, Any]:
+    """Metrics of predicted probabilities (columns = classes) against true labels."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    classes = np.asarray(classes)
+    index = {c: i for i, c in enumerate(classes)}
+    known = np.array([label in index for label in labels])
+    true_idx = np.array([index.get(label, -1) for label in labels])
+    order = np.argsort(-probabilities, axis=1)
+    top1 = order[:, 0]
+    top5_hit = (order[:, : min(5, len(classes))] == true_idx[:, None]).any(axis=1)
+    predicted = classes[top1]
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=classes, zero_division=0
+    )
+    matrix = confusion_matrix(labels, predicted, labels=classes)
+    pairs = [
+        {"true": str(classes[i]), "predicted": str(classes[j]), "count": int(matrix[i, j])}
+        for i, j in zip(*np.nonzero(matrix), strict=True)
+        if i != j
+    ]
+    pairs.sort(key=lambda p: (-p["count"], p["true"], p["predicted"]))
+    n = len(labels)
+    return {
+        "test_images": int(n),
+        "top1": float((top1 == true_idx).mean()) if n else 0.0,
+        "top5": float(top5_hit.mean()) if n else 0.0,
+        "unseen_breeds_in_test": int((~known).sum()),
+        "per_breed": [
+            {"breed": str(c), "precision": float(p), "recall": float(r), "f1": float(f),
+             "support": int(s)}
+            for c, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+        ],
+        "most_confused": pairs[:MOST_CONFUSED],
+        "classes": [str(c) for c in classes],
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def write_report(report_dir: str | Path, head: str, metrics: dict[str, Any]) -> dict[str, str]:
+    """metrics JSON, per-breed CSV and a confusion-matrix PNG; returns the files written."""
+    import json
+
+    import pandas as pd
+
+    report_dir = Path(report_dir)
+    files = {
+        "metrics": report_dir / f"{head}_metrics.json",
+        "per_breed": report_dir / f"{head}_per_breed.csv",
+        "confusion": report_dir / f"{head}_confusion.png",
+    }
+    atomic_write_text(files["metrics"], json.dumps(metrics, indent=2))
+    with atomic_path(files["per_breed"]) as tmp:
+        pd.DataFrame(metrics["per_breed"]).to_csv(tmp, index=False)
+    with atomic_path(files["confusion"]) as tmp:
+        plot_confusion(metrics, tmp, title=f"{head}: top-1 {metrics['top1']:.1%}")
+    return {k: str(v.relative_to(report_dir.parent)) for k, v in files.items()}
+
+
+def plot_confusion(metrics: dict[str, Any], path: str | Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    classes = metrics["classes"]
+    size = max(6.0, 0.35 * len(classes) + 3)
+    fig, ax = plt.subplots(figsize=(size, size))
+    display = ConfusionMatrixDisplay(np.array(metrics["confusion_matrix"]), display_labels=classes)
+    display.plot(ax=ax, xticks_rotation=90, colorbar=False, include_values=len(classes) <= 30)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)

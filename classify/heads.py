@@ -1,0 +1,78 @@
+"""Fitting, evaluating and recording a bundle's logistic-regression head; predicting with it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from classify.evaluation import evaluate_probabilities, top_k_from_probabilities, write_report
+from classify.logreg import DEFAULT_C, fit_logreg, load_head, save_head
+from embed.build import split_arrays
+from embed.bundle import Bundle
+from embed.errors import BundleError
+
+
+def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
+    """Fit on the train split, evaluate on test, save the head and report; update the manifest."""
+    splits = split_arrays(bundle)
+    x_train, y_train = splits["train"]
+    x_test, y_test = splits["test"]
+    start = time.perf_counter()
+    pipeline = fit_logreg(x_train, y_train, c)
+    seconds = time.perf_counter() - start
+    save_head(pipeline, bundle.head_path("logreg"))
+    classes = pipeline.classes_
+    metrics = (
+        evaluate_probabilities(pipeline.predict_proba(x_test), classes, y_test)
+        if len(x_test) else {"test_images": 0, "top1": None, "top5": None}
+    )
+    files = write_report(bundle.report_dir, "logreg", metrics) if len(x_test) else {}
+    record = {
+        "kind": "logreg",
+        "file": str(bundle.head_path("logreg").relative_to(bundle.root)),
+        "params": {"C": c, "random_state": 0},
+        "train_images": int(len(x_train)),
+        "breeds": int(len(classes)),
+        "train_seconds": round(seconds, 3),
+        "metrics": {k: metrics.get(k) for k in ("test_images", "top1", "top5")},
+        "report": files,
+    }
+    heads = bundle.manifest.get("heads") or {}
+    heads["logreg"] = record
+    bundle.update_manifest(heads=heads)
+    return record
+
+
+@dataclass
+class BreedPredictor:
+    """A loaded head: vectors in, ranked breeds with probabilities out."""
+
+    name: str
+    model: Any
+
+    @property
+    def classes(self) -> np.ndarray:
+        return np.asarray(self.model.classes_)
+
+    def predict_top_k(self, vectors: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
+        probabilities = self.model.predict_proba(np.atleast_2d(vectors))
+        return top_k_from_probabilities(probabilities, self.classes, k)
+
+
+def load_predictor(bundle: Bundle, head: str | None = None) -> BreedPredictor | None:
+    """The requested head, or the best recorded one; None when the bundle has no head."""
+    heads = bundle.manifest.get("heads") or {}
+    if head is None:
+        if not heads:
+            return None
+        head = max(heads, key=lambda h: heads[h].get("metrics", {}).get("top1") or 0.0)
+    if head not in heads:
+        raise BundleError(
+            f"bundle {bundle.root} has no {head!r} head (it has: {', '.join(heads) or 'none'})"
+        )
+    if head == "logreg":
+        return BreedPredictor("logreg", load_head(bundle.head_path("logreg")))
+    raise BundleError(f"head {head!r} cannot be loaded by this version of embed-dogs")

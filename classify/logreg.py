@@ -1,0 +1,65 @@
+"""The logistic-regression head: one seeded scikit-learn Pipeline, saved with skops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embed.bundle import atomic_path
+from embed.errors import BundleError
+
+DEFAULT_C = 1.0
+SEED = 0
+
+# Exactly the types a logreg head file may contain; anything else is refused on load.
+TRUSTED_TYPES = [
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.linear_model._logistic.LogisticRegression",
+]
+
+
+def make_logreg_pipeline(c: float = DEFAULT_C, max_iter: int = 2000) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return Pipeline([
+        ("scale", StandardScaler()),
+        ("logreg", LogisticRegression(C=c, max_iter=max_iter, random_state=SEED)),
+    ])
+
+
+def fit_logreg(vectors: np.ndarray, labels: np.ndarray, c: float = DEFAULT_C) -> Any:
+    """Fit on the train split; needs at least two breeds."""
+    breeds = np.unique(labels)
+    if len(breeds) < 2:
+        raise BundleError(
+            f"a breed classifier needs at least two breeds in the train split, found {len(breeds)}"
+        )
+    return make_logreg_pipeline(c).fit(vectors, labels)
+
+
+def save_head(pipeline: Any, path: str | Path) -> None:
+    import skops.io as sio
+
+    with atomic_path(path) as tmp:
+        sio.dump(pipeline, tmp)
+
+
+def load_head(path: str | Path) -> Any:
+    """Load with an explicit allow-list: a swapped file with other types is refused."""
+    import skops.io as sio
+
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"no logistic-regression head at {path}; rebuild with build-index")
+    untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
+    if untrusted:
+        raise BundleError(
+            f"{path} contains types that are not trusted ({', '.join(untrusted)}); refusing"
+            " to load it. Rebuild the head with `embed-dogs build-index`"
+        )
+    return sio.load(path, trusted=TRUSTED_TYPES)

@@ -1,0 +1,1 @@
+"""Embedding stage: sources, input pipeline, backbones, runtimes, bundle layout and the CLI."""

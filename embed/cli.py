@@ -1,0 +1,274 @@
+"""`embed-dogs`: thin commands over the library; they parse options, own the progress bar and
+turn the library's expected failures into one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from embed.errors import EmbedDogsError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+
+app = typer.Typer(
+    help="Embed dog photos with a pretrained backbone, search look-alikes with FAISS and "
+    "classify breeds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+BundleOpt = Annotated[
+    Path, typer.Option("--bundle", "-b", help="Bundle folder written by build-index.")
+]
+HeadOpt = Annotated[
+    str | None, typer.Option(help="Breed head: logreg or finetune (default: best on test).")
+]
+RuntimeOpt = Annotated[
+    str | None,
+    typer.Option(help="auto | litert | keras (default: what the bundle was built with)."),
+]
+
+
+@contextmanager
+def clear_errors() -> Iterator[None]:
+    """Expected failures become one line on stderr and exit code 2; never a traceback."""
+    try:
+        yield
+    except EmbedDogsError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted; nothing half-written was left behind[/]")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int], Callable[[int], None]]]:
+    """Yields `start(total) -> advance(n)`, a rich bar with images/s."""
+    columns = [
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err, transient=False) as bar:
+        def start(total: int) -> Callable[[int], None]:
+            task = bar.add_task(description, total=total, rate="-")
+
+            def advance(n: int) -> None:
+                bar.advance(task, n)
+                t = bar.tasks[task]
+                if t.elapsed:
+                    bar.update(task, rate=f"{t.completed / t.elapsed:.1f}")
+
+            return advance
+
+        yield start
+
+
+@app.command("build-index")
+def build_index(
+    source: Annotated[str, typer.Option(
+        help="tfds:NAME (tensorflow-datasets) or a folder: ROOT/<breed>/<images>.")
+    ] = "tfds:stanford_dogs",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write.")] = Path(
+        "dogs-bundle"
+    ),
+    backbone: Annotated[str, typer.Option(help="Backbone name; see `embed-dogs backbones`.")] = (
+        "mobilenet_v2"
+    ),
+    weights: Annotated[str, typer.Option(
+        help="imagenet (Keras download, cached under $KERAS_HOME), a weights file, or none.")
+    ] = "imagenet",
+    image_size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 64,
+    index: Annotated[str, typer.Option(help="auto | flat | hnsw | ivf")] = "auto",
+    memory_budget: Annotated[str, typer.Option(help="Index memory budget for auto, e.g. 2G.")] = (
+        "2G"
+    ),
+    runtime: Annotated[str, typer.Option(help="auto | litert | keras")] = "auto",
+    test_fraction: Annotated[float, typer.Option(
+        min=0.0, max=0.9, help="Hold-out share for folders without their own split.")
+    ] = 0.2,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+) -> None:
+    """Embed every image of a source into a bundle, build its FAISS index and breed head."""
+    with clear_errors(), progress_bar("embedding") as start:
+        from embed.workflows import build_bundle
+
+        result = build_bundle(
+            source=source, out=out, backbone=backbone, weights=weights, image_size=image_size,
+            batch_size=batch_size, index_kind=index, memory_budget=memory_budget,
+            runtime=runtime, test_fraction=test_fraction, overwrite=overwrite,
+            on_source=lambda src: start(len(src.items)),
+        )
+    m = result.manifest
+    idx = m["index"] or {}
+    head = (m.get("heads") or {}).get("logreg", {}).get("metrics", {})
+    table = Table(title=f"bundle {result.bundle}", show_header=False)
+    table.add_row("backbone", f"{m['backbone']['name']} @ {m['backbone']['image_size']}px, "
+                  f"runtime {m['backbone']['runtime']['name']}")
+    table.add_row("images embedded", str(result.stats.embedded))
+    table.add_row("skipped", f"{result.stats.skipped}" + (
+        f" (see {result.bundle / 'skipped.csv'})" if result.stats.skipped else ""))
+    table.add_row("throughput", f"{result.stats.images_per_second:.1f} images/s")
+    table.add_row("index", f"{idx.get('kind')} ({idx.get('factory')}), "
+                  f"recall@10 {idx.get('recall@10')}")
+    if head.get("top1") is not None:
+        table.add_row("test top-1 / top-5",
+                      f"{head['top1']:.1%} / {head['top5']:.1%} on {head['test_images']} images")
+    else:
+        table.add_row("breed head", "none (unlabelled source or no test images)")
+    console.print(table)
+
+
+@app.command()
+def classify(
+    folder: Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).")],
+    bundle: BundleOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV file to write.")] = Path(
+        "predictions.csv"
+    ),
+    top_k: Annotated[int, typer.Option(min=1, help="Breeds per image.")] = 5,
+    head: HeadOpt = None,
+    runtime: RuntimeOpt = None,
+) -> None:
+    """Predict the breed of every photo under FOLDER and its nearest look-alike, into a CSV."""
+    with clear_errors(), progress_bar("classifying") as start:
+        from embed.workflows import classify_folder, open_for_queries
+
+        ctx = open_for_queries(bundle, head, runtime)
+        summary = classify_folder(ctx, folder, out, top_k, on_start=start)
+    console.print(
+        f"{summary['classified']} of {summary['images']} images classified"
+        + (f", {summary['failed']} could not be read (see the error column)"
+           if summary["failed"] else "")
+        + f"; head: {summary['head'] or 'none'}; wrote {summary['out']}"
+    )
+
+
+@app.command()
+def search(
+    image: Annotated[Path, typer.Argument(help="A photo to find look-alikes of.")],
+    bundle: BundleOpt,
+    k: Annotated[int, typer.Option("-k", min=1, help="How many look-alikes.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = (
+        False
+    ),
+    runtime: RuntimeOpt = None,
+) -> None:
+    """The k dataset images most similar to IMAGE, with similarity and breed."""
+    with clear_errors():
+        from embed.images import ImageDecodeError
+        from embed.workflows import open_for_queries, search_image
+
+        if not image.is_file():
+            raise EmbedDogsError(f"image {image} does not exist")
+        ctx = open_for_queries(bundle, runtime=runtime)
+        try:
+            hits = search_image(ctx, image, k)
+        except ImageDecodeError as exc:
+            raise EmbedDogsError(f"cannot use {image}: {exc}") from None
+    if as_json:
+        print(json.dumps(hits, indent=2))
+        return
+    table = Table(title=f"look-alikes of {image}")
+    for col in ("rank", "score", "breed", "path"):
+        table.add_column(col)
+    for rank, hit in enumerate(hits, start=1):
+        table.add_row(str(rank), f"{hit['score']:.4f}", str(hit["label"] or "-"), hit["path"])
+    console.print(table)
+
+
+@app.command()
+def evaluate(bundle: BundleOpt) -> None:
+    """Print the stored test metrics of the bundle's breed heads."""
+    with clear_errors():
+        from embed.bundle import Bundle
+
+        b = Bundle.open(bundle)
+        heads = b.manifest.get("heads") or {}
+        if not heads:
+            raise EmbedDogsError(f"bundle {bundle} has no breed head (was its source labelled?)")
+        for name, record in heads.items():
+            metrics = json.loads((b.root / record["report"]["metrics"]).read_text()) if (
+                record.get("report")) else record["metrics"]
+            table = Table(title=f"head {name}: test top-1 {metrics['top1']:.1%}, "
+                          f"top-5 {metrics['top5']:.1%} ({metrics['test_images']} images)")
+            for col in ("breed", "precision", "recall", "support"):
+                table.add_column(col)
+            for row in metrics.get("per_breed", []):
+                table.add_row(row["breed"], f"{row['precision']:.2f}", f"{row['recall']:.2f}",
+                              str(row["support"]))
+            console.print(table)
+            for pair in metrics.get("most_confused", [])[:5]:
+                console.print(f"  confused: {pair['true']} -> {pair['predicted']}"
+                              f" ({pair['count']})")
+
+
+@app.command()
+def info(
+    bundle: BundleOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw manifest.")] = False,
+) -> None:
+    """What the bundle's manifest says: backbone, source, counts, index, heads, versions."""
+    with clear_errors():
+        from embed.bundle import Bundle
+
+        manifest = Bundle.open(bundle).manifest
+    if as_json:
+        print(json.dumps(manifest, indent=2))
+        return
+    table = Table(title=f"bundle {bundle}", show_header=False)
+    bb, src, idx = manifest["backbone"], manifest["source"], manifest.get("index") or {}
+    table.add_row("created", manifest["created_at"])
+    table.add_row("backbone", f"{bb['name']} @ {bb['image_size']}px, dim {bb['dim']}, "
+                  f"preprocessing {bb['preprocessing']}")
+    table.add_row("weights", f"{bb['weights']} (sha256 {bb['weights_sha256'][:16]}…)")
+    table.add_row("runtime", json.dumps(bb.get("runtime")))
+    table.add_row("source", f"{src['kind']} {src['location']}, splits {src['splits']}")
+    table.add_row("counts", json.dumps(manifest.get("counts")))
+    table.add_row("index", f"{idx.get('kind')} {idx.get('factory')}, "
+                  f"recall@10 {idx.get('recall@10')}")
+    for name, head in (manifest.get("heads") or {}).items():
+        table.add_row(f"head {name}", json.dumps(head.get("metrics")))
+    table.add_row("versions", ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()))
+    console.print(table)
+
+
+@app.command()
+def backbones() -> None:
+    """List the registered backbones with input size, preprocessing and embedding size."""
+    from embed.backbones import get_backbone, known_backbones
+
+    table = Table()
+    for col in ("name", "keras", "default size", "preprocessing", "dim"):
+        table.add_column(col)
+    for name in known_backbones():
+        s = get_backbone(name)
+        kw = ", ".join(f"{k}={v}" for k, v in s.builder_kwargs.items())
+        table.add_row(name, f"{s.keras_name}({kw})", str(s.default_image_size), s.preprocessing,
+                      str(s.dim))
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> Any:  # pragma: no cover - console entry
+    return app(argv if argv is not None else sys.argv[1:])

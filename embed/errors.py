@@ -1,0 +1,25 @@
+"""Exceptions the CLI and the app turn into one clear line: each says what to do next."""
+
+
+class EmbedDogsError(Exception):
+    """Base class for every expected failure; its message is shown to the user as is."""
+
+
+class UnknownBackboneError(EmbedDogsError):
+    pass
+
+
+class WeightsUnavailableError(EmbedDogsError):
+    pass
+
+
+class SourceError(EmbedDogsError):
+    pass
+
+
+class BundleError(EmbedDogsError):
+    pass
+
+
+class IncompatibleBundleError(BundleError):
+    pass

@@ -1,0 +1,14 @@
+"""Breed names cleaned one way for every source: `n02085620-Chihuahua` -> `chihuahua`."""
+
+from __future__ import annotations
+
+import re
+
+_WNID_PREFIX = re.compile(r"^n\d{8}[-_]")
+
+
+def clean_breed_name(raw: str) -> str:
+    """Drop a WordNet id prefix, lower-case, and join words with underscores."""
+    name = _WNID_PREFIX.sub("", raw.strip())
+    name = re.sub(r"[\s\-]+", "_", name.lower())
+    return re.sub(r"_+", "_", name).strip("_")

@@ -1,0 +1,193 @@
+"""Where images come from: a local folder or a tensorflow-datasets dataset.
+
+A source is a plain list of :class:`ImageItem` (row id, reference, label, split) plus a way
+to read an item's bytes. Items are small; pixels are only ever decoded inside the pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embed.errors import SourceError
+from embed.labels import clean_breed_name
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+DEFAULT_SOURCE = "tfds:stanford_dogs"
+DEFAULT_TEST_FRACTION = 0.2
+DEFAULT_SPLIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    row_id: int
+    ref: str  # absolute file path, or "tfds:<name>/<split>/<file name>"
+    label: str | None
+    split: str  # "train", "test" or "none" (unlabelled)
+
+
+@dataclass
+class Source:
+    """A resolved source: its items and, for tfds, a reader of encoded bytes in item order."""
+
+    kind: str  # "folder" or "tfds"
+    location: str
+    items: list[ImageItem]
+    split_origin: str  # "dataset", "hold_out", or "none"
+    extra: dict[str, Any] = field(default_factory=dict)
+    tfds_builder: Any = None  # for tfds: encoded images are read from here, split by split
+    tfds_splits: tuple[str, ...] = ()
+
+    @property
+    def labelled(self) -> bool:
+        return any(item.label is not None for item in self.items)
+
+    def breeds(self) -> list[str]:
+        return sorted({item.label for item in self.items if item.label is not None})
+
+    def describe(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for item in self.items:
+            counts[item.split] = counts.get(item.split, 0) + 1
+        return {
+            "kind": self.kind,
+            "location": self.location,
+            "splits": counts,
+            "split_origin": self.split_origin,
+            "breeds": len(self.breeds()),
+            "images": len(self.items),
+            **self.extra,
+        }
+
+
+def find_images(root: Path) -> Iterator[Path]:
+    """Image files under root, recursively, sorted; links that leave root are not followed."""
+    root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            resolved = path.resolve()
+            if not resolved.is_relative_to(root) or not resolved.is_file():
+                continue
+            yield path
+
+
+def stratified_hold_out(
+    labels: list[str | None], test_fraction: float, seed: int
+) -> list[str]:
+    """Seeded per-breed split: round(n * fraction) of each breed to test, at least one train."""
+    rng = np.random.default_rng(seed)
+    splits = ["none" if label is None else "train" for label in labels]
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        if label is not None:
+            by_label.setdefault(label, []).append(i)
+    for label in sorted(by_label):
+        idx = np.array(by_label[label])
+        n_test = min(int(round(len(idx) * test_fraction)), len(idx) - 1)
+        for i in rng.permutation(idx)[:n_test]:
+            splits[i] = "test"
+    return splits
+
+
+def folder_source(
+    root: str | Path,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    seed: int = DEFAULT_SPLIT_SEED,
+) -> Source:
+    """`ROOT/<breed>/**/<image>` is labelled by its top folder; images directly in ROOT are not.
+
+    A top folder named `train` or `test` holding breed folders gives its own split instead of
+    the seeded hold-out.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise SourceError(f"image folder {root} does not exist; pass --source PATH to a folder")
+    root = root.resolve()
+    paths = list(find_images(root))
+    if not paths:
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise SourceError(f"no images found under {root} (looked for {exts})")
+    rel_parts = [p.relative_to(root).parts for p in paths]
+    own_split = all(len(parts) >= 3 and parts[0] in ("train", "test") for parts in rel_parts)
+    labels: list[str | None] = []
+    splits: list[str]
+    if own_split:
+        labels = [clean_breed_name(parts[1]) for parts in rel_parts]
+        splits = [parts[0] for parts in rel_parts]
+        origin = "dataset"
+    else:
+        labels = [clean_breed_name(parts[0]) if len(parts) >= 2 else None for parts in rel_parts]
+        splits = stratified_hold_out(labels, test_fraction, seed)
+        origin = "hold_out" if any(label is not None for label in labels) else "none"
+    items = [
+        ImageItem(row_id=i, ref=str(path), label=label, split=split)
+        for i, (path, label, split) in enumerate(zip(paths, labels, splits, strict=True))
+    ]
+    extra = {"test_fraction": test_fraction, "split_seed": seed} if origin == "hold_out" else {}
+    return Source("folder", str(root), items, origin, extra)
+
+
+def tfds_source(name: str, data_dir: str | None = None) -> Source:
+    """A tensorflow-datasets dataset with its own train/test splits and label names."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        builder.download_and_prepare()
+    except Exception as exc:
+        raise SourceError(
+            f"could not load tfds:{name} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})."
+            " Download it once online (or place it in the tfds data dir), or pass --source PATH"
+            " to a local image folder"
+        ) from exc
+    info = builder.info
+    label_names = [clean_breed_name(n) for n in info.features["label"].names]
+    splits = [s for s in ("train", "test") if s in info.splits] or sorted(info.splits)
+    items: list[ImageItem] = []
+    for split in splits:
+        ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        for label, filename in ds.map(_label_and_name).as_numpy_iterator():
+            fname = filename.decode() if isinstance(filename, bytes) else str(filename)
+            ref = f"tfds:{name}/{split}/{fname or len(items)}"
+            items.append(ImageItem(len(items), ref, label_names[int(label)], split))
+
+    return Source(
+        "tfds", f"tfds:{name}", items, "dataset", {"tfds_version": tfds.__version__},
+        tfds_builder=builder, tfds_splits=tuple(splits),
+    )
+
+
+def _label_and_name(example: dict[str, Any]) -> tuple[Any, Any]:
+    return example["label"], example.get("image/filename", "")
+
+
+def encoded_images(source: Source) -> Any:
+    """For a tfds source: a tf.data.Dataset of encoded image bytes in item order."""
+    import tensorflow_datasets as tfds
+
+    datasets = [
+        source.tfds_builder.as_dataset(
+            split=split, decoders={"image": tfds.decode.SkipDecoding()}
+        ).map(lambda ex: ex["image"])
+        for split in source.tfds_splits
+    ]
+    ds = datasets[0]
+    for more in datasets[1:]:
+        ds = ds.concatenate(more)
+    return ds
+
+
+def open_source(spec: str, **kwargs: Any) -> Source:
+    """`tfds:NAME` or a folder path."""
+    if spec.startswith("tfds:"):
+        return tfds_source(spec[len("tfds:"):], data_dir=kwargs.get("data_dir"))
+    return folder_source(spec, **{k: v for k, v in kwargs.items() if k != "data_dir"})

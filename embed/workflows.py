@@ -1,0 +1,163 @@
+"""The commands' library functions: the composition root of embed, index and classify.
+
+This module and `embed.cli` are the only parts of `embed` that call into `index` and
+`classify`, and they import them inside functions, so `embed-dogs --help` stays instant and the
+rest of `embed` knows nothing of FAISS or scikit-learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embed.build import EmbedStats, ProgressCallback, embed_source_into
+from embed.bundle import DEFAULT_ROWS_PER_SHARD, Bundle, atomic_path, new_manifest, staged_bundle
+from embed.embedder import Embedder, embedder_for_bundle, load_embedder
+from embed.errors import SourceError
+from embed.pipeline import iter_embedded_batches
+from embed.sources import DEFAULT_SOURCE, ImageItem, Source, find_images, open_source
+
+
+@dataclass
+class BuildResult:
+    bundle: Path
+    stats: EmbedStats
+    manifest: dict[str, Any]
+
+
+def build_bundle(
+    source: str = DEFAULT_SOURCE,
+    out: str | Path = "dogs-bundle",
+    backbone: str = "mobilenet_v2",
+    weights: str | None = "imagenet",
+    image_size: int | None = None,
+    batch_size: int = 64,
+    index_kind: str = "auto",
+    memory_budget: str = "2G",
+    runtime: str = "auto",
+    test_fraction: float = 0.2,
+    overwrite: bool = False,
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+    on_source: Callable[[Source], ProgressCallback | None] | None = None,
+) -> BuildResult:
+    """Source -> embeddings -> index -> (if labelled) logistic-regression head and report."""
+    from classify.heads import train_logreg_head
+    from index.lookalikes import build_bundle_index
+
+    src = open_source(source, test_fraction=test_fraction)
+    embedder = load_embedder(backbone, weights, image_size, runtime)
+    on_progress = on_source(src) if on_source else None
+    with staged_bundle(out, overwrite=overwrite) as bundle:
+        bundle.write_manifest(new_manifest(embedder.identity(), src.describe()))
+        stats = embed_source_into(bundle, src, embedder, batch_size, rows_per_shard, on_progress)
+        bundle.update_manifest(
+            backbone=embedder.identity(),  # the runtime now records its parity figures
+            counts={"images": len(src.items), "embedded": stats.embedded,
+                    "skipped": stats.skipped},
+            embeddings={"shards": stats.shards, "rows_per_shard": rows_per_shard,
+                        "dtype": "float32", "normalised": "l2",
+                        "images_per_second": round(stats.images_per_second, 2)},
+        )
+        bundle.update_manifest(index=build_bundle_index(bundle, index_kind, memory_budget))
+        if src.labelled and stats.embedded:
+            train_logreg_head(bundle)
+        # the manifest is complete only now; the folder appears under its name after this block
+        manifest = bundle.manifest
+    return BuildResult(Path(out).expanduser().resolve(), stats, manifest)
+
+
+@dataclass
+class QueryContext:
+    """What answering queries on a bundle needs, loaded once (the app caches this)."""
+
+    bundle: Bundle
+    embedder: Embedder
+    index: Any  # index.lookalikes.LookalikeIndex
+    predictor: Any  # classify.heads.BreedPredictor | None
+
+
+def open_for_queries(
+    bundle_dir: str | Path, head: str | None = None, runtime: str | None = None
+) -> QueryContext:
+    from classify.heads import load_predictor
+    from index.lookalikes import LookalikeIndex
+
+    bundle = Bundle.open(bundle_dir)
+    index = LookalikeIndex(bundle)
+    predictor = load_predictor(bundle, head)
+    embedder = embedder_for_bundle(bundle.manifest, runtime)
+    return QueryContext(bundle, embedder, index, predictor)
+
+
+def search_vectors(ctx: QueryContext, vectors: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+    return [[vars(n) for n in hits] for hits in ctx.index.search(vectors, k)]
+
+
+def search_image(ctx: QueryContext, image: str | Path, k: int = 8) -> list[dict[str, Any]]:
+    """The k dataset images most similar to one image file."""
+    from embed.images import read_and_decode
+
+    _, decoded = read_and_decode(str(image), ctx.embedder.image_size)
+    vector = ctx.embedder.embed_pixels(decoded.pixels[None])
+    return search_vectors(ctx, vector, k)[0]
+
+
+def classify_folder(
+    ctx: QueryContext,
+    folder: str | Path,
+    out_csv: str | Path,
+    top_k: int = 5,
+    batch_size: int = 32,
+    on_start: Callable[[int], ProgressCallback | None] | None = None,
+) -> dict[str, Any]:
+    """One CSV row per image under folder: top-k breeds, nearest look-alike, or the error."""
+    import pandas as pd
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise SourceError(f"folder {folder} does not exist")
+    paths = list(find_images(folder))
+    if not paths:
+        raise SourceError(f"no images found under {folder}")
+    items = [ImageItem(i, str(p), None, "none") for i, p in enumerate(paths)]
+    on_progress = on_start(len(items)) if on_start else None
+    rows: list[dict[str, Any]] = []
+    for step in iter_embedded_batches(
+        items, ctx.embedder.spec.preprocessing, ctx.embedder.image_size, batch_size,
+        ctx.embedder.runtime,
+    ):
+        b = step.batch
+        ranked = ctx.predictor.predict_top_k(step.vectors, top_k) if (
+            ctx.predictor is not None and len(step.vectors)) else []
+        nearest = ctx.index.search(step.vectors, 1) if len(step.vectors) else []
+        j = 0
+        for i, row_id in enumerate(b.row_ids.tolist()):
+            row: dict[str, Any] = {"path": items[row_id].ref}
+            if not b.ok[i]:
+                row["error"] = b.reasons[i]
+                rows.append(row)
+                continue
+            row["error"] = ""
+            for rank, (breed, prob) in enumerate(ranked[j] if ranked else [], start=1):
+                row[f"breed_{rank}"] = breed
+                row[f"prob_{rank}"] = round(prob, 6)
+            if nearest and nearest[j]:
+                hit = nearest[j][0]
+                row["lookalike_path"] = hit.path
+                row["lookalike_breed"] = hit.label
+                row["lookalike_score"] = round(hit.score, 6)
+            rows.append(row)
+            j += 1
+        if on_progress:
+            on_progress(len(b.row_ids))
+    table = pd.DataFrame(rows)
+    out_csv = Path(out_csv)
+    with atomic_path(out_csv) as tmp:
+        table.to_csv(tmp, index=False)
+    failed = int((table["error"] != "").sum())
+    return {"images": len(rows), "classified": len(rows) - failed, "failed": failed,
+            "out": str(out_csv), "head": ctx.predictor.name if ctx.predictor else None}

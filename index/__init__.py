@@ -1,0 +1,1 @@
+"""FAISS look-alike search over a bundle's normalised embeddings."""
