@@ -1,0 +1,97 @@
+"""Shared fixtures: seeded synthetic dog-ish images in a few classes and a tiny backbone.
+
+The tiny backbone has random (seeded) weights and is registered only for tests, so the core
+suite needs neither downloads nor ../shared.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from embed.backbones import BackboneSpec, register_backbone  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+TINY = "tiny_test"
+TINY_SIZE = 32
+TINY_DIM = 16
+CLASSES = {"Beagle": (200, 120, 60), "n02085620-Chihuahua": (60, 110, 210), "samoyed": (235, 235, 230)}
+
+
+def build_tiny_backbone(input_shape: tuple[int, int, int], weights: str | None = None):
+    """A few conv layers and average pooling: fast, deterministic, image-sensitive."""
+    import keras
+
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = keras.layers.Conv2D(TINY_DIM, 3, strides=2, activation="relu")(x)
+    outputs = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, outputs, name="tiny_test")
+    if weights not in (None, "imagenet"):
+        model.load_weights(weights)
+    return model
+
+
+register_backbone(
+    BackboneSpec(TINY, "", TINY_SIZE, "tf", TINY_DIM, custom_builder=build_tiny_backbone),
+    replace=True,
+)
+
+
+def make_image(colour: tuple[int, int, int], rng: np.random.Generator,
+               size: tuple[int, int] = (48, 40)) -> Image.Image:
+    """A noisy image dominated by one colour, with a bright square at a random place."""
+    w, h = size
+    arr = np.clip(np.array(colour) + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
+    x, y = rng.integers(0, w // 2), rng.integers(0, h // 2)
+    arr[y:y + h // 3, x:x + w // 3] = 255 - np.array(colour, dtype=np.uint8)
+    return Image.fromarray(arr)
+
+
+def write_dataset(root: Path, per_class: int = 10, seed: int = 0) -> Path:
+    """ROOT/<class>/<i>.jpg for each class, deterministic."""
+    rng = np.random.default_rng(seed)
+    for name, colour in CLASSES.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            make_image(colour, rng).save(folder / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 labelled images in 3 classes (10 each); never modified by tests."""
+    return write_dataset(tmp_path_factory.mktemp("dataset") / "dogs")
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete bundle of `dataset` built with the tiny backbone (read-only for tests)."""
+    from embed.workflows import build_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    build_bundle(source=str(dataset), out=out, backbone=TINY, weights="none",
+                 batch_size=8, runtime="keras", rows_per_shard=7)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Converted-model caches go to a per-session temp folder, never the user's home."""
+    monkeypatch.setenv("EMBED_DOGS_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared/data, or skip the test when it is absent (users' machines)."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (only on the team's machines and CI)")
+    return path
