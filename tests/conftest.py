@@ -22,7 +22,11 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 TINY = "tiny_test"
 TINY_SIZE = 32
 TINY_DIM = 16
-CLASSES = {"Beagle": (200, 120, 60), "n02085620-Chihuahua": (60, 110, 210), "samoyed": (235, 235, 230)}
+CLASSES = {
+    "Beagle": (200, 120, 60),
+    "n02085620-Chihuahua": (60, 110, 210),
+    "samoyed": (235, 235, 230),
+}
 
 
 def build_tiny_backbone(input_shape: tuple[int, int, int], weights: str | None = None):
