@@ -1,0 +1,323 @@
+"""The app's logic as plain functions (no Streamlit): which bundle, queries, uploads, look-alike
+galleries with a breed filter, the 2-D map and the report.
+
+Pages call these and only lay out the results, so everything here is tested without a browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embed.bundle import Bundle
+from embed.errors import EmbedDogsError
+from embed.images import ImageDecodeError
+
+BUNDLE_ENV = "EMBED_DOGS_BUNDLE"
+MAX_UPLOAD_ENV = "EMBED_DOGS_UI_MAX_UPLOAD_MB"
+MAX_UPLOAD_MB = 10
+UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
+NOT_SURE_BELOW = 0.5  # top-1 probability under this is shown as "not sure"
+TOP_BREEDS = 5
+UNLABELLED = "(unlabelled)"
+FILTERS = {"all": "All breeds", "same": "Same breed as prediction", "other": "Other breeds"}
+
+
+# ---- which bundle ---------------------------------------------------------------------------
+def bundle_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> str | None:
+    """`--bundle DIR` after `streamlit run ui/app.py --`, else `$EMBED_DOGS_BUNDLE`, else None."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--bundle")
+    known, _ = parser.parse_known_args(list(argv))
+    value = known.bundle or environ.get(BUNDLE_ENV) or None
+    return str(Path(value).expanduser().resolve()) if value else None
+
+
+def build_instructions(bundle: str | None) -> str:
+    """The commands that make a bundle and open it in the app."""
+    out = bundle or "dogs-bundle"
+    return (
+        f"embed-dogs build-index --source tfds:stanford_dogs --out {out}\n"
+        f"# or a folder of photos, one sub-folder per breed: --source PHOTOS/\n"
+        f"embed-dogs ui --bundle {out}"
+    )
+
+
+# ---- queries ---------------------------------------------------------------------------------
+class UploadRejected(EmbedDogsError):
+    """An uploaded file the app will not use; the message says why, for the user."""
+
+
+@dataclass
+class Query:
+    """The photo whose breed and look-alikes are shown."""
+
+    vector: np.ndarray
+    name: str
+    position: int | None = None  # its row in the bundle, when the photo is a dataset image
+    label: str | None = None  # its known breed, for dataset images
+    image: bytes | None = field(default=None, repr=False)  # display JPEG for uploads
+
+
+def max_upload_mb(environ: Mapping[str, str] | None = None) -> int:
+    """The upload size limit in MB (`$EMBED_DOGS_UI_MAX_UPLOAD_MB`, default 10)."""
+    raw = (environ if environ is not None else os.environ).get(MAX_UPLOAD_ENV)
+    try:
+        return max(1, int(raw)) if raw else MAX_UPLOAD_MB
+    except ValueError:
+        return MAX_UPLOAD_MB
+
+
+def query_from_upload(name: str, data: bytes, embedder: Any, limit_mb: int | None = None) -> Query:
+    """Embed an uploaded or camera photo; UploadRejected (with a clear message) if unusable."""
+    from ui.thumbnails import display_jpeg
+
+    limit_mb = limit_mb or max_upload_mb()
+    if len(data) > limit_mb * 1024 * 1024:
+        raise UploadRejected(
+            f"{name} is {len(data) / 1024 / 1024:.1f} MB; photos up to {limit_mb} MB are"
+            " accepted. Please use a smaller photo."
+        )
+    try:
+        vector = np.asarray(embedder.embed_image_bytes(data), np.float32)
+        image = display_jpeg(data)
+    except ImageDecodeError as exc:
+        raise UploadRejected(
+            f"{name} could not be read as a photo ({exc}). Upload a JPG, PNG or WebP image."
+        ) from None
+    except (OSError, ValueError, SyntaxError) as exc:  # decodable for the model, not for display
+        raise UploadRejected(f"{name} could not be shown ({exc}).") from None
+    return Query(vector, name, image=image)
+
+
+class ShardVectors:
+    """Row look-up in the bundle's memory-mapped shards: one vector without loading them all."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.shards = list(bundle.iter_embedding_shards())
+        self.starts = np.cumsum([0] + [len(s) for s in self.shards])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def row(self, position: int) -> np.ndarray:
+        if not 0 <= position < len(self):
+            raise IndexError(f"row {position} is outside the bundle's {len(self)} rows")
+        shard = int(np.searchsorted(self.starts, position, side="right")) - 1
+        return np.array(self.shards[shard][position - self.starts[shard]], np.float32)
+
+
+def query_from_row(vectors: ShardVectors, metadata: Any, position: int) -> Query:
+    """A dataset image as the query, with its stored embedding."""
+    row = metadata.iloc[int(position)]
+    label = row["label"] if isinstance(row["label"], str) else None
+    return Query(vectors.row(int(position)), file_name(str(row["path"])), int(position), label)
+
+
+def file_name(path: str) -> str:
+    """The last part of a file path or tfds reference, for captions."""
+    return path.rstrip("/").replace(":", "/").rsplit("/", 1)[-1] or path
+
+
+# ---- predictions -----------------------------------------------------------------------------
+@dataclass
+class Prediction:
+    """Top breeds with probabilities and whether the best one is sure enough to name."""
+
+    ranked: list[tuple[str, float]]
+    threshold: float = NOT_SURE_BELOW
+
+    @property
+    def breed(self) -> str:
+        return self.ranked[0][0]
+
+    @property
+    def probability(self) -> float:
+        return self.ranked[0][1]
+
+    @property
+    def sure(self) -> bool:
+        return self.probability >= self.threshold
+
+    def table(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.ranked, columns=["breed", "probability"])
+
+
+def predict(predictor: Any, vector: np.ndarray, k: int = TOP_BREEDS,
+            threshold: float = NOT_SURE_BELOW) -> Prediction | None:
+    """The head's top-k breeds for one vector; None when the bundle has no head."""
+    if predictor is None:
+        return None
+    return Prediction(predictor.predict_top_k(np.atleast_2d(vector), k)[0], threshold)
+
+
+# ---- look-alikes -----------------------------------------------------------------------------
+def lookalikes(index: Any, vector: np.ndarray, k: int, mode: str = "all",
+               breed: str | None = None, exclude: int | None = None) -> list[Any]:
+    """The k nearest dataset rows, optionally only `breed` ("same") or all but it ("other").
+
+    `exclude` drops the query's own row. The index is asked for more rows until k survive the
+    filter (or the whole collection was searched).
+    """
+    from index.lookalikes import Neighbour
+
+    if mode not in FILTERS:
+        raise ValueError(f"unknown filter {mode!r}; expected one of {', '.join(FILTERS)}")
+    meta = index.metadata
+    total = int(index.index.ntotal)
+    labels = meta["label"].to_numpy(dtype=object)
+    query = np.ascontiguousarray(np.atleast_2d(vector), dtype=np.float32)
+    fetch = k + 1 if mode == "all" else 4 * k
+    while True:
+        fetch = min(fetch, total)
+        scores, positions = index.index.search(query, fetch)
+        scores, positions = scores[0], positions[0]
+        keep = positions >= 0
+        if exclude is not None:
+            keep &= positions != exclude
+        if mode != "all":
+            same = labels[np.where(positions >= 0, positions, 0)] == breed
+            keep &= same if mode == "same" else ~same
+        if keep.sum() >= k or fetch >= total:
+            break
+        fetch *= 4
+    hits = []
+    for score, pos in list(zip(scores[keep], positions[keep], strict=True))[:k]:
+        row = meta.iloc[int(pos)]
+        label = row["label"] if isinstance(row["label"], str) else None
+        hits.append(Neighbour(int(pos), int(row["row_id"]), float(score), str(row["path"]),
+                              label, str(row["split"])))
+    return hits
+
+
+# ---- browsing --------------------------------------------------------------------------------
+def breed_positions(metadata: Any) -> dict[str, np.ndarray]:
+    """Breed -> its rows (bundle positions) in order; unlabelled rows under "(unlabelled)"."""
+    labels = metadata["label"].where(metadata["label"].notna(), UNLABELLED).astype(str)
+    groups = {
+        str(breed): np.asarray(idx, np.int64)
+        for breed, idx in labels.groupby(labels, sort=True).indices.items()
+    }
+    return dict(sorted(groups.items()))
+
+
+def page_slice(positions: np.ndarray, page: int, per_page: int) -> tuple[np.ndarray, int]:
+    """Rows on page `page` (1-based, clamped) and the number of pages."""
+    pages = max(1, -(-len(positions) // per_page))
+    page = min(max(1, page), pages)
+    return positions[(page - 1) * per_page: page * per_page], pages
+
+
+# ---- map -------------------------------------------------------------------------------------
+def projection_methods() -> list[str]:
+    """PCA always; UMAP when umap-learn is installed."""
+    try:
+        import umap  # noqa: F401
+    except ImportError:
+        return ["PCA"]
+    return ["PCA", "UMAP"]
+
+
+def project_2d(vectors: np.ndarray, method: str = "PCA", seed: int = 0) -> np.ndarray:
+    """2-D coordinates of the embeddings (PCA, or UMAP with cosine distance)."""
+    vectors = np.asarray(vectors, np.float32)
+    if len(vectors) < 3:
+        return np.zeros((len(vectors), 2), np.float32)
+    if method == "UMAP":
+        import umap
+
+        return umap.UMAP(n_components=2, metric="cosine", random_state=seed).fit_transform(
+            vectors
+        )
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2, random_state=seed).fit_transform(vectors).astype(np.float32)
+
+
+def map_table(bundle: Bundle, method: str = "PCA") -> Any:
+    """One row per image: position, x, y, breed, file; for the map page."""
+    metadata = bundle.metadata()
+    xy = project_2d(bundle.embeddings(), method)
+    table = metadata[["path"]].copy()
+    table.insert(0, "position", np.arange(len(metadata)))
+    table["x"], table["y"] = xy[:, 0], xy[:, 1]
+    table["breed"] = metadata["label"].where(metadata["label"].notna(), UNLABELLED).astype(str)
+    table["file"] = [file_name(p) for p in metadata["path"].astype(str)]
+    return table.drop(columns=["path"])
+
+
+# ---- report ----------------------------------------------------------------------------------
+@dataclass
+class HeadReport:
+    """A breed head's stored test metrics and report files."""
+
+    name: str
+    metrics: dict[str, Any]
+    per_breed: Any  # pandas DataFrame
+    confusion_png: Path | None
+
+
+def head_reports(bundle: Bundle) -> list[HeadReport]:
+    """Every head the manifest records, with its metrics JSON, per-breed table and plot."""
+    import pandas as pd
+
+    reports = []
+    for name, record in (bundle.manifest.get("heads") or {}).items():
+        files = record.get("report") or {}
+        metrics = dict(record.get("metrics") or {})
+        if files.get("metrics") and (bundle.root / files["metrics"]).is_file():
+            with contextlib.suppress(OSError, json.JSONDecodeError):
+                metrics = json.loads((bundle.root / files["metrics"]).read_text())
+        per_breed = pd.DataFrame(metrics.get("per_breed") or [])
+        png = bundle.root / files["confusion"] if files.get("confusion") else None
+        reports.append(HeadReport(name, metrics, per_breed,
+                                  png if png is not None and png.is_file() else None))
+    return reports
+
+
+def manifest_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """The manifest's key facts as (name, value) rows for a table."""
+    bb = manifest.get("backbone") or {}
+    src = manifest.get("source") or {}
+    idx = manifest.get("index") or {}
+    counts = manifest.get("counts") or {}
+    runtime = bb.get("runtime") or {}
+    rows = [
+        ("backbone", f"{bb.get('name')} @ {bb.get('image_size')} px, dim {bb.get('dim')},"
+                     f" preprocessing {bb.get('preprocessing')}"),
+        ("weights", str(bb.get("weights"))),
+        ("weights sha256", str(bb.get("weights_sha256", ""))[:16] + "…"),
+        ("runtime", str(runtime.get("name", runtime) if isinstance(runtime, dict) else runtime)),
+        ("source", f"{src.get('kind')} {src.get('location')}"),
+        ("images", ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"),
+        ("index", f"{idx.get('kind')} ({idx.get('factory')}), metric {idx.get('metric')}"),
+        ("recall@10 vs exact search", str(idx.get("recall@10"))),
+        ("created", str(manifest.get("created_at"))),
+    ]
+    return rows
+
+
+def selected_position(event: Any, param: str = "dog") -> int | None:
+    """The bundle position of the point clicked on the map (Streamlit's chart selection state),
+    or None when nothing is selected."""
+    try:
+        points = event["selection"][param]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if isinstance(points, Mapping):  # some versions nest fields: {"position": [12]}
+        values = points.get("position")
+        points = [{"position": v} for v in values] if isinstance(values, list) else [points]
+    for point in points or []:
+        if isinstance(point, Mapping) and point.get("position") is not None:
+            return int(point["position"])
+    return None

@@ -1,0 +1,45 @@
+"""Report: the breed head's test metrics and the bundle's manifest facts."""
+
+import pandas as pd
+import streamlit as st
+
+from ui import core, widgets
+
+ctx = widgets.context()
+path = widgets.bundle_path() or ""
+st.title("Report")
+heads = widgets.reports(path)
+if not heads:
+    st.info("This bundle has no breed head (its source was unlabelled or had no test split).")
+for head in heads:
+    m = head.metrics
+    st.header(f"Breed head: {head.name}")
+    if m.get("top1") is None:
+        st.info("No test images, so no test metrics.")
+        continue
+    a, b, c = st.columns(3)
+    a.metric("Top-1 accuracy", f"{m['top1']:.1%}")
+    b.metric("Top-5 accuracy", f"{m['top5']:.1%}")
+    c.metric("Test images", f"{m['test_images']:,}")
+    table_col, plot_col = st.columns([2, 3])
+    with table_col:
+        st.subheader("Per breed")
+        st.dataframe(head.per_breed, hide_index=True, width="stretch",
+                     column_config={k: st.column_config.NumberColumn(format="%.2f")
+                                    for k in ("precision", "recall", "f1")})
+        st.subheader("Most confused")
+        pairs = pd.DataFrame(m.get("most_confused") or [])
+        if pairs.empty:
+            st.write("No confusions on the test split.")
+        else:
+            st.dataframe(pairs, hide_index=True, width="stretch")
+    with plot_col:
+        st.subheader("Confusion matrix")
+        if head.confusion_png is not None:
+            st.image(str(head.confusion_png), width="stretch")
+        else:
+            st.write("No confusion-matrix image in the bundle.")
+
+st.header("Bundle")
+facts = pd.DataFrame(core.manifest_facts(ctx.bundle.manifest), columns=["", "value"])
+st.dataframe(facts, hide_index=True, width="stretch")

@@ -1,0 +1,260 @@
+"""Shared Streamlit pieces: cached loading per bundle, the query panel with its predictions and
+look-alike gallery, and the dataset picker. Logic lives in `ui.core`; this module lays it out."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from embed.errors import EmbedDogsError
+from ui import core
+from ui.thumbnails import PREVIEW_SIZE, THUMB_SIZE, placeholder, thumbnail
+
+QUERY = "query"
+GALLERY_K = "gallery_k"
+GALLERY_FILTER = "gallery_filter"
+DEFAULT_K = 12
+MAX_K = 48
+GALLERY_COLUMNS = 4
+PERSISTENT_WIDGETS = {GALLERY_K: DEFAULT_K, GALLERY_FILTER: "all"}
+
+
+# ---- loading, once per bundle ----------------------------------------------------------------
+@st.cache_resource(show_spinner="Loading the model, index and breed head…")
+def load_context(bundle_path: str) -> Any:
+    """Model, index and head of a bundle (embed.workflows.QueryContext), shared by sessions."""
+    from embed.workflows import open_for_queries
+
+    return open_for_queries(bundle_path)
+
+
+@st.cache_resource(show_spinner=False)
+def load_vectors(bundle_path: str) -> core.ShardVectors:
+    """Memory-mapped embeddings for looking up a dataset image's vector."""
+    return core.ShardVectors(load_context(bundle_path).bundle)
+
+
+@st.cache_data(show_spinner=False)
+def breed_groups(bundle_path: str) -> dict[str, np.ndarray]:
+    """Breed -> bundle positions."""
+    return core.breed_positions(load_context(bundle_path).index.metadata)
+
+
+@st.cache_data(show_spinner=False)
+def file_names(bundle_path: str) -> list[str]:
+    """Caption per bundle position."""
+    return [core.file_name(p) for p in load_context(bundle_path).index.metadata["path"].astype(str)]
+
+
+@st.cache_data(show_spinner="Projecting the embeddings to 2-D…")
+def map_data(bundle_path: str, method: str) -> Any:
+    """The map page's table (position, x, y, breed, file)."""
+    return core.map_table(load_context(bundle_path).bundle, method)
+
+
+@st.cache_data(show_spinner=False)
+def reports(bundle_path: str) -> list[core.HeadReport]:
+    """The report page's tables."""
+    return core.head_reports(load_context(bundle_path).bundle)
+
+
+def bundle_path() -> str | None:
+    """The bundle given on the command line (`-- --bundle DIR`) or in $EMBED_DOGS_BUNDLE."""
+    return core.bundle_from_args(sys.argv[1:], os.environ)
+
+
+def try_context(path: str | None) -> tuple[Any | None, str | None]:
+    """(context, None), or (None, what is wrong) for a missing or unusable bundle."""
+    if not path:
+        return None, "No bundle was given."
+    try:
+        return load_context(path), None
+    except EmbedDogsError as exc:
+        return None, str(exc)
+    except (OSError, ValueError, KeyError) as exc:  # a damaged bundle
+        return None, f"the bundle {path} could not be opened: {exc!r}"
+
+
+def context() -> Any:
+    """The current bundle's context (app.py has checked that it loads)."""
+    path = bundle_path()
+    assert path is not None
+    return load_context(path)
+
+
+def keep_widget_state() -> None:
+    """Keep gallery settings when switching pages (Streamlit drops unrendered widgets' state)."""
+    for key, default in PERSISTENT_WIDGETS.items():
+        st.session_state[key] = st.session_state.get(key, default)
+
+
+# ---- the query -------------------------------------------------------------------------------
+def current_query() -> core.Query | None:
+    return st.session_state.get(QUERY)
+
+
+def set_query(query: core.Query) -> None:
+    st.session_state[QUERY] = query
+
+
+def use_row(position: int) -> None:
+    """Button callback: a dataset image becomes the query."""
+    path = bundle_path()
+    assert path is not None
+    set_query(core.query_from_row(load_vectors(path), context().index.metadata, position))
+
+
+def pretty(breed: str | None) -> str:
+    return breed.replace("_", " ") if breed else "unknown breed"
+
+
+def show_row_image(ctx: Any, position: int, size: int = THUMB_SIZE) -> None:
+    """A dataset image's cached thumbnail, or a placeholder when it has no file."""
+    row = ctx.index.metadata.iloc[int(position)]
+    thumb = thumbnail(str(row["path"]), str(row["sha256"]), size)
+    st.image(str(thumb) if thumb else placeholder(size), width="stretch")
+
+
+def handle_photo(file: Any, source: str) -> None:
+    """An uploaded or camera photo becomes the query once; a bad one leaves a message."""
+    seen = f"{source}_seen"
+    if file is None:
+        st.session_state.pop(seen, None)
+        return
+    file_id = getattr(file, "file_id", None) or f"{file.name}:{file.size}"
+    if st.session_state.get(seen, (None, None))[0] != file_id:
+        try:
+            set_query(core.query_from_upload(file.name, file.getvalue(), context().embedder))
+            st.session_state[seen] = (file_id, None)
+        except core.UploadRejected as exc:
+            st.session_state[seen] = (file_id, str(exc))
+    problem = st.session_state[seen][1]
+    if problem:
+        st.error(problem, icon="⚠️")
+
+
+def dataset_picker(ctx: Any, key: str) -> None:
+    """Breed and file selectboxes plus a random pick; choosing one sets the query."""
+    path = bundle_path()
+    assert path is not None
+    groups = breed_groups(path)
+    names = file_names(path)
+
+    def picked() -> None:
+        position = st.session_state.get(f"{key}_row")
+        if position is not None:
+            use_row(int(position))
+
+    def random_pick() -> None:
+        rows = groups[st.session_state[f"{key}_breed"]]
+        use_row(int(np.random.default_rng().choice(rows)))
+
+    left, middle, right = st.columns([2, 3, 1], vertical_alignment="bottom")
+    breed = left.selectbox("Breed", list(groups), key=f"{key}_breed",
+                           format_func=lambda b: f"{pretty(b)} ({len(groups[b])})")
+    middle.selectbox("Photo", groups[breed].tolist(), index=None, key=f"{key}_row",
+                     placeholder="choose a photo", format_func=lambda p: names[p],
+                     on_change=picked)
+    right.button("Random", key=f"{key}_random", on_click=random_pick, width="stretch")
+
+
+# ---- predictions and gallery -----------------------------------------------------------------
+def prediction_block(ctx: Any, query: core.Query) -> core.Prediction | None:
+    """Top breeds as a bar chart, with an honest "not sure" under the threshold."""
+    import altair as alt
+
+    prediction = core.predict(ctx.predictor, query.vector)
+    if prediction is None:
+        st.info("This bundle has no breed head (its source was unlabelled), so no breed is"
+                " predicted; the look-alikes below still work.")
+        return None
+    if prediction.sure:
+        st.success(f"**{pretty(prediction.breed)}** ({prediction.probability:.0%})")
+    else:
+        st.warning(f"**Not sure.** The best guess, {pretty(prediction.breed)}, has only"
+                   f" {prediction.probability:.0%}.")
+    st.caption(f"Top {len(prediction.ranked)} breeds from the {ctx.predictor.name} head. The"
+               f" app says *not sure* when the top probability is below"
+               f" {prediction.threshold:.0%}.")
+    table = prediction.table()
+    table["breed"] = table["breed"].map(pretty)
+    chart = alt.Chart(table).mark_bar().encode(
+        x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+        y=alt.Y("breed:N", sort="-x", title=None),
+        tooltip=["breed", alt.Tooltip("probability:Q", format=".1%")],
+    ).properties(height=36 * len(table) + 30)
+    st.altair_chart(chart, width="stretch")
+    return prediction
+
+
+def gallery(ctx: Any, query: core.Query, prediction: core.Prediction | None) -> None:
+    """The k nearest dataset images, filterable by breed, each usable as the next query."""
+    st.subheader("Look-alikes")
+    breed = prediction.breed if prediction else query.label
+    options = list(core.FILTERS) if breed else ["all"]
+    if st.session_state.get(GALLERY_FILTER) not in options:
+        st.session_state[GALLERY_FILTER] = "all"
+    left, right = st.columns([1, 2])
+    k = left.slider("How many", 1, MAX_K, key=GALLERY_K)
+    mode = right.radio(
+        "Show", options, key=GALLERY_FILTER, horizontal=True,
+        format_func=lambda m: f"{core.FILTERS[m]} ({pretty(breed)})" if m == "same"
+        else core.FILTERS[m],
+    )
+    hits = core.lookalikes(ctx.index, query.vector, int(k), mode, breed, exclude=query.position)
+    if not hits:
+        st.info("No dataset image matches this filter.")
+        return
+    names = file_names(bundle_path() or "")
+    for start in range(0, len(hits), GALLERY_COLUMNS):
+        columns = st.columns(GALLERY_COLUMNS)
+        for column, hit in zip(columns, hits[start:start + GALLERY_COLUMNS], strict=False):
+            with column:
+                show_row_image(ctx, hit.position)
+                st.markdown(f"**{pretty(hit.label)}** · similarity {hit.score:.2f}")
+                st.caption(names[hit.position])
+                st.button("use as query", key=f"use_{hit.position}", on_click=use_row,
+                          args=(hit.position,))
+
+
+def query_panel(ctx: Any, query: core.Query) -> None:
+    """The query photo beside its predicted breeds, then its look-alikes."""
+    photo, predictions = st.columns([2, 3])
+    with photo:
+        if query.image is not None:
+            st.image(query.image, width="stretch")
+        elif query.position is not None:
+            show_row_image(ctx, query.position, PREVIEW_SIZE)
+        where = "dataset photo" if query.position is not None else "your photo"
+        labelled = f", labelled **{pretty(query.label)}**" if query.label else ""
+        st.markdown(f"Query: `{query.name}` ({where}{labelled})")
+    with predictions:
+        prediction = prediction_block(ctx, query)
+    gallery(ctx, query, prediction)
+
+
+def missing_bundle_page(path: str | None, problem: str | None) -> None:
+    """What to do when there is no usable bundle: the reason and the commands that fix it."""
+    st.title("embed-dogs")
+    st.error(f"**No bundle to show.** {problem or ''}", icon="🐾")
+    st.markdown("The app shows one *bundle*: the folder `embed-dogs build-index` writes. Build"
+                " one, then start the app on it:")
+    st.code(core.build_instructions(path), language="bash")
+    st.markdown("Or run `streamlit run ui/app.py -- --bundle DIR`, or set"
+                f" `{core.BUNDLE_ENV}=DIR`.")
+
+
+def sidebar_facts(ctx: Any) -> None:
+    """Which bundle is open, in a few words."""
+    manifest = ctx.bundle.manifest
+    bb = manifest.get("backbone") or {}
+    with st.sidebar:
+        st.caption(
+            f"Bundle `{ctx.bundle.root.name}`: {len(ctx.index.metadata):,} images,"
+            f" {bb.get('name')} @ {bb.get('image_size')} px,"
+            f" head {ctx.predictor.name if ctx.predictor else 'none'}"
+        )
