@@ -270,5 +270,31 @@ def backbones() -> None:
     console.print(table)
 
 
+@app.command()
+def ui(
+    bundle: BundleOpt,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Local port to serve on.")] = 8501,
+    headless: Annotated[bool, typer.Option(help="Do not open a browser window.")] = False,
+) -> None:
+    """Open the Streamlit app on a bundle: identify a dog, browse look-alikes and the dataset."""
+    import subprocess
+
+    import ui as ui_package
+
+    app_file = Path(ui_package.__file__).resolve().parent / "app.py"
+    bundle_dir = str(bundle.expanduser().resolve())
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(app_file), "--server.port", str(port),
+        "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
+        "--", "--bundle", bundle_dir,
+    ]
+    env = {**os.environ, "EMBED_DOGS_BUNDLE": bundle_dir}
+    try:
+        code = subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        code = 130
+    raise typer.Exit(code)
+
+
 def main(argv: list[str] | None = None) -> Any:  # pragma: no cover - console entry
     return app(argv if argv is not None else sys.argv[1:])
