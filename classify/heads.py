@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -13,6 +13,9 @@ from classify.logreg import DEFAULT_C, fit_logreg, load_head, save_head
 from embed.build import split_arrays
 from embed.bundle import Bundle
 from embed.errors import BundleError
+
+if TYPE_CHECKING:
+    from classify.finetune import FinetunePredictor
 
 
 def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
@@ -52,6 +55,7 @@ class BreedPredictor:
 
     name: str
     model: Any
+    input_kind: str = "vectors"  # what predict_top_k_batch needs; see classify.finetune
 
     @property
     def classes(self) -> np.ndarray:
@@ -61,8 +65,16 @@ class BreedPredictor:
         probabilities = self.model.predict_proba(np.atleast_2d(vectors))
         return top_k_from_probabilities(probabilities, self.classes, k)
 
+    def predict_top_k_batch(
+        self, vectors: np.ndarray, inputs: np.ndarray, k: int = 5
+    ) -> list[list[tuple[str, float]]]:
+        """Rank one pipeline batch; this head only needs its vectors."""
+        return self.predict_top_k(vectors, k)
 
-def load_predictor(bundle: Bundle, head: str | None = None) -> BreedPredictor | None:
+
+def load_predictor(
+    bundle: Bundle, head: str | None = None
+) -> BreedPredictor | FinetunePredictor | None:
     """The requested head, or the best recorded one; None when the bundle has no head."""
     heads = bundle.manifest.get("heads") or {}
     if head is None:
@@ -75,4 +87,8 @@ def load_predictor(bundle: Bundle, head: str | None = None) -> BreedPredictor | 
         )
     if head == "logreg":
         return BreedPredictor("logreg", load_head(bundle.head_path("logreg")))
+    if head == "finetune":
+        from classify.finetune import load_finetune_predictor
+
+        return load_finetune_predictor(bundle, heads[head])
     raise BundleError(f"head {head!r} cannot be loaded by this version of embed-dogs")

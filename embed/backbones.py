@@ -168,3 +168,39 @@ def weights_sha256(model: Any) -> str:
         digest.update(str(value.shape).encode())
         digest.update(value.tobytes())
     return digest.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hash of a file's bytes, read in chunks: pins the exact head file a backbone came from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_finetuned_backbone(head_file: str | Path, sha256: str, layer: str) -> Any:
+    """The backbone sub-model of a fine-tuned `.keras` head, refused if the file has changed.
+
+    Loaded with Keras' safe mode (no arbitrary code), and only after its sha256 matches the one
+    recorded when the fine-tuned backbone was first used.
+    """
+    import keras
+
+    path = Path(head_file)
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"the fine-tuned backbone comes from {path}, which is missing; put that bundle back"
+            " or rebuild without --backbone-from"
+        )
+    actual = file_sha256(path)
+    if actual != sha256:
+        raise WeightsUnavailableError(
+            f"{path} has changed since it was recorded (sha256 {actual[:12]}…, expected"
+            f" {sha256[:12]}…); rebuild with --backbone-from to use the new head"
+        )
+    model = keras.models.load_model(path, compile=False, safe_mode=True)
+    try:
+        return model.get_layer(layer)
+    except ValueError:
+        raise WeightsUnavailableError(f"{path} has no backbone layer named {layer!r}") from None

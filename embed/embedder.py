@@ -13,13 +13,15 @@ import numpy as np
 from embed.backbones import (
     BackboneSpec,
     build_backbone,
+    file_sha256,
     get_backbone,
+    load_finetuned_backbone,
     normalise_weights_arg,
     resolve_image_size,
     weights_sha256,
 )
-from embed.bundle import check_same_backbone
-from embed.errors import WeightsUnavailableError
+from embed.bundle import Bundle, check_same_backbone
+from embed.errors import BundleError, WeightsUnavailableError
 from embed.images import ImageDecodeError, decode_image
 from embed.pipeline import embed_batch
 from embed.runtimes import Runtime, make_runtime
@@ -85,18 +87,85 @@ def load_embedder(
     return Embedder(spec, size, weights, model, rt, digest)
 
 
+def finetuned_lineage(bundle_dir: str | Path) -> dict[str, Any]:
+    """Where a fine-tuned backbone comes from: the bundle, its head file and that file's sha256."""
+    source = Bundle.open(bundle_dir)
+    manifest = source.manifest
+    record = (manifest.get("heads") or {}).get("finetune")
+    if not record:
+        raise BundleError(
+            f"bundle {bundle_dir} has no fine-tuned head; run `embed-dogs train --bundle"
+            f" {bundle_dir} --head finetune` first"
+        )
+    head_file = (source.root / record["file"]).resolve()
+    base = manifest["backbone"]
+    return {
+        "bundle": str(source.root.resolve()),
+        "head": "finetune",
+        "head_file": str(head_file),
+        "head_sha256": file_sha256(head_file),
+        "backbone_layer": record["backbone_layer"],
+        "unfrozen_layers": record.get("unfrozen_layers", 0),
+        "base_backbone": {k: base.get(k) for k in (
+            "name", "image_size", "preprocessing", "weights", "weights_sha256")},
+    }
+
+
+def keras_backbone_for_manifest(recorded: dict[str, Any]) -> tuple[BackboneSpec, Any]:
+    """The Keras backbone of a manifest's `backbone` section, fine-tuned or not, checked.
+
+    Shared by query-time embedding and by fine-tuning, so both start from the very weights
+    the bundle's vectors came from.
+    """
+    spec = get_backbone(recorded["name"])
+    lineage = recorded.get("lineage")
+    if lineage:
+        model = load_finetuned_backbone(
+            lineage["head_file"], lineage["head_sha256"], lineage["backbone_layer"]
+        )
+    else:
+        weights = recorded.get("weights")
+        if weights not in (None, "random", "imagenet") and not Path(weights).is_file():
+            raise WeightsUnavailableError(
+                f"the bundle's backbone weights {weights} are missing; put the file back at that"
+                " path or rebuild the bundle"
+            )
+        weights = None if weights in (None, "random") else weights
+        model = build_backbone(spec, recorded["image_size"], weights)
+    expected = recorded.get("weights_sha256")
+    if expected and weights_sha256(model) != expected:
+        check_same_backbone(recorded, {**recorded, "weights_sha256": weights_sha256(model)})
+    return spec, model
+
+
+def load_finetuned_embedder(lineage: dict[str, Any], runtime: str = "auto") -> Embedder:
+    """An embedder whose backbone is the fine-tuned one of another bundle's finetune head."""
+    base = lineage["base_backbone"]
+    recorded = {"name": base["name"], "image_size": base["image_size"], "lineage": lineage}
+    spec, model = keras_backbone_for_manifest(recorded)
+    digest = weights_sha256(model)
+    size = int(base["image_size"])
+    rt = make_runtime(model, runtime, cache_key=f"{spec.name}-{size}-ft-{digest[:16]}")
+    weights = f"finetuned:{lineage['head_file']}"
+    return Embedder(spec, size, weights, model, rt, digest, lineage=dict(lineage))
+
+
 def embedder_for_bundle(manifest: dict[str, Any], runtime: str | None = None) -> Embedder:
     """Rebuild the backbone a bundle was built with, and check it really is the same one."""
     recorded = manifest["backbone"]
     weights = recorded.get("weights")
+    kind = runtime or os.environ.get("EMBED_DOGS_RUNTIME") or recorded.get("runtime", {}).get(
+        "name", "auto"
+    )
+    if recorded.get("lineage"):
+        embedder = load_finetuned_embedder(recorded["lineage"], kind)
+        check_same_backbone(recorded, embedder.identity())
+        return embedder
     if weights not in (None, "random", "imagenet") and not Path(weights).is_file():
         raise WeightsUnavailableError(
             f"the bundle's backbone weights {weights} are missing; put the file back at that"
             " path or rebuild the bundle"
         )
-    kind = runtime or os.environ.get("EMBED_DOGS_RUNTIME") or recorded.get("runtime", {}).get(
-        "name", "auto"
-    )
     embedder = load_embedder(recorded["name"], weights, recorded["image_size"], kind)
     check_same_backbone(recorded, embedder.identity())
     return embedder
