@@ -1,0 +1,321 @@
+"""The Streamlit app on the tiny bundle, driven by streamlit.testing.v1.AppTest, and its logic
+(ui.core, ui.thumbnails) tested directly."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ui import core
+from ui.thumbnails import placeholder, thumbnail
+
+APP = Path(__file__).resolve().parent.parent / "ui" / "app.py"
+BREEDS = {"beagle", "chihuahua", "samoyed"}
+TIMEOUT = 120  # the first run loads TensorFlow and the model
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_bundle: Path):
+    from embed.workflows import open_for_queries
+
+    return open_for_queries(tiny_bundle)
+
+
+@pytest.fixture
+def app(tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv(core.BUNDLE_ENV, str(tiny_bundle))
+    monkeypatch.setenv("EMBED_DOGS_CACHE", str(tmp_path / "cache"))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def jpeg_bytes(colour: tuple[int, int, int] = (200, 120, 60)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), colour).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def gallery_labels(at) -> list[str]:
+    return [m.value.split("**")[1] for m in at.markdown if "· similarity" in m.value]
+
+
+def use_buttons(at) -> list:
+    return [b for b in at.button if b.label == "use as query"]
+
+
+def query_caption(at) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("Query:"))
+
+
+def pick_first_dataset_image(at, breed: str = "beagle"):
+    at.radio(key="identify_source").set_value("Dataset").run()
+    at.selectbox(key="identify_pick_breed").set_value(breed).run()
+    at.selectbox(key="identify_pick_row").select_index(0).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+# ---- AppTest: pages ----------------------------------------------------------------------------
+def test_identify_starts_with_a_prompt(app):
+    assert [p.label for p in app.radio] == ["Photo from"]
+    assert len(app.file_uploader) == 1
+    assert any("Upload a photo" in i.value for i in app.info)
+
+
+def test_pick_dataset_image_shows_predictions_and_gallery(app):
+    at = pick_first_dataset_image(app)
+    assert "labelled **beagle**" in query_caption(at)
+    verdicts = [e.value for e in (*at.success, *at.warning)]
+    assert len(verdicts) == 1  # a breed, or an honest "not sure"
+    assert any("not sure" in c.value and "50%" in c.value for c in at.caption)
+    labels = gallery_labels(at)
+    assert len(labels) == 12  # default k; the query itself is excluded from its look-alikes
+    assert set(labels) <= BREEDS
+    assert len(use_buttons(at)) == 12
+
+
+def test_k_slider_sets_gallery_size(app):
+    at = pick_first_dataset_image(app)
+    at.slider(key="gallery_k").set_value(5).run()
+    assert len(gallery_labels(at)) == 5
+
+
+def test_breed_filter_changes_gallery(app):
+    at = pick_first_dataset_image(app)
+    verdict = (*at.success, *at.warning)[0].value
+    predicted = next(b for b in BREEDS if b in verdict)
+    at.radio(key="gallery_filter").set_value("same").run()
+    same = gallery_labels(at)
+    assert same and set(same) == {predicted}
+    at.radio(key="gallery_filter").set_value("other").run()
+    other = gallery_labels(at)
+    assert other and predicted not in other
+    assert same != other
+
+
+def test_use_as_query_changes_the_query(app):
+    at = pick_first_dataset_image(app)
+    before = query_caption(at)
+    first_name = next(c.value for c in at.caption if c.value.endswith(".jpg"))
+    use_buttons(at)[0].click().run()
+    assert not at.exception
+    after = query_caption(at)
+    assert after != before
+    assert first_name in after
+
+
+def test_upload_non_image_shows_message_and_app_keeps_working(app):
+    app.file_uploader[0].set_value(("notes.jpg", b"this is not a photo", "image/jpeg")).run()
+    assert not app.exception
+    assert any("could not be read as a photo" in e.value for e in app.error)
+    app.file_uploader[0].set_value(("dog.jpg", jpeg_bytes(), "image/jpeg")).run()
+    assert not app.exception
+    assert not app.error
+    assert "`dog.jpg` (your photo)" in query_caption(app)
+    assert len(gallery_labels(app)) == 12
+
+
+def test_upload_over_size_limit_is_refused(app, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(core.MAX_UPLOAD_ENV, "1")
+    big = jpeg_bytes() + b"\0" * (1024 * 1024 + 1)
+    app.run()
+    app.file_uploader[0].set_value(("huge.jpg", big, "image/jpeg")).run()
+    assert any("up to 1 MB" in e.value for e in app.error)
+    assert not any(m.value.startswith("Query:") for m in app.markdown)
+
+
+def test_browse_page_shows_breed_grid_and_lookalikes(app):
+    app.switch_page("page_browse.py").run()
+    assert not app.exception
+    assert app.title[0].value == "Browse the dataset"
+    app.selectbox(key="browse_breed").set_value("samoyed").run()
+    names = [c.value for c in app.caption if c.value.endswith(".jpg")]
+    assert len(names) == 10  # all samoyed photos fit on one page
+    next(b for b in app.button if b.label == "look-alikes").click().run()
+    assert "labelled **samoyed**" in query_caption(app)
+    assert len(gallery_labels(app)) == 12
+
+
+def test_map_page_renders_chart_and_picker(app):
+    app.switch_page("page_map.py").run()
+    assert not app.exception
+    assert app.title[0].value == "Map of the embeddings"
+    assert any("30 photos projected with PCA" in c.value for c in app.caption)
+    app.selectbox(key="map_pick_breed").set_value("chihuahua").run()
+    app.selectbox(key="map_pick_row").select_index(2).run()
+    assert "labelled **chihuahua**" in query_caption(app)
+
+
+def test_report_page_shows_metrics_and_manifest(app, tiny_bundle: Path):
+    app.switch_page("page_report.py").run()
+    assert not app.exception
+    labels = [m.label for m in app.metric]
+    assert labels == ["Top-1 accuracy", "Top-5 accuracy", "Test images"]
+    assert app.metric[1].value == "100.0%"  # 3 classes: top-5 always hits
+    per_breed = app.dataframe[0].value
+    assert sorted(per_breed["breed"]) == sorted(BREEDS)
+    facts = app.dataframe[-1].value
+    assert "tiny_test" in " ".join(facts["value"])
+    assert len(app.image) == 1  # the confusion matrix
+
+
+def test_missing_bundle_shows_how_to_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv(core.BUNDLE_ENV, str(tmp_path / "nowhere"))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "does not exist" in at.error[0].value
+    assert "embed-dogs build-index" in at.code[0].value
+
+
+def test_incompatible_bundle_shows_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from streamlit.testing.v1 import AppTest
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text('{"schema_version": 0}')
+    monkeypatch.setenv(core.BUNDLE_ENV, str(tmp_path / "old"))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert "schema version 0" in at.error[0].value
+
+
+# ---- logic -------------------------------------------------------------------------------------
+def test_bundle_from_args_prefers_command_line(tmp_path: Path):
+    env = {core.BUNDLE_ENV: str(tmp_path / "env")}
+    assert core.bundle_from_args(["--bundle", str(tmp_path / "arg")], env) == str(
+        tmp_path / "arg")
+    assert core.bundle_from_args(["-x", "--other"], env) == str(tmp_path / "env")
+    assert core.bundle_from_args(["-h"], {}) is None
+
+
+def test_query_from_upload(ctx):
+    query = core.query_from_upload("dog.jpg", jpeg_bytes(), ctx.embedder)
+    assert query.vector.shape == (16,) and np.isclose(np.linalg.norm(query.vector), 1.0)
+    assert query.position is None and query.image and query.image[:2] == b"\xff\xd8"
+    for data, message in [(b"", "empty"), (b"GIF89a broken", "could not be read"),
+                          (jpeg_bytes()[:60], "could not be read")]:
+        with pytest.raises(core.UploadRejected, match=message):
+            core.query_from_upload("bad.jpg", data, ctx.embedder)
+    with pytest.raises(core.UploadRejected, match="up to 1 MB"):
+        core.query_from_upload("big.png", b"\0" * (1024 * 1024 + 1), ctx.embedder, limit_mb=1)
+
+
+def test_max_upload_mb_reads_environment():
+    assert core.max_upload_mb({}) == core.MAX_UPLOAD_MB
+    assert core.max_upload_mb({core.MAX_UPLOAD_ENV: "3"}) == 3
+    assert core.max_upload_mb({core.MAX_UPLOAD_ENV: "lots"}) == core.MAX_UPLOAD_MB
+
+
+def test_shard_vectors_match_embeddings(ctx):
+    vectors = core.ShardVectors(ctx.bundle)
+    full = ctx.bundle.embeddings()
+    assert len(vectors) == 30 and len(vectors.shards) == 5  # 7 rows per shard
+    for position in (0, 6, 7, 29):
+        np.testing.assert_array_equal(vectors.row(position), full[position])
+    with pytest.raises(IndexError):
+        vectors.row(30)
+
+
+@pytest.mark.parametrize("mode", ["all", "same", "other"])
+def test_lookalikes_filter(ctx, mode: str):
+    vectors = core.ShardVectors(ctx.bundle)
+    query = core.query_from_row(vectors, ctx.index.metadata, 0)
+    hits = core.lookalikes(ctx.index, query.vector, 8, mode, "beagle", exclude=0)
+    assert 0 not in [h.position for h in hits]
+    labels = {h.label for h in hits}
+    if mode == "same":
+        assert len(hits) == 8 and labels == {"beagle"}
+    elif mode == "other":
+        assert len(hits) == 8 and "beagle" not in labels
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    # asking for more than the filter can give returns what exists
+    assert len(core.lookalikes(ctx.index, query.vector, 50, "same", "beagle", exclude=0)) == 9
+
+
+def test_prediction_not_sure_below_threshold():
+    assert core.Prediction([("beagle", 0.49), ("pug", 0.3)]).sure is False
+    assert core.Prediction([("beagle", 0.5)]).sure is True
+    assert core.predict(None, np.zeros(3)) is None
+
+
+def test_breed_positions_and_paging(ctx):
+    groups = core.breed_positions(ctx.index.metadata)
+    assert list(groups) == sorted(BREEDS) and all(len(v) == 10 for v in groups.values())
+    rows, pages = core.page_slice(np.arange(30), 4, 8)
+    assert pages == 4 and rows.tolist() == [24, 25, 26, 27, 28, 29]
+    assert core.page_slice(np.arange(3), 9, 8)[0].tolist() == [0, 1, 2]
+
+
+def test_map_table(ctx):
+    table = core.map_table(ctx.bundle)
+    assert list(table.columns) == ["position", "x", "y", "breed", "file"]
+    assert len(table) == 30 and set(table["breed"]) == BREEDS
+    assert table["file"].str.endswith(".jpg").all()
+
+
+def test_selected_position():
+    assert core.selected_position({"selection": {"dog": [{"position": 4}]}}) == 4
+    assert core.selected_position({"selection": {"dog": {"position": [7]}}}) == 7
+    assert core.selected_position({"selection": {"dog": []}}) is None
+    assert core.selected_position(None) is None
+
+
+def test_head_reports_and_manifest_facts(ctx):
+    (report,) = core.head_reports(ctx.bundle)
+    assert report.name == "logreg" and report.confusion_png is not None
+    assert report.metrics["test_images"] == len(ctx.index.metadata.query("split == 'test'"))
+    facts = dict(core.manifest_facts(ctx.bundle.manifest))
+    assert facts["recall@10 vs exact search"] == "1.0"
+    assert facts["backbone"].startswith("tiny_test @ 32 px")
+
+
+def test_thumbnails_are_made_once(dataset: Path, tmp_path: Path):
+    photo = next((dataset / "samoyed").glob("*.jpg"))
+    first = thumbnail(str(photo), "abc123", 24, cache_dir=tmp_path)
+    assert first is not None and first.parent.name == "ab"
+    with Image.open(first) as img:
+        assert max(img.size) == 24
+    stamp = first.stat().st_mtime_ns
+    assert thumbnail(str(photo), "abc123", 24, cache_dir=tmp_path) == first
+    assert first.stat().st_mtime_ns == stamp
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_thumbnail_placeholder_for_rows_without_files(tmp_path: Path):
+    assert thumbnail("tfds:stanford_dogs/train/17", "x", cache_dir=tmp_path) is None
+    assert thumbnail(str(tmp_path / "gone.jpg"), "y", cache_dir=tmp_path) is None
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"nope")
+    assert thumbnail(str(broken), "z", cache_dir=tmp_path) is None
+    assert placeholder()[:4] == b"\x89PNG"
+    assert core.file_name("tfds:stanford_dogs/train/17") == "17"
+
+
+def test_cli_ui_command_starts_streamlit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    import subprocess
+
+    from typer.testing import CliRunner
+
+    from embed.cli import app as cli
+
+    calls = []
+    monkeypatch.setattr(subprocess, "call",
+                        lambda cmd, env: calls.append((cmd, env)) or 0)
+    result = CliRunner().invoke(cli, ["ui", "--bundle", str(tmp_path), "--port", "8765",
+                                      "--headless"])
+    assert result.exit_code == 0, result.output
+    (cmd, env), = calls
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith(os.path.join("ui", "app.py"))
+    assert cmd[cmd.index("--server.port") + 1] == "8765"
+    assert cmd[-3:] == ["--", "--bundle", str(tmp_path.resolve())]
+    assert env[core.BUNDLE_ENV] == str(tmp_path.resolve())
