@@ -73,14 +73,20 @@ class BreedPredictor:
 
 
 def load_predictor(
-    bundle: Bundle, head: str | None = None
+    bundle: Bundle, head: str | None = None, accepts_images: bool = False
 ) -> BreedPredictor | FinetunePredictor | None:
-    """The requested head, or the best recorded one; None when the bundle has no head."""
+    """The requested head, or the best recorded one; None when the bundle has no head.
+
+    A fine-tuned head whose backbone was unfrozen needs images, not stored vectors; the
+    default choice skips such heads unless the caller can feed images (`accepts_images`).
+    """
     heads = bundle.manifest.get("heads") or {}
     if head is None:
-        if not heads:
+        usable = [h for h in heads
+                  if accepts_images or heads[h].get("input", "vectors") == "vectors"]
+        if not usable:
             return None
-        head = max(heads, key=lambda h: heads[h].get("metrics", {}).get("top1") or 0.0)
+        head = max(usable, key=lambda h: heads[h].get("metrics", {}).get("top1") or 0.0)
     if head not in heads:
         raise BundleError(
             f"bundle {bundle.root} has no {head!r} head (it has: {', '.join(heads) or 'none'})"

@@ -16,8 +16,14 @@ import numpy as np
 
 from embed.build import EmbedStats, ProgressCallback, embed_source_into
 from embed.bundle import DEFAULT_ROWS_PER_SHARD, Bundle, atomic_path, new_manifest, staged_bundle
-from embed.embedder import Embedder, embedder_for_bundle, load_embedder
-from embed.errors import SourceError
+from embed.embedder import (
+    Embedder,
+    embedder_for_bundle,
+    finetuned_lineage,
+    load_embedder,
+    load_finetuned_embedder,
+)
+from embed.errors import BundleError, SourceError
 from embed.pipeline import iter_embedded_batches
 from embed.sources import DEFAULT_SOURCE, ImageItem, Source, find_images, open_source
 
@@ -43,13 +49,21 @@ def build_bundle(
     overwrite: bool = False,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     on_source: Callable[[Source], ProgressCallback | None] | None = None,
+    backbone_from: str | Path | None = None,
 ) -> BuildResult:
-    """Source -> embeddings -> index -> (if labelled) logistic-regression head and report."""
+    """Source -> embeddings -> index -> (if labelled) logistic-regression head and report.
+
+    `backbone_from` embeds with the fine-tuned backbone of another bundle's finetune head
+    (backbone, weights and image size then come from there); the manifest records its lineage.
+    """
     from classify.heads import train_logreg_head
     from index.lookalikes import build_bundle_index
 
     src = open_source(source, test_fraction=test_fraction)
-    embedder = load_embedder(backbone, weights, image_size, runtime)
+    if backbone_from is not None:
+        embedder = load_finetuned_embedder(finetuned_lineage(backbone_from), runtime)
+    else:
+        embedder = load_embedder(backbone, weights, image_size, runtime)
     on_progress = on_source(src) if on_source else None
     with staged_bundle(out, overwrite=overwrite) as bundle:
         bundle.write_manifest(new_manifest(embedder.identity(), src.describe()))
@@ -81,14 +95,17 @@ class QueryContext:
 
 
 def open_for_queries(
-    bundle_dir: str | Path, head: str | None = None, runtime: str | None = None
+    bundle_dir: str | Path, head: str | None = None, runtime: str | None = None,
+    accepts_images: bool = False,
 ) -> QueryContext:
+    """`accepts_images`: the caller ranks with `predict_top_k_batch` (vectors and inputs), so
+    the default head may be a fine-tuned one that needs images."""
     from classify.heads import load_predictor
     from index.lookalikes import LookalikeIndex
 
     bundle = Bundle.open(bundle_dir)
     index = LookalikeIndex(bundle)
-    predictor = load_predictor(bundle, head)
+    predictor = load_predictor(bundle, head, accepts_images)
     embedder = embedder_for_bundle(bundle.manifest, runtime)
     return QueryContext(bundle, embedder, index, predictor)
 
@@ -104,6 +121,46 @@ def search_image(ctx: QueryContext, image: str | Path, k: int = 8) -> list[dict[
     _, decoded = read_and_decode(str(image), ctx.embedder.image_size)
     vector = ctx.embedder.embed_pixels(decoded.pixels[None])
     return search_vectors(ctx, vector, k)[0]
+
+
+def classify_image(ctx: QueryContext, image: str | Path, k: int = 3) -> list[tuple[str, float]]:
+    """The head's top-k breeds for one image file (empty without a head)."""
+    from embed.backbones import preprocess
+    from embed.images import read_and_decode
+
+    if ctx.predictor is None:
+        return []
+    _, decoded = read_and_decode(str(image), ctx.embedder.image_size)
+    pixels = decoded.pixels[None]
+    inputs = preprocess(pixels.astype(np.float32), ctx.embedder.spec.preprocessing)
+    vectors = ctx.embedder.embed_pixels(pixels) if ctx.predictor.input_kind == "vectors" else None
+    return ctx.predictor.predict_top_k_batch(vectors, inputs, k)[0]
+
+
+def train_head(
+    bundle_dir: str | Path,
+    head: str = "finetune",
+    c: float | None = None,
+    params: Any = None,
+    on_epoch: Callable[[str, int, int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """(Re)train one breed head on the bundle's split, then refresh the head comparison.
+
+    Returns {"record": the head's manifest record, "comparison": the comparison section}.
+    """
+    from classify.comparison import compare_heads
+    from classify.finetune import FinetuneParams, train_finetune_head
+    from classify.heads import train_logreg_head
+    from classify.logreg import DEFAULT_C
+
+    bundle = Bundle.open(bundle_dir)
+    if head == "logreg":
+        record = train_logreg_head(bundle, DEFAULT_C if c is None else c)
+    elif head == "finetune":
+        record = train_finetune_head(bundle, params or FinetuneParams(), on_epoch)
+    else:
+        raise BundleError(f"unknown head {head!r}; choose logreg or finetune")
+    return {"record": record, "comparison": compare_heads(bundle)}
 
 
 def classify_folder(
@@ -131,7 +188,8 @@ def classify_folder(
         ctx.embedder.runtime,
     ):
         b = step.batch
-        ranked = ctx.predictor.predict_top_k(step.vectors, top_k) if (
+        ranked = ctx.predictor.predict_top_k_batch(
+            step.vectors, b.inputs[b.ok], top_k) if (
             ctx.predictor is not None and len(step.vectors)) else []
         nearest = ctx.index.search(step.vectors, 1) if len(step.vectors) else []
         j = 0
