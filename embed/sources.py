@@ -151,7 +151,9 @@ def tfds_source(name: str, data_dir: str | None = None) -> Source:
         ) from exc
     info = builder.info
     label_names = [clean_breed_name(n) for n in info.features["label"].names]
-    splits = [s for s in ("train", "test") if s in info.splits] or sorted(info.splits)
+    # tfds.testing.mock_data provides no split metadata: fall back to the usual pair
+    splits = [s for s in ("train", "test") if s in info.splits] or sorted(info.splits) or [
+        "train", "test"]
     items: list[ImageItem] = []
     for split in splits:
         ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})

@@ -12,6 +12,7 @@ DEFAULT_MEMORY_BUDGET = "2G"
 FLAT_MAX_ROWS = 50_000  # exact search stays fast (well under 10 ms a query) up to about here
 HNSW_MAX_ROWS = 2_000_000
 HNSW_M = 32
+PQ_MIN_TRAIN = 256 * 39  # FAISS wants 39 training points per PQ centroid
 HNSW_BYTES_PER_LINK = 4 * 2  # int32 ids, about 2*M links per vector on level 0
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -21,7 +22,7 @@ def parse_budget(text: str | int) -> int:
     """'4G', '512M', '1.5G' or a number of bytes -> bytes."""
     if isinstance(text, int):
         return text
-    match = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)i?B?\s*", str(text).upper())
+    match = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?)I?B?\s*", str(text).upper())
     if not match:
         raise ValueError(f"cannot read memory budget {text!r}; write e.g. 512M or 4G")
     return int(float(match.group(1)) * _UNITS[match.group(2)])
@@ -47,11 +48,11 @@ def hnsw_bytes(n: int, dim: int, m: int = HNSW_M) -> int:
 
 
 def _pq_size(dim: int, budget_per_vector: float) -> int:
-    """The largest PQ code size (bytes) dividing dim that fits the budget per vector."""
+    """The largest PQ code (bytes) dividing dim, at least 4 dims a code, within the budget."""
     for m in (64, 48, 32, 16, 8, 4):
-        if dim % m == 0 and m <= budget_per_vector:
+        if dim % m == 0 and m <= dim // 4 and m <= budget_per_vector:
             return m
-    return 4 if dim % 4 == 0 else 1
+    return 0  # no sensible code: keep full vectors in the lists
 
 
 def ivf_lists(n: int) -> int:
@@ -82,6 +83,7 @@ def choose_index(kind: str, n: int, dim: int, memory_budget: int | str) -> Index
         )
     lists = ivf_lists(n)
     code = _pq_size(dim, budget / max(n, 1) * 0.8)
-    return IndexChoice(
-        "ivf", f"IVF{lists},PQ{code}", {"nlist": lists, "nprobe": min(lists, 16)}, reason
-    )
+    params = {"nlist": lists, "nprobe": min(lists, 16)}
+    if code and n >= PQ_MIN_TRAIN:
+        return IndexChoice("ivf", f"IVF{lists},PQ{code}", params, reason)
+    return IndexChoice("ivf", f"IVF{lists},Flat", params, reason + "; too few vectors for PQ")

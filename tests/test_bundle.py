@@ -1,0 +1,90 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embed.bundle import (
+    SCHEMA_VERSION,
+    Bundle,
+    ShardWriter,
+    check_same_backbone,
+    staged_bundle,
+)
+from embed.errors import BundleError, IncompatibleBundleError
+
+
+def test_shard_writer_fixed_rows_per_shard(tmp_path: Path) -> None:
+    bundle = Bundle(tmp_path)
+    writer = ShardWriter(bundle, dim=3, rows_per_shard=4)
+    rng = np.random.default_rng(0)
+    blocks = [rng.normal(size=(n, 3)).astype(np.float32) for n in (3, 3, 5, 0, 1)]
+    for block in blocks:
+        writer.add(block)
+    assert writer.close() == 3
+    sizes = [np.load(p).shape[0] for p in bundle.shard_paths()]
+    assert sizes == [4, 4, 4]
+    np.testing.assert_array_equal(np.concatenate([np.load(p) for p in bundle.shard_paths()]),
+                                  np.concatenate(blocks))
+    with pytest.raises(ValueError, match="dim"):
+        writer.add(np.zeros((1, 5), np.float32))
+
+
+def test_staged_bundle_appears_only_when_complete(tmp_path: Path) -> None:
+    target = tmp_path / "b"
+    with pytest.raises(RuntimeError), staged_bundle(target) as bundle:
+        bundle.write_manifest({"schema_version": SCHEMA_VERSION})
+        raise RuntimeError("crash half-way")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []  # no staging folder left behind
+    with staged_bundle(target) as bundle:
+        bundle.write_manifest({"schema_version": SCHEMA_VERSION, "n": 1})
+    assert Bundle.open(target).manifest["n"] == 1
+    with pytest.raises(BundleError, match="already exists"), staged_bundle(target):
+        pass
+    with staged_bundle(target, overwrite=True) as bundle:
+        bundle.write_manifest({"schema_version": SCHEMA_VERSION, "n": 2})
+    assert Bundle.open(target).manifest["n"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_open_refuses_missing_incomplete_and_other_schema(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="does not exist; build one"):
+        Bundle.open(tmp_path / "nope")
+    (tmp_path / "half").mkdir()
+    with pytest.raises(BundleError, match="not a complete bundle"):
+        Bundle.open(tmp_path / "half")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps({"schema_version": 0}))
+    with pytest.raises(IncompatibleBundleError, match="schema version 0"):
+        Bundle.open(tmp_path / "old")
+
+
+def test_backbone_mismatch_names_both_sides() -> None:
+    built = {"name": "mobilenet_v2", "image_size": 160, "preprocessing": "tf", "dim": 1280,
+             "weights": "/w/dogs.h5", "weights_sha256": "a" * 64}
+    check_same_backbone(built, dict(built))
+    other = {**built, "name": "resnet50", "preprocessing": "caffe", "dim": 2048}
+    with pytest.raises(IncompatibleBundleError) as info:
+        check_same_backbone(built, other)
+    message = str(info.value)
+    assert "mobilenet_v2 @ 160px" in message and "resnet50 @ 160px" in message
+    assert "name, preprocessing, dim" in message
+
+
+def test_tiny_bundle_layout_and_manifest(tiny_bundle: Path) -> None:
+    bundle = Bundle.open(tiny_bundle)
+    m = bundle.manifest
+    assert m["schema_version"] == SCHEMA_VERSION
+    assert m["counts"] == {"images": 30, "embedded": 30, "skipped": 0}
+    assert m["backbone"]["name"] == "tiny_test" and len(m["backbone"]["weights_sha256"]) == 64
+    assert m["embeddings"]["shards"] == 5 and m["embeddings"]["rows_per_shard"] == 7
+    assert {"tensorflow-datasets", "faiss-cpu", "scikit-learn", "keras"} <= set(m["versions"])
+    table = bundle.metadata()
+    assert list(table.columns) == ["row_id", "path", "label", "split", "sha256", "width",
+                                   "height"]
+    assert table["row_id"].tolist() == list(range(30))
+    assert bundle.embeddings().shape == (30, 16)
+    for name in ("index.faiss", "heads/logreg.skops", "report/logreg_confusion.png",
+                 "report/logreg_metrics.json", "report/logreg_per_breed.csv", "skipped.csv"):
+        assert (tiny_bundle / name).is_file(), name

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from classify.evaluation import evaluate_probabilities, top_k_from_probabilities
+from classify.heads import load_predictor
+from classify.logreg import TRUSTED_TYPES, fit_logreg, load_head, save_head
+from embed.bundle import Bundle
+from embed.errors import BundleError
+
+
+def test_metrics_on_a_hand_made_example() -> None:
+    classes = np.array(["a", "b", "c"])
+    probs = np.array([
+        [0.7, 0.2, 0.1],  # a: right
+        [0.6, 0.3, 0.1],  # b: wrong (a), b second
+        [0.1, 0.2, 0.7],  # c: right
+        [0.5, 0.1, 0.4],  # c: wrong (a), c second
+    ])
+    m = evaluate_probabilities(probs, classes, np.array(["a", "b", "c", "c"]))
+    assert m["top1"] == 0.5 and m["top5"] == 1.0 and m["test_images"] == 4
+    per = {r["breed"]: r for r in m["per_breed"]}
+    assert per["a"]["precision"] == pytest.approx(1 / 3) and per["a"]["recall"] == 1.0
+    assert per["c"]["recall"] == 0.5 and per["c"]["support"] == 2
+    assert m["confusion_matrix"] == [[1, 0, 0], [1, 0, 0], [1, 0, 1]]
+    assert m["most_confused"][0] == {"true": "b", "predicted": "a", "count": 1}
+
+
+def test_top_k_ranking() -> None:
+    ranked = top_k_from_probabilities(np.array([[0.1, 0.6, 0.3]]), np.array(["x", "y", "z"]), 2)
+    assert ranked == [[("y", 0.6), ("z", 0.3)]]
+
+
+def test_logreg_round_trip_through_skops(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (20, 4)), rng.normal(3, 1, (20, 4))])
+    y = np.array(["beagle"] * 20 + ["pug"] * 20)
+    head = fit_logreg(x, y)
+    save_head(head, tmp_path / "h.skops")
+    loaded = load_head(tmp_path / "h.skops")
+    np.testing.assert_allclose(loaded.predict_proba(x), head.predict_proba(x))
+    assert list(loaded.classes_) == ["beagle", "pug"]
+    # the same data and seed give the same model
+    np.testing.assert_allclose(fit_logreg(x, y).predict_proba(x), head.predict_proba(x))
+
+
+def test_swapped_head_with_untrusted_types_is_refused(tmp_path: Path) -> None:
+    import skops.io as sio
+    from sklearn.ensemble import RandomForestClassifier
+
+    forest = RandomForestClassifier(n_estimators=2, random_state=0).fit([[0], [1]], ["a", "b"])
+    sio.dump(forest, tmp_path / "logreg.skops")
+    with pytest.raises(BundleError, match="not trusted"):
+        load_head(tmp_path / "logreg.skops")
+    assert "sklearn.ensemble._forest.RandomForestClassifier" not in TRUSTED_TYPES
+
+
+def test_one_breed_is_not_enough() -> None:
+    with pytest.raises(BundleError, match="at least two breeds"):
+        fit_logreg(np.zeros((3, 2)), np.array(["a", "a", "a"]))
+
+
+def test_bundle_head_is_recorded_and_predicts(tiny_bundle: Path) -> None:
+    bundle = Bundle.open(tiny_bundle)
+    record = bundle.manifest["heads"]["logreg"]
+    assert record["train_images"] == 24 and record["breeds"] == 3
+    assert record["metrics"]["test_images"] == 6
+    predictor = load_predictor(bundle)
+    assert predictor.name == "logreg"
+    ranked = predictor.predict_top_k(bundle.embeddings()[:2], k=5)
+    assert len(ranked[0]) == 3  # capped at the number of breeds
+    assert sum(p for _, p in ranked[0]) == pytest.approx(1.0)
+    with pytest.raises(BundleError, match="no 'finetune' head"):
+        load_predictor(bundle, "finetune")

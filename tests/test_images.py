@@ -1,0 +1,112 @@
+"""Every awkward input is either converted correctly or refused with a reason."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from embed.images import MAX_PIXELS, ImageDecodeError, decode_image, read_and_decode
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _half_red_half_blue(w: int = 40, h: int = 20) -> Image.Image:
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:, : w // 2] = (255, 0, 0)
+    arr[:, w // 2:] = (0, 0, 255)
+    return Image.fromarray(arr)
+
+
+def test_rgb_jpeg_resized_with_original_size_recorded() -> None:
+    out = decode_image(_encode(_half_red_half_blue(), "JPEG", quality=95), 16)
+    assert out.pixels.shape == (16, 16, 3) and out.pixels.dtype == np.uint8
+    assert (out.width, out.height) == (40, 20)
+    assert out.pixels[8, 2, 0] > 200 and out.pixels[8, 13, 2] > 200
+
+
+def test_exif_rotation_is_applied() -> None:
+    # stored landscape (left red, right blue); orientation 6 = rotate 90 degrees clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(_half_red_half_blue(), "JPEG", quality=95, exif=exif.tobytes())
+    out = decode_image(data, 16)
+    assert (out.width, out.height) == (20, 40)  # portrait after rotation
+    top, bottom = out.pixels[2, 8], out.pixels[13, 8]
+    assert top[0] > 200 and top[2] < 60  # the left (red) half is now on top
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_greyscale_becomes_three_equal_channels() -> None:
+    out = decode_image(_encode(Image.new("L", (10, 10), 77), "PNG"), 8)
+    assert out.pixels.shape == (8, 8, 3)
+    assert np.all(out.pixels == 77)
+
+
+def test_cmyk_jpeg_is_converted_to_rgb() -> None:
+    img = Image.new("CMYK", (12, 12), (0, 255, 255, 0))  # pure red in CMYK
+    out = decode_image(_encode(img, "JPEG", quality=95), 8)
+    r, g, b = out.pixels[4, 4].astype(int)
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_alpha_is_composited_on_white() -> None:
+    img = Image.new("RGBA", (10, 10), (0, 0, 0, 0))  # fully transparent black
+    out = decode_image(_encode(img, "PNG"), 8)
+    assert np.all(out.pixels == 255)
+
+
+def test_sixteen_bit_png_scaled_to_eight_bits() -> None:
+    arr = np.full((10, 10), 65535, np.uint16)
+    arr[:, :5] = 0
+    img = Image.fromarray(arr)
+    assert img.mode.startswith("I;16")
+    out = decode_image(_encode(img, "PNG"), 10)
+    assert out.pixels[5, 1, 0] == 0 and out.pixels[5, 8, 0] == 255
+
+
+def test_gif_first_frame_webp_and_bmp() -> None:
+    frames = [Image.new("RGB", (10, 10), c) for c in ((255, 0, 0), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    assert decode_image(buf.getvalue(), 4).pixels[1, 1, 0] > 200
+    assert decode_image(_encode(Image.new("RGB", (9, 9), (0, 0, 255)), "WEBP"), 4).pixels[
+        1, 1, 2] > 200
+    assert decode_image(_encode(Image.new("RGB", (9, 9), (0, 255, 0)), "BMP"), 4).pixels[
+        1, 1, 1] == 255
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty file"),
+        (b"this is plain text, not a picture", "not an image"),
+        (None, "corrupt or truncated"),  # filled in below: a JPEG cut in half
+    ],
+)
+def test_bad_bytes_raise_with_reason(data: bytes | None, reason: str) -> None:
+    if data is None:
+        full = _encode(Image.effect_noise((64, 64), 50).convert("RGB"), "JPEG")
+        data = full[: len(full) // 2]
+    with pytest.raises(ImageDecodeError, match=reason):
+        decode_image(data, 8)
+
+
+def test_huge_image_refused_before_decoding() -> None:
+    # a PNG header claiming 20000 x 20000 pixels; only the header is read before refusing
+    side = 20_000
+    assert side * side > MAX_PIXELS
+    img = Image.new("1", (side, side))
+    data = _encode(img, "PNG")
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_image(data, 8)
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ImageDecodeError, match="cannot read file"):
+        read_and_decode(str(tmp_path / "missing.jpg"), 8)

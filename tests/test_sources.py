@@ -1,0 +1,144 @@
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from embed.errors import SourceError
+from embed.sources import find_images, folder_source, open_source, stratified_hold_out
+
+
+def _img(path: Path, fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(path, format=fmt)
+    return path
+
+
+def test_find_images_recursive_case_insensitive_and_sorted(tmp_path: Path) -> None:
+    _img(tmp_path / "a" / "x.JPG", "JPEG")
+    _img(tmp_path / "a" / "deep" / "y.PnG", "PNG")
+    _img(tmp_path / "b.webp", "WEBP")
+    _img(tmp_path / "c.bmp", "BMP")
+    _img(tmp_path / "d.gif", "GIF")
+    (tmp_path / "notes.txt").write_text("not an image")
+    found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
+    assert found == ["b.webp", "c.bmp", "d.gif", "a/x.JPG", "a/deep/y.PnG"]
+
+
+def test_links_leaving_root_are_not_followed(tmp_path: Path) -> None:
+    outside = _img(tmp_path / "outside" / "secret.jpg", "JPEG")
+    root = tmp_path / "root"
+    _img(root / "beagle" / "ok.jpg", "JPEG")
+    os.symlink(outside, root / "beagle" / "link.jpg")
+    os.symlink(outside.parent, root / "linked_dir")
+    found = [p.name for p in find_images(root)]
+    assert found == ["ok.jpg"]
+
+
+def test_folder_source_labels_and_seeded_stratified_split(dataset: Path) -> None:
+    src = folder_source(dataset, test_fraction=0.2, seed=0)
+    assert src.breeds() == ["beagle", "chihuahua", "samoyed"]
+    assert len(src.items) == 30
+    per_breed = Counter((i.label, i.split) for i in src.items)
+    for breed in src.breeds():
+        assert per_breed[(breed, "test")] == 2
+        assert per_breed[(breed, "train")] == 8
+    assert [i.row_id for i in src.items] == list(range(30))
+    again = folder_source(dataset, test_fraction=0.2, seed=0)
+    assert [i.split for i in again.items] == [i.split for i in src.items]
+    other = folder_source(dataset, test_fraction=0.2, seed=1)
+    assert [i.split for i in other.items] != [i.split for i in src.items]
+    assert src.describe()["splits"] == {"train": 24, "test": 6}
+
+
+def test_images_without_breed_folder_are_unlabelled(tmp_path: Path) -> None:
+    _img(tmp_path / "loose.jpg", "JPEG")
+    _img(tmp_path / "n02085620-Chihuahua" / "a.jpg", "JPEG")
+    _img(tmp_path / "n02085620-Chihuahua" / "b.jpg", "JPEG")
+    src = folder_source(tmp_path)
+    by_name = {Path(i.ref).name: i for i in src.items}
+    assert by_name["loose.jpg"].label is None and by_name["loose.jpg"].split == "none"
+    assert by_name["a.jpg"].label == "chihuahua"
+
+
+def test_folder_with_its_own_split(tmp_path: Path) -> None:
+    for split, n in (("train", 3), ("test", 2)):
+        for i in range(n):
+            _img(tmp_path / split / "Pug" / f"{i}.jpg", "JPEG")
+    src = folder_source(tmp_path)
+    assert src.split_origin == "dataset"
+    assert Counter(i.split for i in src.items) == {"train": 3, "test": 2}
+    assert {i.label for i in src.items} == {"pug"}
+
+
+def test_hold_out_keeps_a_train_image_per_breed() -> None:
+    splits = stratified_hold_out(["a", "b", "b", None], 0.9, seed=0)
+    assert splits[0] == "train"
+    assert sorted(splits[1:3]) == ["test", "train"]
+    assert splits[3] == "none"
+
+
+def test_missing_and_empty_folders_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        open_source(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no images found"):
+        open_source(str(tmp_path / "empty"))
+
+
+def _mock_stanford_dogs(per_split: int = 4):
+    """tfds' random mock makes invalid bounding boxes for stanford_dogs, so give mock_data
+    real JPEG bytes through its documented `as_dataset_fn` hook (images stay undecoded, as
+    the pipeline asks with SkipDecoding)."""
+    import io
+
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    def as_dataset(self, split, decoders=None, **kwargs):
+        rng = np.random.default_rng(0 if split == "train" else 1)
+        images, labels, names = [], [], []
+        for i in range(per_split):
+            buf = io.BytesIO()
+            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(buf, "JPEG")
+            images.append(buf.getvalue())
+            labels.append(i % 3)
+            names.append(f"n0208562{i}_{split}{i}.jpg")
+        return tf.data.Dataset.from_tensor_slices(
+            {"image": images, "label": labels, "image/filename": names}
+        )
+
+    return tfds.testing.mock_data(as_dataset_fn=as_dataset)
+
+
+def test_tfds_stanford_dogs_through_mock_data() -> None:
+    """The real tensorflow-datasets code path, with mock data instead of a download."""
+    import tensorflow_datasets as tfds
+
+    from embed.labels import clean_breed_name
+
+    with _mock_stanford_dogs(per_split=4):
+        src = open_source("tfds:stanford_dogs")
+        names = tfds.builder("stanford_dogs").info.features["label"].names
+    assert src.kind == "tfds" and src.split_origin == "dataset"
+    assert Counter(i.split for i in src.items) == {"train": 4, "test": 4}
+    assert src.items[0].ref == "tfds:stanford_dogs/train/n02085620_train0.jpg"
+    # label names come from the dataset's own ClassLabel (mock metadata has no breed names)
+    assert [i.label for i in src.items[:4]] == [clean_breed_name(names[j]) for j in (0, 1, 2, 0)]
+
+
+def test_tfds_source_builds_a_bundle(tmp_path: Path) -> None:
+    from embed.bundle import Bundle
+    from embed.workflows import build_bundle
+
+    with _mock_stanford_dogs(per_split=6):
+        result = build_bundle(out=tmp_path / "b", backbone="tiny_test", weights="none",
+                              batch_size=4, runtime="keras")
+    table = Bundle(result.bundle).metadata()
+    assert result.stats.embedded == 12 and result.stats.skipped == 0
+    assert Counter(table["split"]) == {"train": 6, "test": 6}
+    assert table["width"].tolist() == [30] * 12 and table["height"].tolist() == [20] * 12
+    assert result.manifest["source"]["kind"] == "tfds"
+    assert result.manifest["heads"]["logreg"]["metrics"]["test_images"] == 6
