@@ -109,6 +109,10 @@ def build_index(
         min=0.0, max=0.9, help="Hold-out share for folders without their own split.")
     ] = 0.2,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+    backbone_from: Annotated[Path | None, typer.Option(
+        help="Embed with the fine-tuned backbone of this bundle's finetune head (replaces"
+        " --backbone/--weights/--image-size).")
+    ] = None,
 ) -> None:
     """Embed every image of a source into a bundle, build its FAISS index and breed head."""
     with clear_errors(), progress_bar("embedding") as start:
@@ -118,7 +122,7 @@ def build_index(
             source=source, out=out, backbone=backbone, weights=weights, image_size=image_size,
             batch_size=batch_size, index_kind=index, memory_budget=memory_budget,
             runtime=runtime, test_fraction=test_fraction, overwrite=overwrite,
-            on_source=lambda src: start(len(src.items)),
+            on_source=lambda src: start(len(src.items)), backbone_from=backbone_from,
         )
     m = result.manifest
     idx = m["index"] or {}
@@ -126,6 +130,8 @@ def build_index(
     table = Table(title=f"bundle {result.bundle}", show_header=False)
     table.add_row("backbone", f"{m['backbone']['name']} @ {m['backbone']['image_size']}px, "
                   f"runtime {m['backbone']['runtime']['name']}")
+    if m["backbone"].get("lineage"):
+        table.add_row("fine-tuned from", m["backbone"]["lineage"]["head_file"])
     table.add_row("images embedded", str(result.stats.embedded))
     table.add_row("skipped", f"{result.stats.skipped}" + (
         f" (see {result.bundle / 'skipped.csv'})" if result.stats.skipped else ""))
@@ -138,6 +144,74 @@ def build_index(
     else:
         table.add_row("breed head", "none (unlabelled source or no test images)")
     console.print(table)
+
+
+@app.command()
+def train(
+    bundle: BundleOpt,
+    head: Annotated[str, typer.Option(help="finetune (Keras) or logreg.")] = "finetune",
+    epochs: Annotated[int, typer.Option(min=1, help="finetune: epochs of the head phase.")] = 30,
+    learning_rate: Annotated[float, typer.Option(
+        help="finetune: Adam learning rate of the head phase.")] = 1e-2,
+    unfreeze: Annotated[int, typer.Option(
+        min=0, help="finetune: top weighted backbone layers to train after the head (0: none;"
+        " BatchNorm stays frozen).")] = 0,
+    fine_tune_epochs: Annotated[int, typer.Option(
+        min=0, help="finetune: epochs with the top layers unfrozen.")] = 5,
+    fine_tune_learning_rate: Annotated[float, typer.Option(
+        help="finetune: learning rate with the top layers unfrozen.")] = 1e-4,
+    augment: Annotated[bool, typer.Option(
+        help="finetune: random flip/rotation/zoom/contrast (trains through images).")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="finetune: images per step.")] = 32,
+    validation_fraction: Annotated[float, typer.Option(
+        min=0.0, max=0.5, help="finetune: share of the train split for early stopping.")] = 0.15,
+    seed: Annotated[int, typer.Option(help="finetune: seed of the validation slice and"
+                                      " training.")] = 0,
+    c: Annotated[float | None, typer.Option(
+        "--c", help="logreg: inverse regularisation strength C.")] = None,
+) -> None:
+    """(Re)train a breed head on the bundle's own train/test split and compare the heads."""
+    with clear_errors():
+        from embed.workflows import train_head
+
+        params = None
+        if head == "finetune":
+            from classify.finetune import FinetuneParams
+
+            try:
+                params = FinetuneParams(
+                    epochs=epochs, learning_rate=learning_rate, unfreeze=unfreeze,
+                    fine_tune_epochs=fine_tune_epochs,
+                    fine_tune_learning_rate=fine_tune_learning_rate, augment=augment,
+                    batch_size=batch_size, validation_fraction=validation_fraction, seed=seed,
+                )
+            except ValueError as exc:
+                raise EmbedDogsError(str(exc)) from None
+        elif head != "logreg":
+            raise EmbedDogsError(f"unknown head {head!r}; choose finetune or logreg")
+
+        def on_epoch(phase: str, epoch: int, total: int, logs: dict[str, float]) -> None:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+            err.print(f"[bold]{phase}[/] epoch {epoch}/{total}  {shown}", highlight=False)
+
+        result = train_head(bundle, head, c=c, params=params, on_epoch=on_epoch)
+    record, comparison = result["record"], result["comparison"]
+    path = record.get("training_path")
+    if isinstance(path, dict):
+        ran = f"head on {path['head'].replace('_', ' ')}" + (
+            f", then {record['unfrozen_layers']} backbone layers unfrozen on images"
+            if path.get("fine_tune") else "")
+        console.print(f"trained {head}: {ran}")
+    table = Table(title=f"heads of {bundle} (test split)")
+    for col in ("head", "top-1", "top-5", "train s", "best"):
+        table.add_column(col)
+    for name, s in comparison["heads"].items():
+        table.add_row(name, f"{s['top1']:.1%}" if s["top1"] is not None else "-",
+                      f"{s['top5']:.1%}" if s["top5"] is not None else "-",
+                      f"{s['train_seconds']:.1f}" if s["train_seconds"] is not None else "-",
+                      "*" if name == comparison["best"] else "")
+    console.print(table)
+    console.print(f"comparison: {bundle / comparison['files']['csv']}")
 
 
 @app.command()
@@ -155,7 +229,7 @@ def classify(
     with clear_errors(), progress_bar("classifying") as start:
         from embed.workflows import classify_folder, open_for_queries
 
-        ctx = open_for_queries(bundle, head, runtime)
+        ctx = open_for_queries(bundle, head, runtime, accepts_images=True)
         summary = classify_folder(ctx, folder, out, top_k, on_start=start)
     console.print(
         f"{summary['classified']} of {summary['images']} images classified"
@@ -174,22 +248,27 @@ def search(
         False
     ),
     runtime: RuntimeOpt = None,
+    head: HeadOpt = None,
 ) -> None:
     """The k dataset images most similar to IMAGE, with similarity and breed."""
     with clear_errors():
         from embed.images import ImageDecodeError
-        from embed.workflows import open_for_queries, search_image
+        from embed.workflows import classify_image, open_for_queries, search_image
 
         if not image.is_file():
             raise EmbedDogsError(f"image {image} does not exist")
-        ctx = open_for_queries(bundle, runtime=runtime)
+        ctx = open_for_queries(bundle, head, runtime=runtime, accepts_images=True)
         try:
             hits = search_image(ctx, image, k)
+            breeds = [] if as_json else classify_image(ctx, image, 3)
         except ImageDecodeError as exc:
             raise EmbedDogsError(f"cannot use {image}: {exc}") from None
     if as_json:
         print(json.dumps(hits, indent=2))
         return
+    if breeds:
+        console.print(f"breed ({ctx.predictor.name} head): " + ", ".join(
+            f"{breed} {prob:.0%}" for breed, prob in breeds))
     table = Table(title=f"look-alikes of {image}")
     for col in ("rank", "score", "breed", "path"):
         table.add_column(col)
