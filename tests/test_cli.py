@@ -1,0 +1,174 @@
+"""The CLI end to end, into temporary folders: exact counts, files and manifest contents."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from embed.cli import app
+from tests.conftest import REPO, TINY, write_dataset
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def messy_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic classes plus one bad file of each kind and one unlabelled image."""
+    root = write_dataset(tmp_path_factory.mktemp("messy") / "dogs", per_class=6, seed=3)
+    (root / "beagle_extra").mkdir()
+    (root / "samoyed" / "empty.jpg").write_bytes(b"")
+    (root / "samoyed" / "notes.png").write_text("not an image at all")
+    full = (root / "Beagle" / "000.jpg").read_bytes()
+    (root / "Beagle" / "truncated.jpg").write_bytes(full[: len(full) // 3])
+    Image.new("CMYK", (30, 20), (0, 200, 200, 0)).save(root / "Beagle" / "cmyk.jpg")
+    Image.new("LA", (30, 20), (90, 128)).save(root / "n02085620-Chihuahua" / "grey_alpha.png")
+    Image.new("RGB", (30, 20), (9, 9, 9)).save(root / "unlabelled.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(messy_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "bundle"
+    result = invoke("build-index", "--source", messy_dataset, "--out", out, "--backbone", TINY,
+                    "--weights", "none", "--batch-size", "5", "--runtime", "keras")
+    assert result.exit_code == 0, result.output
+    assert "images embedded" in result.output and "recall@10" in result.output
+    assert "test top-1 / top-5" in result.output
+    return out
+
+
+def test_build_index_counts_files_and_manifest(built: Path) -> None:
+    manifest = json.loads((built / "manifest.json").read_text())
+    # 18 good synthetic + cmyk + grey_alpha + unlabelled = 21 embedded; 3 bad files skipped
+    assert manifest["counts"] == {"images": 24, "embedded": 21, "skipped": 3}
+    assert manifest["source"]["kind"] == "folder"
+    # hold-out of round(20%) per breed: beagle 8 -> 2, chihuahua 7 -> 1, samoyed 8 -> 2
+    assert manifest["source"]["splits"] == {"train": 18, "test": 5, "none": 1}
+    assert manifest["backbone"]["runtime"]["name"] == "keras"
+    assert manifest["index"]["kind"] == "flat" and manifest["index"]["rows"] == 21
+    skipped = pd.read_csv(built / "skipped.csv")
+    reasons = dict(zip(skipped["path"].map(lambda p: Path(p).name), skipped["reason"],
+                       strict=True))
+    assert reasons.keys() == {"empty.jpg", "notes.png", "truncated.jpg"}
+    assert reasons["empty.jpg"] == "empty file"
+    assert reasons["notes.png"].startswith("not an image")
+    assert reasons["truncated.jpg"].startswith("corrupt or truncated")
+    meta = pd.read_parquet(built / "metadata.parquet")
+    assert len(meta) == 21 and meta["label"].isna().sum() == 1
+    assert sorted(meta["label"].dropna().unique()) == ["beagle", "chihuahua", "samoyed"]
+    assert manifest["heads"]["logreg"]["metrics"]["test_images"] == int(
+        (meta["split"] == "test").sum()
+    )
+
+
+def test_classify_writes_one_row_per_image_with_errors(built: Path, messy_dataset: Path,
+                                                       tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("001.jpg", "002.jpg"):
+        shutil.copy(messy_dataset / "samoyed" / name, photos / f"s{name}")
+    shutil.copy(messy_dataset / "Beagle" / "001.jpg", photos / "nested.jpg")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xffnope")
+    out = tmp_path / "preds.csv"
+    result = invoke("classify", photos, "--bundle", built, "--out", out, "--top-k", "2")
+    assert result.exit_code == 0, result.output
+    assert "3 of 4 images classified, 1 could not be read" in result.output
+    table = pd.read_csv(out, keep_default_na=False)
+    assert len(table) == 4
+    assert list(table.columns) == ["path", "error", "breed_1", "prob_1", "breed_2", "prob_2",
+                                   "lookalike_path", "lookalike_breed", "lookalike_score"]
+    broken = table[table["path"].str.endswith("broken.jpg")].iloc[0]
+    assert broken["error"] and broken["breed_1"] == ""
+    good = table[table["error"] == ""]
+    assert (good["prob_1"].astype(float) >= good["prob_2"].astype(float)).all()
+    # copies of dataset images find themselves as nearest look-alike
+    same = good[good["path"].str.endswith("s001.jpg")].iloc[0]
+    assert Path(same["lookalike_path"]).name == "001.jpg"
+    assert float(same["lookalike_score"]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_search_json(built: Path, messy_dataset: Path) -> None:
+    image = messy_dataset / "samoyed" / "004.jpg"
+    result = invoke("search", image, "--bundle", built, "-k", "4", "--json")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)
+    assert len(hits) == 4 and hits[0]["path"] == str(image.resolve())
+    assert hits[0]["label"] == "samoyed" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+
+
+def test_info_and_evaluate(built: Path) -> None:
+    info = invoke("info", "--bundle", built)
+    assert info.exit_code == 0 and "tiny_test" in info.output and "recall@10" in info.output
+    raw = json.loads(invoke("info", "--bundle", built, "--json").output)
+    assert raw["schema_version"] == 1
+    evaluation = invoke("evaluate", "--bundle", built)
+    assert evaluation.exit_code == 0
+    for breed in ("beagle", "chihuahua", "samoyed"):
+        assert breed in evaluation.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["build-index", "--source", "/no/such/folder"], "does not exist"),
+        (["build-index", "--backbone", "vgg99", "--source", "{empty}"], "no images found"),
+        (["build-index", "--backbone", "vgg99", "--source", "{dataset}"],
+         "unknown backbone 'vgg99'; known backbones:"),
+        (["build-index", "--source", "{dataset}", "--weights", "/no/w.h5"],
+         "weights file /no/w.h5 does not exist"),
+        (["search", "{image}", "--bundle", "/no/bundle"], "does not exist; build one"),
+        (["classify", "/no/photos", "--bundle", "{bundle}"], "folder /no/photos does not exist"),
+        (["info", "--bundle", "{empty}"], "not a complete bundle"),
+    ],
+)
+def test_expected_failures_are_one_clear_line(args, message, built: Path, dataset: Path,
+                                              tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    fill = {"{empty}": str(tmp_path / "empty"), "{dataset}": str(dataset),
+            "{bundle}": str(built), "{image}": str(next(dataset.rglob("*.jpg")))}
+    result = runner.invoke(app, [fill.get(a, a) for a in args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_existing_bundle_is_not_overwritten_by_accident(built: Path, dataset: Path) -> None:
+    result = runner.invoke(app, ["build-index", "--source", str(dataset), "--out", str(built),
+                                 "--backbone", TINY, "--weights", "none"])
+    assert result.exit_code == 2 and "already exists; pass --overwrite" in result.output
+
+
+def test_query_with_another_backbone_is_refused(built: Path, dataset: Path,
+                                                tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["backbone"]["weights_sha256"] = "0" * 64  # as if built with other weights
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["search", str(next(dataset.rglob("*.jpg"))), "--bundle",
+                                 str(copy)])
+    assert result.exit_code == 2
+    assert "the bundle was built with tiny_test" in result.output
+    assert "differs in: weights_sha256" in result.output
+
+
+def test_help_is_instant_and_imports_no_tensorflow() -> None:
+    code = ("import sys; from embed.cli import app; from typer.main import get_command;"
+            "get_command(app); print('tensorflow' in sys.modules, 'faiss' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert out.stdout.split() == ["False", "False"], out.stderr
+    help_run = subprocess.run([sys.executable, "-m", "embed", "--help"], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+    assert help_run.returncode == 0 and "build-index" in help_run.stdout
