@@ -20,10 +20,11 @@ if ctx is None:
 widgets.keep_widget_state()
 here = Path(__file__).resolve().parent
 page = st.navigation([
-    st.Page(here / "page_identify.py", title="Identify", icon="🔍", default=True),
-    st.Page(here / "page_browse.py", title="Browse", icon="🗂️"),
-    st.Page(here / "page_map.py", title="Map", icon="🗺️"),
-    st.Page(here / "page_report.py", title="Report", icon="📊"),
+    st.Page(here / "page_identify.py", title="Identify", icon=":material/search:",
+            default=True),
+    st.Page(here / "page_browse.py", title="Browse", icon=":material/grid_view:"),
+    st.Page(here / "page_map.py", title="Map", icon=":material/scatter_plot:"),
+    st.Page(here / "page_report.py", title="Report", icon=":material/analytics:"),
 ])
 widgets.sidebar_facts(ctx)
 page.run()

@@ -134,7 +134,7 @@ def handle_photo(file: Any, source: str) -> None:
             st.session_state[seen] = (file_id, str(exc))
     problem = st.session_state[seen][1]
     if problem:
-        st.error(problem, icon="⚠️")
+        st.error(problem, icon=":material/warning:")
 
 
 def dataset_picker(ctx: Any, key: str) -> None:
@@ -240,7 +240,7 @@ def query_panel(ctx: Any, query: core.Query) -> None:
 def missing_bundle_page(path: str | None, problem: str | None) -> None:
     """What to do when there is no usable bundle: the reason and the commands that fix it."""
     st.title("embed-dogs")
-    st.error(f"**No bundle to show.** {problem or ''}", icon="🐾")
+    st.error(f"**No bundle to show.** {problem or ''}", icon=":material/pets:")
     st.markdown("The app shows one *bundle*: the folder `embed-dogs build-index` writes. Build"
                 " one, then start the app on it:")
     st.code(core.build_instructions(path), language="bash")

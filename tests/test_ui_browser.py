@@ -1,0 +1,114 @@
+"""The app in a real browser: `streamlit run` on a free port, headless Chromium via Playwright.
+
+Needs Debian's `chromium` at /usr/bin/chromium (`apt-get install -y chromium`); Playwright's
+own browser downloads are not used.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+APP = Path(__file__).resolve().parent.parent / "ui" / "app.py"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+START_TIMEOUT_S = 60
+PAGE_TIMEOUT_MS = 120_000  # the first session loads TensorFlow and the model
+
+# `streamlit run`, after registering the tests' tiny backbone (the bundle was built with it)
+TESTS = str(Path(__file__).resolve().parent)
+LAUNCHER = (
+    f"import sys; sys.path.insert(0, {TESTS!r}); import conftest; "
+    "from streamlit.web.cli import main; main(prog_name='streamlit')"
+)
+
+pytestmark = pytest.mark.browser
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.read().strip() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"streamlit did not answer on {url} within {timeout} s")
+
+
+@pytest.fixture
+def server(tiny_bundle: Path, tmp_path: Path) -> Iterator[str]:
+    """`streamlit run ui/app.py -- --bundle TINY` on a free local port; stopped afterwards."""
+    port = free_port()
+    env = {**os.environ, "EMBED_DOGS_CACHE": str(tmp_path / "cache")}
+    env.pop("EMBED_DOGS_BUNDLE", None)  # the bundle comes from the command line here
+    log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, "run", str(APP), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+         "--", "--bundle", str(tiny_bundle)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc, START_TIMEOUT_S)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
+)
+def test_upload_shows_breed_and_gallery_in_chromium(server: str, dataset: Path, tmp_path: Path):
+    from playwright.sync_api import expect, sync_playwright
+
+    photo = sorted((dataset / "Beagle").glob("*.jpg"))[0]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.set_default_timeout(PAGE_TIMEOUT_MS)
+            page.goto(server)
+            expect(page.get_by_text("Identify a dog")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+            page.locator("input[type=file]").set_input_files(str(photo))
+            expect(page.get_by_text("Look-alikes")).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+            buttons = page.get_by_role("button", name="use as query")
+            expect(buttons).to_have_count(12, timeout=PAGE_TIMEOUT_MS)
+            query = page.get_by_text(f"Query: {photo.name} (your photo)")
+            expect(query).to_be_visible(timeout=PAGE_TIMEOUT_MS)
+            page.screenshot(path=str(tmp_path / "identify.png"), full_page=True)
+            text = page.inner_text("body")
+        finally:
+            browser.close()
+    assert (tmp_path / "identify.png").stat().st_size > 10_000
+    assert "beagle" in text
+    assert "similarity" in text
