@@ -356,8 +356,6 @@ def ui(
     headless: Annotated[bool, typer.Option(help="Do not open a browser window.")] = False,
 ) -> None:
     """Open the Streamlit app on a bundle: identify a dog, browse look-alikes and the dataset."""
-    import subprocess
-
     import ui as ui_package
 
     app_file = Path(ui_package.__file__).resolve().parent / "app.py"
@@ -368,11 +366,8 @@ def ui(
         "--", "--bundle", bundle_dir,
     ]
     env = {**os.environ, "EMBED_DOGS_BUNDLE": bundle_dir}
-    try:
-        code = subprocess.call(command, env=env)
-    except KeyboardInterrupt:
-        code = 130
-    raise typer.Exit(code)
+    sys.stdout.flush()
+    os.execve(sys.executable, command, env)  # streamlit takes over this process and its signals
 
 
 def main(argv: list[str] | None = None) -> Any:  # pragma: no cover - console entry

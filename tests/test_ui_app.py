@@ -302,20 +302,18 @@ def test_thumbnail_placeholder_for_rows_without_files(tmp_path: Path):
 
 
 def test_cli_ui_command_starts_streamlit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    import subprocess
-
     from typer.testing import CliRunner
 
     from embed.cli import app as cli
 
     calls = []
-    monkeypatch.setattr(subprocess, "call",
-                        lambda cmd, env: calls.append((cmd, env)) or 0)
+    monkeypatch.setattr(os, "execve", lambda exe, cmd, env: calls.append((exe, cmd, env)))
     result = CliRunner().invoke(cli, ["ui", "--bundle", str(tmp_path), "--port", "8765",
                                       "--headless"])
     assert result.exit_code == 0, result.output
-    (cmd, env), = calls
-    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith(os.path.join("ui", "app.py"))
+    (exe, cmd, env), = calls
+    assert exe == cmd[0] and cmd[1:4] == ["-m", "streamlit", "run"]
+    assert cmd[4].endswith(os.path.join("ui", "app.py"))
     assert cmd[cmd.index("--server.port") + 1] == "8765"
     assert cmd[-3:] == ["--", "--bundle", str(tmp_path.resolve())]
     assert env[core.BUNDLE_ENV] == str(tmp_path.resolve())
