@@ -358,7 +358,7 @@ def ui(
     """Open the Streamlit app on a bundle: identify a dog, browse look-alikes and the dataset."""
     import ui as ui_package
 
-    app_file = Path(ui_package.__file__).resolve().parent / "app.py"
+    app_file = Path(next(iter(ui_package.__path__))).resolve() / "app.py"
     bundle_dir = str(bundle.expanduser().resolve())
     command = [
         sys.executable, "-m", "streamlit", "run", str(app_file), "--server.port", str(port),
