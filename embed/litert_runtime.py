@@ -116,19 +116,34 @@ class LiteRTRuntime:
         self.error_: str | None = None
         self._batch_size: int | None = None
 
+        self.tflite_path = tflite_path
         if tflite_path is not None:
             self.cache_file = Path(tflite_path)
         else:
             safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.cache_key)
             self.cache_file = self.cache_dir / f"{safe}.tflite"
         try:
-            if not self.cache_file.is_file():
-                log.info("converting %s to LiteRT at %s", self.cache_key, self.cache_file)
-                export_litert(model, self.cache_file)
-                self.converted_ = True
-            self._open()
+            self._load()
         except Exception as exc:  # conversion or loading failed: Keras still works
             self._fall_back(f"LiteRT unavailable for {self.cache_key}: {exc}")
+
+    def _convert(self) -> None:
+        log.info("converting %s to LiteRT at %s", self.cache_key, self.cache_file)
+        export_litert(self.model, self.cache_file)
+        self.converted_ = True
+
+    def _load(self) -> None:
+        """Open the cached export, converting first if absent, or again if it will not load."""
+        if not self.cache_file.is_file():
+            self._convert()
+        try:
+            self._open()
+        except Exception as exc:
+            if self.converted_ or self.tflite_path is not None:
+                raise
+            log.warning("cached %s does not load (%s); converting again", self.cache_file, exc)
+            self._convert()
+            self._open()
 
     def _open(self) -> None:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType

@@ -127,6 +127,14 @@ def test_second_construction_converts_nothing(model: keras.Model, tmp_path: Path
     np.testing.assert_array_equal(first.embed(batch), second.embed(batch))
 
 
+def test_unloadable_cached_file_is_converted_again(model: keras.Model, tmp_path: Path) -> None:
+    (tmp_path / "k.tflite").write_bytes(b"not a flatbuffer")
+    rt = LiteRTRuntime(model, cache_key="k", cache_dir=tmp_path)
+    assert rt.converted_ and rt.name == "litert"
+    assert rt.cache_file.stat().st_size > 1000
+    assert rt.embed(images(2)).shape == (2, 16)
+
+
 def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("EMBED_DOGS_CACHE", str(tmp_path))
     assert default_cache_dir() == tmp_path / "litert"
