@@ -192,7 +192,8 @@ def train(
 
         def on_epoch(phase: str, epoch: int, total: int, logs: dict[str, float]) -> None:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
-            err.print(f"[bold]{phase}[/] epoch {epoch}/{total}  {shown}", highlight=False)
+            err.print(f"[bold]{phase}[/] epoch {epoch}/{total}  {shown}", highlight=False,
+                      soft_wrap=True)
 
         result = train_head(bundle, head, c=c, params=params, on_epoch=on_epoch)
     record, comparison = result["record"], result["comparison"]
