@@ -37,6 +37,28 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
+
+def one_of(*choices: str) -> Callable[[str | None], str | None]:
+    """An option callback that refuses values outside `choices` with a usage error."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
+def memory_size(value: str) -> str:
+    from index.choice import parse_budget
+
+    try:
+        parse_budget(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 BundleOpt = Annotated[
     Path, typer.Option("--bundle", "-b", help="Bundle folder written by build-index.")
 ]
@@ -45,7 +67,8 @@ HeadOpt = Annotated[
 ]
 RuntimeOpt = Annotated[
     str | None,
-    typer.Option(help="auto | litert | keras (default: what the bundle was built with)."),
+    typer.Option(help="auto | litert | keras (default: what the bundle was built with).",
+                 callback=one_of("auto", "litert", "keras")),
 ]
 
 
@@ -100,11 +123,15 @@ def build_index(
     ] = "imagenet",
     image_size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 64,
-    index: Annotated[str, typer.Option(help="auto | flat | hnsw | ivf")] = "auto",
-    memory_budget: Annotated[str, typer.Option(help="Index memory budget for auto, e.g. 2G.")] = (
-        "2G"
-    ),
-    runtime: Annotated[str, typer.Option(help="auto | litert | keras")] = "auto",
+    index: Annotated[str, typer.Option(
+        help="auto | flat | hnsw | ivf", callback=one_of("auto", "flat", "hnsw", "ivf"))
+    ] = "auto",
+    memory_budget: Annotated[str, typer.Option(
+        help="Index memory budget for auto, e.g. 2G.", callback=memory_size)
+    ] = "2G",
+    runtime: Annotated[str, typer.Option(
+        help="auto | litert | keras", callback=one_of("auto", "litert", "keras"))
+    ] = "auto",
     test_fraction: Annotated[float, typer.Option(
         min=0.0, max=0.9, help="Hold-out share for folders without their own split.")
     ] = 0.2,
@@ -271,8 +298,9 @@ def search(
         console.print(f"breed ({ctx.predictor.name} head): " + ", ".join(
             f"{breed} {prob:.0%}" for breed, prob in breeds))
     table = Table(title=f"look-alikes of {image}")
-    for col in ("rank", "score", "breed", "path"):
+    for col in ("rank", "score", "breed"):
         table.add_column(col)
+    table.add_column("path", overflow="fold")
     for rank, hit in enumerate(hits, start=1):
         table.add_row(str(rank), f"{hit['score']:.4f}", str(hit["label"] or "-"), hit["path"])
     console.print(table)

@@ -130,6 +130,12 @@ def test_info_and_evaluate(built: Path) -> None:
         (["search", "{image}", "--bundle", "/no/bundle"], "does not exist; build one"),
         (["classify", "/no/photos", "--bundle", "{bundle}"], "folder /no/photos does not exist"),
         (["info", "--bundle", "{empty}"], "not a complete bundle"),
+        (["build-index", "--index", "annoy", "--source", "{dataset}"],
+         "'annoy' is not one of auto, flat, hnsw, ivf"),
+        (["build-index", "--runtime", "fast", "--source", "{dataset}"],
+         "'fast' is not one of auto, litert, keras"),
+        (["build-index", "--memory-budget", "lots", "--source", "{dataset}"],
+         "cannot read memory budget 'lots'"),
     ],
 )
 def test_expected_failures_are_one_clear_line(args, message, built: Path, dataset: Path,
