@@ -284,7 +284,10 @@ def test_thumbnails_are_made_once(dataset: Path, tmp_path: Path):
     first = thumbnail(str(photo), "abc123", 24, cache_dir=tmp_path)
     assert first is not None and first.parent.name == "ab"
     with Image.open(first) as img:
-        assert max(img.size) == 24
+        assert img.size == (24, 24)
+    whole = thumbnail(str(photo), "abc123", 24, cache_dir=tmp_path, square=False)
+    with Image.open(whole) as img:
+        assert img.size == (24, 20)  # 48x40 photo, aspect kept
     stamp = first.stat().st_mtime_ns
     assert thumbnail(str(photo), "abc123", 24, cache_dir=tmp_path) == first
     assert first.stat().st_mtime_ns == stamp

@@ -23,7 +23,7 @@ chart = alt.Chart(table).mark_circle(size=30 if len(table) < 5000 else 12).encod
     x=alt.X("x:Q", axis=None),
     y=alt.Y("y:Q", axis=None),
     color=alt.Color("breed:N", legend=None if many else alt.Legend(title="breed")),
-    opacity=alt.condition(point, alt.value(0.85), alt.value(0.25)),
+    opacity=alt.condition(point, alt.value(0.9), alt.value(0.35)),
     tooltip=["breed:N", "file:N"],
 ).add_params(point).properties(height=560)
 event = st.altair_chart(chart, on_select="rerun", selection_mode="dog", key="map_chart",

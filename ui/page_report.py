@@ -21,7 +21,7 @@ for head in heads:
     a.metric("Top-1 accuracy", f"{m['top1']:.1%}")
     b.metric("Top-5 accuracy", f"{m['top5']:.1%}")
     c.metric("Test images", f"{m['test_images']:,}")
-    table_col, plot_col = st.columns([2, 3])
+    table_col, plot_col = st.columns(2)
     with table_col:
         st.subheader("Per breed")
         st.dataframe(head.per_breed, hide_index=True, width="stretch",

@@ -45,18 +45,22 @@ def _shrink(img: Image.Image, size: int) -> Image.Image:
     return img
 
 
-def thumbnail(path: str, sha256: str, size: int = THUMB_SIZE,
-              cache_dir: Path | None = None) -> Path | None:
-    """A JPEG at most `size` px on its longer side; None when the image has no readable file."""
+def thumbnail(path: str, sha256: str, size: int = THUMB_SIZE, cache_dir: Path | None = None,
+              square: bool = True) -> Path | None:
+    """A JPEG `size` px square (centre crop), or at most `size` px on its longer side when not
+    `square`; None when the image has no readable file."""
     if not has_file(path):
         return None
     key = sha256 or "p" + hashlib.sha1(path.encode()).hexdigest()
-    out = (cache_dir or thumbnail_cache_dir()) / str(size) / key[:2] / f"{key}.jpg"
+    folder = f"{size}sq" if square else str(size)
+    out = (cache_dir or thumbnail_cache_dir()) / folder / key[:2] / f"{key}.jpg"
     if out.is_file():
         return out
     try:
         with Image.open(path) as img:
-            small = _shrink(img, size)
+            small = _shrink(img, size * 2 if square else size)
+            if square:
+                small = ImageOps.fit(small, (size, size), Image.Resampling.LANCZOS)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
     with atomic_path(out) as tmp:

@@ -112,10 +112,10 @@ def pretty(breed: str | None) -> str:
     return breed.replace("_", " ") if breed else "unknown breed"
 
 
-def show_row_image(ctx: Any, position: int, size: int = THUMB_SIZE) -> None:
+def show_row_image(ctx: Any, position: int, size: int = THUMB_SIZE, square: bool = True) -> None:
     """A dataset image's cached thumbnail, or a placeholder when it has no file."""
     row = ctx.index.metadata.iloc[int(position)]
-    thumb = thumbnail(str(row["path"]), str(row["sha256"]), size)
+    thumb = thumbnail(str(row["path"]), str(row["sha256"]), size, square=square)
     st.image(str(thumb) if thumb else placeholder(size), width="stretch")
 
 
@@ -184,7 +184,7 @@ def prediction_block(ctx: Any, query: core.Query) -> core.Prediction | None:
     table["breed"] = table["breed"].map(pretty)
     chart = alt.Chart(table).mark_bar().encode(
         x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
-        y=alt.Y("breed:N", sort="-x", title=None),
+        y=alt.Y("breed:N", sort="-x", title=None, axis=alt.Axis(labelLimit=220)),
         tooltip=["breed", alt.Tooltip("probability:Q", format=".1%")],
     ).properties(height=36 * len(table) + 30)
     st.altair_chart(chart, width="stretch")
@@ -228,7 +228,7 @@ def query_panel(ctx: Any, query: core.Query) -> None:
         if query.image is not None:
             st.image(query.image, width="stretch")
         elif query.position is not None:
-            show_row_image(ctx, query.position, PREVIEW_SIZE)
+            show_row_image(ctx, query.position, PREVIEW_SIZE, square=False)
         where = "dataset photo" if query.position is not None else "your photo"
         labelled = f", labelled **{pretty(query.label)}**" if query.label else ""
         st.markdown(f"Query: `{query.name}` ({where}{labelled})")
