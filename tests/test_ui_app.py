@@ -320,3 +320,14 @@ def test_cli_ui_command_starts_streamlit(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert cmd[cmd.index("--server.port") + 1] == "8765"
     assert cmd[-3:] == ["--", "--bundle", str(tmp_path.resolve())]
     assert env[core.BUNDLE_ENV] == str(tmp_path.resolve())
+
+
+def test_project_2d_fits_on_a_sample_of_large_collections(ctx, monkeypatch: pytest.MonkeyPatch):
+    vectors = ctx.bundle.embeddings()
+    full = core.project_2d(vectors)
+    monkeypatch.setattr(core, "PCA_FIT_ROWS", 20)
+    sampled = core.project_2d(vectors)
+    assert full.shape == sampled.shape == (30, 2)
+    # the leading direction of the sample agrees with that of all rows (up to sign)
+    assert abs(np.corrcoef(full[:, 0], sampled[:, 0])[0, 1]) > 0.9
+    assert core.project_2d(vectors[:2]).tolist() == [[0.0, 0.0], [0.0, 0.0]]

@@ -228,6 +228,9 @@ def projection_methods() -> list[str]:
     return ["PCA", "UMAP"]
 
 
+PCA_FIT_ROWS = 5000  # PCA is fitted on a sample this big, then applied to every row
+
+
 def project_2d(vectors: np.ndarray, method: str = "PCA", seed: int = 0) -> np.ndarray:
     """2-D coordinates of the embeddings (PCA, or UMAP with cosine distance)."""
     vectors = np.asarray(vectors, np.float32)
@@ -241,7 +244,12 @@ def project_2d(vectors: np.ndarray, method: str = "PCA", seed: int = 0) -> np.nd
         )
     from sklearn.decomposition import PCA
 
-    return PCA(n_components=2, random_state=seed).fit_transform(vectors).astype(np.float32)
+    sample = vectors
+    if len(vectors) > PCA_FIT_ROWS:
+        rng = np.random.default_rng(seed)
+        sample = vectors[np.sort(rng.choice(len(vectors), PCA_FIT_ROWS, replace=False))]
+    pca = PCA(n_components=2, random_state=seed).fit(sample)
+    return pca.transform(vectors).astype(np.float32)
 
 
 def map_table(bundle: Bundle, method: str = "PCA") -> Any:
