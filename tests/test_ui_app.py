@@ -132,6 +132,45 @@ def test_upload_over_size_limit_is_refused(app, monkeypatch: pytest.MonkeyPatch)
     assert not any(m.value.startswith("Query:") for m in app.markdown)
 
 
+def test_camera_photo_becomes_the_query(app):
+    app.radio(key="identify_source").set_value("Camera").run()
+    app.camera_input[0].set_value(("shot.jpg", jpeg_bytes((235, 235, 230)), "image/jpeg")).run()
+    assert not app.exception
+    assert "`shot.jpg` (your photo)" in query_caption(app)
+    assert len(gallery_labels(app)) == 12
+
+
+def test_bundle_without_head_or_files(tiny_bundle: Path, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch):
+    """No breed head: no prediction, only the "all" filter; tfds rows: placeholders."""
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from embed.bundle import Bundle
+
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "bare"))
+    bundle = Bundle(copy)
+    bundle.update_manifest(heads={})
+    table = bundle.metadata()
+    table["path"] = [f"tfds:stanford_dogs/train/{i}" for i in range(len(table))]
+    table.to_parquet(bundle.metadata_path, index=False)
+    monkeypatch.setenv(core.BUNDLE_ENV, str(copy))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    pick_first_dataset_image(at)
+    assert any("no breed head" in i.value for i in at.info)
+    assert not at.success and not at.warning
+    # a dataset photo's own label stands in for the prediction
+    assert at.radio(key="gallery_filter").options[1] == "Same breed as this photo (beagle)"
+    at.radio(key="gallery_filter").set_value("same").run()
+    assert set(gallery_labels(at)) == {"beagle"} and len(gallery_labels(at)) == 9
+    assert len(at.image) == 10  # placeholders: the query and its 9 look-alikes
+    at.radio(key="identify_source").set_value("Upload").run()
+    at.file_uploader[0].set_value(("dog.jpg", jpeg_bytes(), "image/jpeg")).run()
+    assert at.radio(key="gallery_filter").options == ["All breeds"]
+    assert len(gallery_labels(at)) == 12
+
+
 def test_browse_page_shows_breed_grid_and_lookalikes(app):
     app.switch_page("page_browse.py").run()
     assert not app.exception

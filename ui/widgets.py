@@ -200,11 +200,12 @@ def gallery(ctx: Any, query: core.Query, prediction: core.Prediction | None) -> 
         st.session_state[GALLERY_FILTER] = "all"
     left, right = st.columns([1, 2])
     k = left.slider("How many", 1, MAX_K, key=GALLERY_K)
-    mode = right.radio(
-        "Show", options, key=GALLERY_FILTER, horizontal=True,
-        format_func=lambda m: f"{core.FILTERS[m]} ({pretty(breed)})" if m == "same"
-        else core.FILTERS[m],
-    )
+    same = core.FILTERS["same"] if prediction else "Same breed as this photo"
+
+    def label(mode: str) -> str:
+        return f"{same} ({pretty(breed)})" if mode == "same" else core.FILTERS[mode]
+
+    mode = right.radio("Show", options, key=GALLERY_FILTER, horizontal=True, format_func=label)
     hits = core.lookalikes(ctx.index, query.vector, int(k), mode, breed, exclude=query.position)
     if not hits:
         st.info("No dataset image matches this filter.")
