@@ -146,7 +146,7 @@ def measure(bundle: Path) -> dict[str, float]:
     at.switch_page("page_browse.py")
     out["Browse, first render (24 thumbnails)"] = timed_run(at)
     at.switch_page("page_map.py")
-    out["Map, first render (PCA of all rows)"] = timed_run(at)
+    out["Map, first render (2-D projection of all rows)"] = timed_run(at)
     out["Map, second render (cached projection)"] = timed_run(at)
     at.switch_page("page_report.py")
     out["Report, first render"] = timed_run(at)
