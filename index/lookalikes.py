@@ -12,6 +12,7 @@ from embed.errors import BundleError, IncompatibleBundleError
 from index.choice import DEFAULT_MEMORY_BUDGET, IndexChoice, choose_index
 
 RECALL_K = 10
+BREED_FILTERS = ("all", "same", "other")
 RECALL_QUERIES = 1000
 SEED = 0
 
@@ -118,25 +119,57 @@ class LookalikeIndex:
             )
         self.dim = int(manifest["backbone"]["dim"])
 
-    def search(self, queries: np.ndarray, k: int = 8) -> list[list[Neighbour]]:
-        """The k most similar dataset rows for each query vector (best first)."""
+    def _neighbour(self, position: int, score: float) -> Neighbour:
+        r = self.metadata.iloc[int(position)]
+        label = r["label"] if isinstance(r["label"], str) else None
+        return Neighbour(int(position), int(r["row_id"]), float(score), str(r["path"]), label,
+                         str(r["split"]))
+
+    def _queries(self, queries: np.ndarray) -> np.ndarray:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != self.dim:
             raise IncompatibleBundleError(
                 f"query vectors have dim {queries.shape[1]}, the bundle's index has {self.dim}"
             )
+        return queries
+
+    def search(self, queries: np.ndarray, k: int = 8) -> list[list[Neighbour]]:
+        """The k most similar dataset rows for each query vector (best first)."""
+        queries = self._queries(queries)
         k = max(1, min(k, self.index.ntotal))
         scores, positions = self.index.search(queries, k)
-        rows = self.metadata
-        out: list[list[Neighbour]] = []
-        for score_row, pos_row in zip(scores, positions, strict=True):
-            hits = []
-            for score, pos in zip(score_row, pos_row, strict=True):
-                if pos < 0:
-                    continue
-                r = rows.iloc[int(pos)]
-                label = r["label"] if isinstance(r["label"], str) else None
-                hits.append(Neighbour(int(pos), int(r["row_id"]), float(score), str(r["path"]),
-                                      label, str(r["split"])))
-            out.append(hits)
-        return out
+        return [
+            [self._neighbour(p, s) for s, p in zip(srow, prow, strict=True) if p >= 0]
+            for srow, prow in zip(scores, positions, strict=True)
+        ]
+
+    def search_filtered(
+        self, query: np.ndarray, k: int, breed: str | None = None, mode: str = "all",
+        exclude: int | None = None,
+    ) -> list[Neighbour]:
+        """The k nearest rows of one query, only of `breed` ("same") or all but it ("other").
+
+        `exclude` drops one position (the query's own row). The index is asked for more rows
+        until k survive the filter or the whole collection was searched.
+        """
+        if mode not in BREED_FILTERS:
+            raise ValueError(f"unknown filter {mode!r}; expected one of {', '.join(BREED_FILTERS)}")
+        query = self._queries(query)[:1]
+        total = int(self.index.ntotal)
+        labels = self.metadata["label"].to_numpy(dtype=object)
+        fetch = k + 1 if mode == "all" else 4 * k
+        while True:
+            fetch = min(fetch, total)
+            scores, positions = self.index.search(query, fetch)
+            scores, positions = scores[0], positions[0]
+            keep = positions >= 0
+            if exclude is not None:
+                keep &= positions != exclude
+            if mode != "all":
+                same = labels[np.where(positions >= 0, positions, 0)] == breed
+                keep &= same if mode == "same" else ~same
+            if keep.sum() >= k or fetch >= total:
+                break
+            fetch *= 4
+        return [self._neighbour(p, s) for s, p in
+                list(zip(scores[keep], positions[keep], strict=True))[:k]]

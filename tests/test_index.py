@@ -82,3 +82,20 @@ def test_bundle_index_search_returns_metadata(tiny_bundle: Path) -> None:
     assert hits[0][0].score >= hits[0][1].score >= hits[0][2].score
     # k larger than the collection is capped
     assert len(lookalikes.search(vectors[:1], k=100)[0]) == 30
+
+
+def test_breed_filtered_search(tiny_bundle: Path) -> None:
+    bundle = Bundle.open(tiny_bundle)
+    lookalikes = LookalikeIndex(bundle)
+    table = bundle.metadata()
+    query = bundle.embeddings()[0]
+    breed = table.loc[0, "label"]
+    same = lookalikes.search_filtered(query, 5, breed=breed, mode="same", exclude=0)
+    assert len(same) == 5 and all(h.label == breed for h in same)
+    assert 0 not in [h.position for h in same]
+    other = lookalikes.search_filtered(query, 25, breed=breed, mode="other")
+    assert len(other) == 20 and all(h.label != breed for h in other)  # only 20 of other breeds
+    everything = lookalikes.search_filtered(query, 3)
+    assert [h.position for h in everything] == [h.position for h in lookalikes.search(query, 3)[0]]
+    with pytest.raises(ValueError, match="unknown filter"):
+        lookalikes.search_filtered(query, 3, mode="nearby")

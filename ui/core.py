@@ -164,40 +164,8 @@ def predict(predictor: Any, vector: np.ndarray, k: int = TOP_BREEDS,
 # ---- look-alikes -----------------------------------------------------------------------------
 def lookalikes(index: Any, vector: np.ndarray, k: int, mode: str = "all",
                breed: str | None = None, exclude: int | None = None) -> list[Any]:
-    """The k nearest dataset rows, optionally only `breed` ("same") or all but it ("other").
-
-    `exclude` drops the query's own row. The index is asked for more rows until k survive the
-    filter (or the whole collection was searched).
-    """
-    from index.lookalikes import Neighbour
-
-    if mode not in FILTERS:
-        raise ValueError(f"unknown filter {mode!r}; expected one of {', '.join(FILTERS)}")
-    meta = index.metadata
-    total = int(index.index.ntotal)
-    labels = meta["label"].to_numpy(dtype=object)
-    query = np.ascontiguousarray(np.atleast_2d(vector), dtype=np.float32)
-    fetch = k + 1 if mode == "all" else 4 * k
-    while True:
-        fetch = min(fetch, total)
-        scores, positions = index.index.search(query, fetch)
-        scores, positions = scores[0], positions[0]
-        keep = positions >= 0
-        if exclude is not None:
-            keep &= positions != exclude
-        if mode != "all":
-            same = labels[np.where(positions >= 0, positions, 0)] == breed
-            keep &= same if mode == "same" else ~same
-        if keep.sum() >= k or fetch >= total:
-            break
-        fetch *= 4
-    hits = []
-    for score, pos in list(zip(scores[keep], positions[keep], strict=True))[:k]:
-        row = meta.iloc[int(pos)]
-        label = row["label"] if isinstance(row["label"], str) else None
-        hits.append(Neighbour(int(pos), int(row["row_id"]), float(score), str(row["path"]),
-                              label, str(row["split"])))
-    return hits
+    """The k nearest dataset rows, optionally only `breed` ("same") or all but it ("other")."""
+    return index.search_filtered(vector, k, breed=breed, mode=mode, exclude=exclude)
 
 
 # ---- browsing --------------------------------------------------------------------------------
