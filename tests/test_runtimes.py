@@ -193,3 +193,22 @@ def test_mobilenet_v2_parity(tmp_path: Path) -> None:
     d = rt.describe()
     assert d["name"] == "litert", d
     assert d["parity"]["mean_cosine"] >= 0.999 and d["parity"]["min_cosine"] >= 0.995
+
+
+def test_large_batches_run_in_fixed_slices(model: keras.Model, cache: Path) -> None:
+    rt = LiteRTRuntime(model, cache_key="tiny-32-abc", cache_dir=cache, max_rows=4)
+    batch = images(11, seed=3)
+    got = rt.embed(batch)  # slices of 4, 4 and 3 padded to 4
+    assert got.shape == (11, 16)
+    assert rt._batch_size == 4  # the arena was planned for 4 rows only
+    np.testing.assert_allclose(got, np.asarray(model(batch)), rtol=1e-3, atol=1e-4)
+    assert rt.parity_["rows"] == 11 and rt.parity_["passed"]
+
+
+@pytest.mark.parametrize("max_rows", [None, 3])
+def test_keras_runtime_slices_match_calling_the_model(model: keras.Model, max_rows: int) -> None:
+    batch = images(7, seed=4)
+    got = KerasRuntime(model, max_rows=max_rows).embed(batch)
+    assert got.dtype == np.float32 and got.shape == (7, 16)
+    np.testing.assert_allclose(got, np.asarray(model(batch, training=False)), rtol=1e-5, atol=1e-6)
+    assert KerasRuntime(model).embed(batch[:0]).shape == (0, 16)
