@@ -154,6 +154,11 @@ def run_isolated(mode: str, args: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _load() -> str:
+    """The 1/5/15-minute load average: other processes share these cores."""
+    return ",".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -203,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"backbone={args.backbone} image_size={args.image_size or 'default'} "
         f"weights={args.weights} batch={args.batch_size} repeats={args.repeats} "
-        f"folder={folder} cpus={os.cpu_count()}"
+        f"folder={folder} cpus={os.cpu_count()} load={_load()}"
     )
 
     results: dict[str, dict[str, Any]] = {}
@@ -242,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"cache={rt.get('cache_file')}"
             )
             break
+    print(f"  load average at the end: {_load()}")
     if tmp is not None:
         tmp.cleanup()
     return 1 if any("error" in r for r in results.values()) else 0

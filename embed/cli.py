@@ -122,7 +122,7 @@ def build_index(
         help="imagenet (Keras download, cached under $KERAS_HOME), a weights file, or none.")
     ] = "imagenet",
     image_size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 32,
     index: Annotated[str, typer.Option(
         help="auto | flat | hnsw | ivf", callback=one_of("auto", "flat", "hnsw", "ivf"))
     ] = "auto",
