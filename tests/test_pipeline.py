@@ -37,3 +37,27 @@ def test_embedded_batches_are_unit_vectors_for_ok_rows_only(dataset: Path) -> No
     # the same image embedded alone gives the same vector (no batch effects)
     single = embedder.embed_image_bytes(Path(src.items[3].ref).read_bytes())
     np.testing.assert_allclose(single, vectors[3], atol=1e-5)
+
+
+def test_pipeline_threads_are_set_deliberately(monkeypatch) -> None:
+    from embed.pipeline import decode_threads, pipeline_options
+    from embed.runtimes import cpu_cores
+
+    options = pipeline_options(3)
+    assert options.threading.private_threadpool_size == 3
+    assert options.threading.max_intra_op_parallelism == 1
+    assert options.autotune.enabled is False  # its teardown cost ~1.5 s per pass
+    assert options.deterministic is True
+    monkeypatch.delenv("EMBED_DOGS_DECODE_THREADS", raising=False)
+    assert decode_threads() == cpu_cores()
+    monkeypatch.setenv("EMBED_DOGS_DECODE_THREADS", "1")
+    assert decode_threads() == 1
+
+
+def test_one_decode_thread_gives_the_same_batches(dataset: Path) -> None:
+    items = folder_source(dataset).items[:10]
+    one = list(iter_image_batches(items, TINY_SIZE, 4, "tf", threads=1))
+    two = list(iter_image_batches(items, TINY_SIZE, 4, "tf", threads=2))
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_array_equal(a.row_ids, b.row_ids)
+        np.testing.assert_array_equal(a.inputs, b.inputs)
