@@ -8,7 +8,7 @@ builds start from a warm cache, as every build after the first does.
 
     python benchmarks/build_memory.py                      # 1,000 and 5,000 images
     python benchmarks/build_memory.py --sizes 1000 5000 --backbone efficientnet_v2_b0
-    python benchmarks/build_memory.py --phases             # where the memory goes, step by step
+    python benchmarks/build_memory.py --phases --sizes 5000  # where the memory goes
 
 Targets (issue 3): peak ≤ 1.5 GB at 5,000 images, and 5k/1k within 10 %.
 """
@@ -137,6 +137,11 @@ def phases(args: argparse.Namespace, source: Path, cache: Path) -> None:
         print(f"  all {stats.embedded + stats.skipped} images embedded      {rss()}")
         bundle.update_manifest(index=build_bundle_index(bundle, "auto", "2G"))
         print(f"  index built                    {rss()}")
+        if src.labelled and stats.embedded:
+            from classify.heads import train_logreg_head
+
+            train_logreg_head(bundle)
+            print(f"  logistic-regression head       {rss()}")
     shutil.rmtree(out.parent, ignore_errors=True)
 
 
@@ -148,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="default: the CLI's")
     p.add_argument("--workdir", type=Path, default=None, help="keep images here (reused)")
-    p.add_argument("--phases", action="store_true", help="RSS step by step, in-process")
+    p.add_argument(
+        "--phases", action="store_true", help="RSS step by step, in-process, largest size only"
+    )
     args = p.parse_args(argv)
 
     tmp = None
@@ -174,13 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         warm = subset(pool, work / f"set-64-{time.time_ns()}", 64)
-        if args.phases:
-            print("phases (first run converts to LiteRT):")
-            phases(args, warm, cache)
-            print("phases (warm LiteRT cache), 1,000 images:")
-            phases(args, subset(pool, work / f"set-1000-{time.time_ns()}", 1000), cache)
-            return 0
         res = run_build(warm, work / "out-warm", args, cache)
+        if args.phases:
+            n = max(args.sizes)
+            print(f"phases, {n} images (warm LiteRT cache, in this process):")
+            phases(args, subset(pool, work / f"set-{n}-{time.time_ns()}", n), cache)
+            return 0
         print(
             f"  conversion run (64 images, empty cache)  peak RSS "
             f"{res['peak_rss_bytes'] / 2**20:6.0f} MiB  wall {res['wall_s']:5.1f} s"
