@@ -111,7 +111,7 @@ def run_mode(mode: str, args: dict[str, Any]) -> dict[str, Any]:
 
         def pipeline(items: list[Any]) -> int:
             n = 0
-            for step in iter_embedded_batches(items, prep, size, bs, embedder.runtime):
+            for step in iter_embedded_batches(items, size, bs, prep, embedder.runtime):
                 n += len(step.vectors)
             return n
 

@@ -18,7 +18,6 @@ from embed.bundle import (
     atomic_path,
 )
 from embed.embedder import Embedder
-from embed.pipeline import iter_embedded_batches
 from embed.sources import Source, encoded_images
 
 ProgressCallback = Callable[[int], None]  # called with the number of items just processed
@@ -53,10 +52,7 @@ def embed_source_into(
     skipped: dict[str, list[Any]] = {c: [] for c in SKIPPED_COLUMNS}
     encoded = encoded_images(source) if source.kind == "tfds" else None
     start = time.perf_counter()
-    for step in iter_embedded_batches(
-        source.items, embedder.spec.preprocessing, embedder.image_size, batch_size,
-        embedder.runtime, encoded=encoded,
-    ):
+    for step in embedder.embedded_batches(source.items, batch_size, encoded):
         b = step.batch
         writer.add(step.vectors)
         for i, row_id in enumerate(b.row_ids.tolist()):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,8 +23,9 @@ from embed.backbones import (
 from embed.bundle import Bundle, check_same_backbone
 from embed.errors import BundleError, WeightsUnavailableError
 from embed.images import ImageDecodeError, decode_image
-from embed.pipeline import embed_batch
+from embed.pipeline import EmbeddedBatch, embed_batch, iter_embedded_batches
 from embed.runtimes import Runtime, make_runtime
+from embed.sources import ImageItem
 
 
 @dataclass
@@ -62,6 +63,14 @@ class Embedder:
 
         inputs = preprocess(np.asarray(pixels, np.float32), self.spec.preprocessing)
         return embed_batch(self.runtime, inputs.astype(np.float32))
+
+    def embedded_batches(
+        self, items: Sequence[ImageItem], batch_size: int, encoded: Any = None
+    ) -> Iterator[EmbeddedBatch]:
+        """Read, decode and embed items with this backbone's size and preprocessing."""
+        return iter_embedded_batches(
+            items, self.image_size, batch_size, self.spec.preprocessing, self.runtime, encoded
+        )
 
     def embed_image_bytes(self, data: bytes) -> np.ndarray:
         """One encoded image -> one unit vector (raises ImageDecodeError on bad input)."""

@@ -180,9 +180,9 @@ class EmbeddedBatch:
 
 def iter_embedded_batches(
     items: Sequence[ImageItem],
-    spec_preprocessing: str,
     image_size: int,
     batch_size: int,
+    preprocessing: str,
     runtime: Runtime,
     encoded: Any = None,
     num_parallel_calls: int | None = None,
@@ -190,7 +190,7 @@ def iter_embedded_batches(
 ) -> Iterator[EmbeddedBatch]:
     """Reader + mapper: batches with the vectors of their usable rows."""
     for batch in iter_image_batches(
-        items, image_size, batch_size, spec_preprocessing, encoded, num_parallel_calls, threads
+        items, image_size, batch_size, preprocessing, encoded, num_parallel_calls, threads
     ):
         good = batch.inputs if batch.ok.all() else batch.inputs[batch.ok]
         vectors = embed_batch(runtime, good) if len(good) else np.zeros((0, 0), np.float32)

@@ -24,7 +24,6 @@ from embed.embedder import (
     load_finetuned_embedder,
 )
 from embed.errors import BundleError, SourceError
-from embed.pipeline import iter_embedded_batches
 from embed.sources import DEFAULT_SOURCE, ImageItem, Source, find_images, open_source
 
 
@@ -183,10 +182,7 @@ def classify_folder(
     items = [ImageItem(i, str(p), None, "none") for i, p in enumerate(paths)]
     on_progress = on_start(len(items)) if on_start else None
     rows: list[dict[str, Any]] = []
-    for step in iter_embedded_batches(
-        items, ctx.embedder.spec.preprocessing, ctx.embedder.image_size, batch_size,
-        ctx.embedder.runtime,
-    ):
+    for step in ctx.embedder.embedded_batches(items, batch_size):
         b = step.batch
         ranked = ctx.predictor.predict_top_k_batch(
             step.vectors, b.inputs[b.ok], top_k) if (

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 
 from embed.embedder import load_embedder
-from embed.pipeline import iter_embedded_batches, iter_image_batches
+from embed.pipeline import iter_image_batches
 from embed.sources import ImageItem, folder_source
 from tests.conftest import TINY, TINY_DIM, TINY_SIZE
 
@@ -30,7 +30,7 @@ def test_reader_batches_in_row_order_and_flags_bad_files(dataset: Path, tmp_path
 def test_embedded_batches_are_unit_vectors_for_ok_rows_only(dataset: Path) -> None:
     src = folder_source(dataset)
     embedder = load_embedder(TINY, "none", runtime="keras")
-    steps = list(iter_embedded_batches(src.items, "tf", TINY_SIZE, 8, embedder.runtime))
+    steps = list(embedder.embedded_batches(src.items, 8))
     vectors = np.concatenate([s.vectors for s in steps])
     assert vectors.shape == (30, TINY_DIM)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
