@@ -22,7 +22,7 @@ from embed.backbones import (
 )
 from embed.bundle import Bundle, check_same_backbone
 from embed.errors import BundleError, WeightsUnavailableError
-from embed.images import ImageDecodeError, decode_image
+from embed.images import decode_image
 from embed.pipeline import EmbeddedBatch, embed_batch, iter_embedded_batches
 from embed.runtimes import Runtime, make_runtime
 from embed.sources import ImageItem
@@ -96,6 +96,15 @@ def load_embedder(
     return Embedder(spec, size, weights, model, rt, digest)
 
 
+def require_weights_file(weights: str | None) -> None:
+    """A bundle's recorded weights file must still be there to rebuild its backbone."""
+    if weights not in (None, "random", "imagenet") and not Path(weights).is_file():
+        raise WeightsUnavailableError(
+            f"the bundle's backbone weights {weights} are missing; put the file back at that"
+            " path or rebuild the bundle"
+        )
+
+
 def finetuned_lineage(bundle_dir: str | Path) -> dict[str, Any]:
     """Where a fine-tuned backbone comes from: the bundle, its head file and that file's sha256."""
     source = Bundle.open(bundle_dir)
@@ -134,15 +143,11 @@ def keras_backbone_for_manifest(recorded: dict[str, Any]) -> tuple[BackboneSpec,
         )
     else:
         weights = recorded.get("weights")
-        if weights not in (None, "random", "imagenet") and not Path(weights).is_file():
-            raise WeightsUnavailableError(
-                f"the bundle's backbone weights {weights} are missing; put the file back at that"
-                " path or rebuild the bundle"
-            )
+        require_weights_file(weights)
         weights = None if weights in (None, "random") else weights
         model = build_backbone(spec, recorded["image_size"], weights)
     expected = recorded.get("weights_sha256")
-    if expected and weights_sha256(model) != expected:
+    if expected:
         check_same_backbone(recorded, {**recorded, "weights_sha256": weights_sha256(model)})
     return spec, model
 
@@ -170,25 +175,7 @@ def embedder_for_bundle(manifest: dict[str, Any], runtime: str | None = None) ->
         embedder = load_finetuned_embedder(recorded["lineage"], kind)
         check_same_backbone(recorded, embedder.identity())
         return embedder
-    if weights not in (None, "random", "imagenet") and not Path(weights).is_file():
-        raise WeightsUnavailableError(
-            f"the bundle's backbone weights {weights} are missing; put the file back at that"
-            " path or rebuild the bundle"
-        )
+    require_weights_file(weights)
     embedder = load_embedder(recorded["name"], weights, recorded["image_size"], kind)
     check_same_backbone(recorded, embedder.identity())
     return embedder
-
-
-def embed_files(embedder: Embedder, paths: Sequence[str | Path]) -> list[np.ndarray | str]:
-    """Embed a few files for queries: a vector per file, or the reason it could not be used."""
-    out: list[np.ndarray | str] = []
-    for path in paths:
-        try:
-            data = Path(path).read_bytes()
-            out.append(embedder.embed_image_bytes(data))
-        except OSError as exc:
-            out.append(f"cannot read file: {exc.strerror or exc}")
-        except ImageDecodeError as exc:
-            out.append(str(exc))
-    return out
