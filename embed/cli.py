@@ -281,22 +281,22 @@ def search(
     """The k dataset images most similar to IMAGE, with similarity and breed."""
     with clear_errors():
         from embed.images import ImageDecodeError
-        from embed.workflows import classify_image, open_for_queries, search_image
+        from embed.workflows import look_up_image, open_for_queries
 
         if not image.is_file():
             raise EmbedDogsError(f"image {image} does not exist")
         ctx = open_for_queries(bundle, head, runtime=runtime, accepts_images=True)
         try:
-            hits = search_image(ctx, image, k)
-            breeds = [] if as_json else classify_image(ctx, image, 3)
+            answer = look_up_image(ctx, image, k, top_breeds=0 if as_json else 3)
         except ImageDecodeError as exc:
             raise EmbedDogsError(f"cannot use {image}: {exc}") from None
+    hits = answer.lookalikes
     if as_json:
         print(json.dumps(hits, indent=2))
         return
-    if breeds:
+    if answer.breeds:
         console.print(f"breed ({ctx.predictor.name} head): " + ", ".join(
-            f"{breed} {prob:.0%}" for breed, prob in breeds))
+            f"{breed} {prob:.0%}" for breed, prob in answer.breeds))
     table = Table(title=f"look-alikes of {image}")
     for col in ("rank", "score", "breed"):
         table.add_column(col)

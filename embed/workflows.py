@@ -109,31 +109,29 @@ def open_for_queries(
     return QueryContext(bundle, embedder, index, predictor)
 
 
-def search_vectors(ctx: QueryContext, vectors: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
-    return [[vars(n) for n in hits] for hits in ctx.index.search(vectors, k)]
+@dataclass
+class ImageAnswer:
+    """What the bundle says about one photo: its look-alikes and (with a head) its breeds."""
+
+    lookalikes: list[dict[str, Any]]
+    breeds: list[tuple[str, float]]
 
 
-def search_image(ctx: QueryContext, image: str | Path, k: int = 8) -> list[dict[str, Any]]:
-    """The k dataset images most similar to one image file."""
-    from embed.images import read_and_decode
-
-    _, decoded = read_and_decode(str(image), ctx.embedder.image_size)
-    vector = ctx.embedder.embed_pixels(decoded.pixels[None])
-    return search_vectors(ctx, vector, k)[0]
-
-
-def classify_image(ctx: QueryContext, image: str | Path, k: int = 3) -> list[tuple[str, float]]:
-    """The head's top-k breeds for one image file (empty without a head)."""
+def look_up_image(ctx: QueryContext, image: str | Path, k: int = 8,
+                  top_breeds: int = 3) -> ImageAnswer:
+    """Decode and embed one image file once; its k look-alikes and top breeds."""
     from embed.backbones import preprocess
     from embed.images import read_and_decode
 
-    if ctx.predictor is None:
-        return []
     _, decoded = read_and_decode(str(image), ctx.embedder.image_size)
     pixels = decoded.pixels[None]
-    inputs = preprocess(pixels.astype(np.float32), ctx.embedder.spec.preprocessing)
-    vectors = ctx.embedder.embed_pixels(pixels) if ctx.predictor.input_kind == "vectors" else None
-    return ctx.predictor.predict_top_k_batch(vectors, inputs, k)[0]
+    vectors = ctx.embedder.embed_pixels(pixels)
+    hits = [vars(n) for n in ctx.index.search(vectors, k)[0]]
+    breeds: list[tuple[str, float]] = []
+    if ctx.predictor is not None and top_breeds:
+        inputs = preprocess(pixels.astype(np.float32), ctx.embedder.spec.preprocessing)
+        breeds = ctx.predictor.predict_top_k_batch(vectors, inputs, top_breeds)[0]
+    return ImageAnswer(hits, breeds)
 
 
 def train_head(

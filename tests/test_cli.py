@@ -178,3 +178,11 @@ def test_help_is_instant_and_imports_no_tensorflow() -> None:
     help_run = subprocess.run([sys.executable, "-m", "embed", "--help"], cwd=REPO,
                               capture_output=True, text=True, timeout=60)
     assert help_run.returncode == 0 and "build-index" in help_run.stdout
+
+
+def test_search_table_names_the_breed_and_look_alikes(built: Path, messy_dataset: Path) -> None:
+    image = messy_dataset / "samoyed" / "004.jpg"
+    result = invoke("search", image, "--bundle", built, "-k", "2")
+    assert result.exit_code == 0, result.output
+    assert "breed (logreg head): " in result.output
+    assert "look-alikes of" in result.output and result.output.count("samoyed") >= 2
