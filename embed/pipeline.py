@@ -22,7 +22,6 @@ from embed.images import ImageDecodeError, decode_image, read_and_decode
 from embed.runtimes import Runtime, l2_normalise
 from embed.sources import ImageItem
 
-AUTOTUNE = -1
 PREFETCH = 2  # batches decoded ahead of the one being embedded
 
 
@@ -98,7 +97,6 @@ def make_image_dataset(
     batch_size: int,
     preprocessing: str,
     encoded: Any = None,
-    num_parallel_calls: int | None = None,
     threads: int | None = None,
 ) -> Any:
     """A tf.data.Dataset of batches (row_ids, inputs, ok, reason, sha256, width, height).
@@ -135,7 +133,7 @@ def make_image_dataset(
 
     threads = threads or decode_threads()
     ds = ds.with_options(pipeline_options(threads))
-    ds = ds.map(decode, num_parallel_calls=num_parallel_calls or threads, deterministic=True)
+    ds = ds.map(decode, num_parallel_calls=threads, deterministic=True)
     ds = ds.batch(batch_size).map(to_inputs, num_parallel_calls=1)
     return ds.prefetch(PREFETCH)
 
@@ -146,14 +144,13 @@ def iter_image_batches(
     batch_size: int,
     preprocessing: str,
     encoded: Any = None,
-    num_parallel_calls: int | None = None,
     threads: int | None = None,
 ) -> Iterator[ImageBatch]:
     """The reader as numpy batches."""
     if not items:
         return
     ds = make_image_dataset(
-        items, image_size, batch_size, preprocessing, encoded, num_parallel_calls, threads
+        items, image_size, batch_size, preprocessing, encoded, threads
     )
     for row_ids, inputs, ok, reasons, digests, widths, heights in ds.as_numpy_iterator():
         yield ImageBatch(
@@ -185,12 +182,11 @@ def iter_embedded_batches(
     preprocessing: str,
     runtime: Runtime,
     encoded: Any = None,
-    num_parallel_calls: int | None = None,
     threads: int | None = None,
 ) -> Iterator[EmbeddedBatch]:
     """Reader + mapper: batches with the vectors of their usable rows."""
     for batch in iter_image_batches(
-        items, image_size, batch_size, preprocessing, encoded, num_parallel_calls, threads
+        items, image_size, batch_size, preprocessing, encoded, threads
     ):
         good = batch.inputs if batch.ok.all() else batch.inputs[batch.ok]
         vectors = embed_batch(runtime, good) if len(good) else np.zeros((0, 0), np.float32)
