@@ -258,7 +258,7 @@ def new_manifest(backbone: dict[str, Any], source: dict[str, Any]) -> dict[str, 
     }
 
 
-BACKBONE_IDENTITY = ("name", "image_size", "preprocessing", "dim", "weights_sha256")
+BACKBONE_IDENTITY = ("name", "image_size", "preprocessing", "dim", "weights_sha256", "decoder")
 
 
 def check_same_backbone(bundle_backbone: dict[str, Any], query_backbone: dict[str, Any]) -> None:
@@ -269,7 +269,8 @@ def check_same_backbone(bundle_backbone: dict[str, Any], query_backbone: dict[st
     if diffs:
         def show(b: dict[str, Any]) -> str:
             sha = str(b.get("weights_sha256", ""))[:12]
-            return f"{b.get('name')} @ {b.get('image_size')}px, weights {b.get('weights')} ({sha})"
+            return (f"{b.get('name')} @ {b.get('image_size')}px, weights {b.get('weights')}"
+                    f" ({sha}), decoder v{b.get('decoder')}")
 
         raise IncompatibleBundleError(
             f"the bundle was built with {show(bundle_backbone)} but the query embedder is"

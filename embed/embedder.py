@@ -22,7 +22,7 @@ from embed.backbones import (
 )
 from embed.bundle import Bundle, check_same_backbone
 from embed.errors import BundleError, WeightsUnavailableError
-from embed.images import decode_image
+from embed.images import DECODER_VERSION, decode_image
 from embed.pipeline import EmbeddedBatch, embed_batch, iter_embedded_batches
 from embed.runtimes import Runtime, make_runtime
 from embed.sources import ImageItem
@@ -53,6 +53,7 @@ class Embedder:
             "dim": self.dim,
             "weights": self.weights or "random",
             "weights_sha256": self.weights_hash,
+            "decoder": DECODER_VERSION,
             "runtime": self.runtime.describe(),
             **({"lineage": self.lineage} if self.lineage else {}),
         }

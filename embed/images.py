@@ -18,6 +18,12 @@ MAX_PIXELS = 120_000_000
 _EXIF_ORIENTATION = 0x0112
 
 
+# Bump whenever decoding changes the pixels it returns (resampling, draft scale, colour
+# handling): vectors embedded by another decoder version are not comparable, so bundles record
+# it and query-time embedding refuses a mismatch.
+DECODER_VERSION = 2  # 1: draft at twice the input size; 2: draft at the input size
+
+
 class ImageDecodeError(ValueError):
     """The bytes are not a usable image; the message is the reason recorded for the skip."""
 

@@ -72,12 +72,22 @@ def test_backbone_mismatch_names_both_sides() -> None:
     assert "name, preprocessing, dim" in message
 
 
+def test_vectors_from_another_decoder_version_are_refused() -> None:
+    built = {"name": "mobilenet_v2", "image_size": 160, "preprocessing": "tf", "dim": 1280,
+             "weights": "/w/dogs.h5", "weights_sha256": "a" * 64, "decoder": 1}
+    with pytest.raises(IncompatibleBundleError, match="decoder v1 but the query.*decoder v2"):
+        check_same_backbone(built, {**built, "decoder": 2})
+
+
 def test_tiny_bundle_layout_and_manifest(tiny_bundle: Path) -> None:
     bundle = Bundle.open(tiny_bundle)
     m = bundle.manifest
     assert m["schema_version"] == SCHEMA_VERSION
     assert m["counts"] == {"images": 30, "embedded": 30, "skipped": 0}
     assert m["backbone"]["name"] == "tiny_test" and len(m["backbone"]["weights_sha256"]) == 64
+    from embed.images import DECODER_VERSION
+
+    assert m["backbone"]["decoder"] == DECODER_VERSION
     assert m["embeddings"]["shards"] == 5 and m["embeddings"]["rows_per_shard"] == 7
     assert {"tensorflow-datasets", "faiss-cpu", "scikit-learn", "keras"} <= set(m["versions"])
     table = bundle.metadata()
