@@ -9,16 +9,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from classify.evaluation import stored_metrics
 from embed.bundle import Bundle, atomic_path, atomic_write_text
 
 SUMMARY_FIELDS = ("top1", "top5", "test_images", "train_images", "train_seconds")
-
-
-def _head_metrics(bundle: Bundle, record: dict[str, Any]) -> dict[str, Any]:
-    metrics_file = (record.get("report") or {}).get("metrics")
-    if metrics_file and (bundle.root / metrics_file).is_file():
-        return json.loads((bundle.root / metrics_file).read_text())
-    return dict(record.get("metrics") or {})
 
 
 def compare_heads(bundle: Bundle) -> dict[str, Any]:
@@ -33,7 +27,7 @@ def compare_heads(bundle: Bundle) -> dict[str, Any]:
     summary: dict[str, dict[str, Any]] = {}
     per_breed: dict[str, dict[str, Any]] = {}
     for name, record in heads.items():
-        metrics = _head_metrics(bundle, record)
+        metrics = stored_metrics(bundle.root, record)
         summary[name] = {
             "top1": metrics.get("top1"),
             "top5": metrics.get("top5"),

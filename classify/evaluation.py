@@ -8,8 +8,33 @@ from typing import Any
 import numpy as np
 
 from embed.bundle import atomic_path, atomic_write_text
+from embed.errors import BundleError
 
 MOST_CONFUSED = 10
+
+
+def train_breeds(labels: np.ndarray) -> np.ndarray:
+    """The sorted breeds of the train split; a classifier needs at least two."""
+    breeds = np.unique(labels)
+    if len(breeds) < 2:
+        raise BundleError(
+            f"a breed classifier needs at least two breeds in the train split, found {len(breeds)}"
+        )
+    return breeds
+
+
+def stored_metrics(bundle_root: str | Path, record: dict[str, Any]) -> dict[str, Any]:
+    """A head's full test metrics: its report's metrics file, else the manifest's summary."""
+    import json
+
+    metrics_file = (record.get("report") or {}).get("metrics")
+    path = Path(bundle_root) / metrics_file if metrics_file else None
+    if path is not None and path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            pass
+    return dict(record.get("metrics") or {})
 
 
 def top_k_from_probabilities(

@@ -30,7 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from classify.evaluation import evaluate_probabilities, top_k_from_probabilities, write_report
+from classify.evaluation import (
+    evaluate_probabilities,
+    top_k_from_probabilities,
+    train_breeds,
+    write_report,
+)
 from embed.backbones import file_sha256
 from embed.build import split_arrays
 from embed.bundle import Bundle, atomic_path
@@ -272,12 +277,7 @@ def train_finetune_head(
     splits = split_arrays(bundle)
     x_train_all, y_train_all = splits["train"]
     x_test, y_test = splits["test"]
-    classes = np.unique(y_train_all)
-    if len(classes) < 2:
-        raise BundleError(
-            f"a breed classifier needs at least two breeds in the train split, found"
-            f" {len(classes)}"
-        )
+    classes = train_breeds(y_train_all)
     rows = _train_rows(bundle, classes, params)
     through_images = params.augment or params.unfreeze > 0
     head_path = PATH_IMAGES if params.augment else PATH_EMBEDDINGS
@@ -425,7 +425,7 @@ class FinetunePredictor:
         """Preprocessed images (N, size, size, 3) through the whole fine-tuned model."""
         if len(inputs) == 0:
             return np.zeros((0, len(self._classes)), np.float32)
-        return np.asarray(self.model(np.asarray(inputs, np.float32), training=False))
+        return np.asarray(self.model.predict_on_batch(np.asarray(inputs, np.float32)))
 
     def predict_top_k(self, vectors: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
         return top_k_from_probabilities(self.predict_proba(vectors), self._classes, k)

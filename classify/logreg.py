@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from classify.evaluation import train_breeds
 from embed.bundle import atomic_path
 from embed.errors import BundleError
 
@@ -34,11 +35,7 @@ def make_logreg_pipeline(c: float = DEFAULT_C, max_iter: int = 2000) -> Any:
 
 def fit_logreg(vectors: np.ndarray, labels: np.ndarray, c: float = DEFAULT_C) -> Any:
     """Fit on the train split; needs at least two breeds."""
-    breeds = np.unique(labels)
-    if len(breeds) < 2:
-        raise BundleError(
-            f"a breed classifier needs at least two breeds in the train split, found {len(breeds)}"
-        )
+    train_breeds(labels)
     return make_logreg_pipeline(c).fit(vectors, labels)
 
 

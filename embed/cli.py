@@ -316,9 +316,13 @@ def evaluate(bundle: BundleOpt) -> None:
         heads = b.manifest.get("heads") or {}
         if not heads:
             raise EmbedDogsError(f"bundle {bundle} has no breed head (was its source labelled?)")
+        from classify.evaluation import stored_metrics
+
         for name, record in heads.items():
-            metrics = json.loads((b.root / record["report"]["metrics"]).read_text()) if (
-                record.get("report")) else record["metrics"]
+            metrics = stored_metrics(b.root, record)
+            if metrics.get("top1") is None:
+                console.print(f"head {name}: no test images to evaluate on")
+                continue
             table = Table(title=f"head {name}: test top-1 {metrics['top1']:.1%}, "
                           f"top-5 {metrics['top5']:.1%} ({metrics['test_images']} images)")
             for col in ("breed", "precision", "recall", "support"):

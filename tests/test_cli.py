@@ -186,3 +186,15 @@ def test_search_table_names_the_breed_and_look_alikes(built: Path, messy_dataset
     assert result.exit_code == 0, result.output
     assert "breed (logreg head): " in result.output
     assert "look-alikes of" in result.output and result.output.count("samoyed") >= 2
+
+
+def test_evaluate_a_head_without_test_images(built: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["heads"]["logreg"].update(
+        report={}, metrics={"test_images": 0, "top1": None, "top5": None})
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = runner.invoke(app, ["evaluate", "--bundle", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert "head logreg: no test images to evaluate on" in result.output

@@ -7,8 +7,6 @@ Pages call these and only lay out the results, so everything here is tested with
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from classify.evaluation import stored_metrics
 from embed.bundle import Bundle
 from embed.errors import EmbedDogsError
 from embed.images import ImageDecodeError
@@ -250,10 +249,7 @@ def head_reports(bundle: Bundle) -> list[HeadReport]:
     reports = []
     for name, record in (bundle.manifest.get("heads") or {}).items():
         files = record.get("report") or {}
-        metrics = dict(record.get("metrics") or {})
-        if files.get("metrics") and (bundle.root / files["metrics"]).is_file():
-            with contextlib.suppress(OSError, json.JSONDecodeError):
-                metrics = json.loads((bundle.root / files["metrics"]).read_text())
+        metrics = stored_metrics(bundle.root, record)
         per_breed = pd.DataFrame(metrics.get("per_breed") or [])
         png = bundle.root / files["confusion"] if files.get("confusion") else None
         reports.append(HeadReport(name, metrics, per_breed,
