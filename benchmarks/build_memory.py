@@ -62,7 +62,7 @@ def subset(src: Path, dst: Path, n: int) -> Path:
 def run_build(source: Path, out: Path, args: argparse.Namespace, cache: Path) -> dict:
     """One `embed-dogs build-index` in a fresh process: its peak RSS, wall time and rate."""
     cmd = [
-        sys.executable, "-m", "embed", "build-index", "--source", str(source), "--out", str(out),
+        sys.executable, "-m", "ui", "build-index", "--source", str(source), "--out", str(out),
         "--backbone", args.backbone, "--weights", args.weights, "--overwrite",
     ]
     if args.image_size:
@@ -115,15 +115,21 @@ def phases(args: argparse.Namespace, source: Path, cache: Path) -> None:
     print(f"  import tensorflow              {rss()}")
     from embed.build import embed_source_into
     from embed.bundle import new_manifest, staged_bundle
-    from embed.embedder import load_embedder
-    from embed.sources import open_source
-    from index.lookalikes import build_bundle_index
+    from ui.workflows import (
+        BuildConfig,
+        fit_default_head,
+        index_bundle,
+        open_build_embedder,
+        open_build_source,
+    )
 
-    embedder = load_embedder(args.backbone, args.weights, args.image_size, "auto")
-    print(f"  backbone + LiteRT loaded       {rss()}   runtime={embedder.runtime.name}")
-    src = open_source(str(source))
     out = Path(tempfile.mkdtemp(prefix="phases-")) / "bundle"
-    batch_size = args.batch_size or 32
+    config = BuildConfig(source=str(source), out=out, backbone=args.backbone,
+                         weights=args.weights, image_size=args.image_size, overwrite=True,
+                         **({"batch_size": args.batch_size} if args.batch_size else {}))
+    embedder = open_build_embedder(config)
+    print(f"  backbone + LiteRT loaded       {rss()}   runtime={embedder.runtime.name}")
+    src = open_build_source(config)
     with staged_bundle(out, overwrite=True) as bundle:
         bundle.write_manifest(new_manifest(embedder.identity(), src.describe()))
         first = [True]
@@ -133,14 +139,13 @@ def phases(args: argparse.Namespace, source: Path, cache: Path) -> None:
                 print(f"  first batch (parity check)     {rss()}")
                 first[0] = False
 
-        stats = embed_source_into(bundle, src, embedder, batch_size, on_progress=progress)
+        stats = embed_source_into(bundle, src, embedder, config.batch_size,
+                                  on_progress=progress)
         print(f"  all {stats.embedded + stats.skipped} images embedded      {rss()}")
-        bundle.update_manifest(index=build_bundle_index(bundle, "auto", "2G"))
+        index_bundle(bundle, config.index_kind, config.memory_budget)
         print(f"  index built                    {rss()}")
         if src.labelled and stats.embedded:
-            from classify.heads import train_logreg_head
-
-            train_logreg_head(bundle)
+            fit_default_head(bundle)
             print(f"  logistic-regression head       {rss()}")
     shutil.rmtree(out.parent, ignore_errors=True)
 

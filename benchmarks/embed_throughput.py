@@ -80,13 +80,14 @@ def run_mode(mode: str, args: dict[str, Any]) -> dict[str, Any]:
 
     from embed.backbones import preprocess
     from embed.embedder import load_embedder
-    from embed.pipeline import iter_embedded_batches, iter_image_batches
+    from embed.pipeline import ReaderConfig, iter_embedded_batches, iter_image_batches
     from embed.sources import folder_source
 
     runtime = "litert" if mode in ("c", "d") else "keras"
     embedder = load_embedder(args["backbone"], args["weights"], args["image_size"], runtime)
     items = folder_source(args["folder"]).items[: args["limit"]]
     size, bs, prep = embedder.image_size, args["batch_size"], embedder.spec.preprocessing
+    config = ReaderConfig(size, prep, bs)
     result: dict[str, Any] = {"images": len(items)}
 
     if mode == "a":
@@ -111,7 +112,7 @@ def run_mode(mode: str, args: dict[str, Any]) -> dict[str, Any]:
 
         def pipeline(items: list[Any]) -> int:
             n = 0
-            for step in iter_embedded_batches(items, size, bs, prep, embedder.runtime):
+            for step in iter_embedded_batches(items, config, embedder.runtime):
                 n += len(step.vectors)
             return n
 
@@ -119,7 +120,7 @@ def run_mode(mode: str, args: dict[str, Any]) -> dict[str, Any]:
         result["rates"] = _timed_passes(lambda: pipeline(items), args["repeats"])
 
     else:  # d
-        decoded = [b.inputs[b.ok] for b in iter_image_batches(items, size, bs, prep)]
+        decoded = [b.inputs[b.ok] for b in iter_image_batches(items, config)]
         embedder.runtime.embed(decoded[0])  # warm-up + parity check
 
         def bare() -> int:

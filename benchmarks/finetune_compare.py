@@ -66,16 +66,16 @@ def run_config(name: str, config: dict[str, Any], args: argparse.Namespace) -> d
     """Steps 1-5 for one backbone configuration."""
     from classify.finetune import FinetuneParams
     from embed.bundle import Bundle
-    from embed.workflows import build_bundle, train_head
     from index.quality import bundle_precision_at_k
+    from ui.workflows import BuildConfig, build_bundle, train_head
 
     out = Path(args.out)
     base = out / name
     if not (base / "manifest.json").is_file():
         _log(f"[{name}] building the bundle")
         start = time.perf_counter()
-        build_bundle(source=str(args.source), out=base, runtime=args.runtime,
-                     batch_size=32, overwrite=True, **config)
+        build_bundle(BuildConfig(source=str(args.source), out=base, runtime=args.runtime,
+                                 batch_size=32, overwrite=True, **config))
         _log(f"[{name}] built in {time.perf_counter() - start:.0f}s")
     rows = [_row("logreg", Bundle(base).manifest["heads"]["logreg"])]
 
@@ -100,8 +100,9 @@ def run_config(name: str, config: dict[str, Any], args: argparse.Namespace) -> d
     refit = out / f"{name}-refit"
     _log(f"[{name}] re-embedding with the fine-tuned backbone of {name}-unfrozen")
     start = time.perf_counter()
-    built = build_bundle(source=str(args.source), out=refit, runtime=args.runtime,
-                         batch_size=32, overwrite=True, backbone_from=out / f"{name}-unfrozen")
+    built = build_bundle(BuildConfig(source=str(args.source), out=refit, runtime=args.runtime,
+                                     batch_size=32, overwrite=True,
+                                     backbone_from=out / f"{name}-unfrozen"))
     refit_seconds = time.perf_counter() - start
     rows.append(_row("logreg on re-embedded bundle", built.manifest["heads"]["logreg"]))
     before = bundle_precision_at_k(Bundle(base), 5)

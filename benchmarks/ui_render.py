@@ -59,10 +59,9 @@ def make_bundle(out: Path, rows: int, breeds: int, image_size: int = 96,
 
     import pandas as pd
 
-    from classify.heads import train_logreg_head
-    from embed.bundle import ShardWriter, atomic_path, new_manifest, staged_bundle
+    from embed.bundle import ShardWriter, new_manifest, staged_bundle
     from embed.embedder import load_embedder
-    from index.lookalikes import build_bundle_index
+    from ui.workflows import fit_default_head, index_bundle
 
     timings: dict[str, Any] = {}
     rng = np.random.default_rng(seed)
@@ -95,18 +94,17 @@ def make_bundle(out: Path, rows: int, breeds: int, image_size: int = 96,
             "sha256": [hashlib.sha256(p.encode()).hexdigest() for p in photos],
             "width": np.full(rows, 64, np.int32), "height": np.full(rows, 48, np.int32),
         })
-        with atomic_path(bundle.metadata_path) as tmp:
-            table.to_parquet(tmp, index=False)
+        bundle.write_metadata(table)
         bundle.update_manifest(
             counts={"images": rows, "embedded": rows, "skipped": 0},
             embeddings={"shards": shards, "rows_per_shard": 4096, "dtype": "float32",
                         "normalised": "l2"},
         )
         start = time.perf_counter()
-        bundle.update_manifest(index=build_bundle_index(bundle))
+        index_bundle(bundle)
         timings["index_s"] = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
-        train_logreg_head(bundle)
+        fit_default_head(bundle)
         timings["head_s"] = round(time.perf_counter() - start, 1)
     return timings
 

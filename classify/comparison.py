@@ -10,7 +10,8 @@ import json
 from typing import Any
 
 from classify.evaluation import stored_metrics
-from embed.bundle import Bundle, atomic_path, atomic_write_text
+from embed.atomic import atomic_path, atomic_write_text
+from embed.bundle import Bundle
 
 SUMMARY_FIELDS = ("top1", "top5", "test_images", "train_images", "train_seconds")
 

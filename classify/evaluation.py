@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from embed.bundle import atomic_path, atomic_write_text
+from embed.atomic import atomic_path, atomic_write_text
 from embed.errors import BundleError
 
 MOST_CONFUSED = 10

@@ -15,7 +15,7 @@ The saved ``heads/finetune.keras`` is always the whole image classifier::
     inputs (preprocessed) -> [augmentation] -> backbone(training=False)
         -> UnitNormalization ("embedding_norm") -> Dropout -> Dense softmax ("breeds")
 
-so one artifact serves both ways of predicting (see :class:`FinetunePredictor`), and its
+so one artifact serves both ways of predicting (see :class:`FinetuneHead`), and its
 backbone can be lifted out to embed a new bundle (``build-index --backbone-from``).
 """
 
@@ -30,15 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from classify.evaluation import (
-    evaluate_probabilities,
-    top_k_from_probabilities,
-    train_breeds,
-    write_report,
-)
+from classify.breed_head import BreedHead
+from classify.evaluation import evaluate_probabilities, train_breeds, write_report
+from embed.atomic import atomic_path
 from embed.backbones import file_sha256
-from embed.build import split_arrays
-from embed.bundle import Bundle, atomic_path
+from embed.bundle import Bundle
 from embed.errors import BundleError, SourceError
 from embed.sources import ImageItem, stratified_hold_out
 
@@ -126,7 +122,7 @@ def _image_dataset(
     """tf.data of (inputs, class index): decoded in parallel, a few batches in memory."""
     import tensorflow as tf
 
-    from embed.pipeline import make_image_dataset
+    from embed.pipeline import ReaderConfig, make_image_dataset
 
     order = np.random.default_rng(seed).permutation(len(row_ids)) if shuffle else np.arange(
         len(row_ids))
@@ -137,7 +133,8 @@ def _image_dataset(
         ),
         default_value=-1,
     )
-    ds = make_image_dataset(items, image_size, batch_size, preprocessing).unbatch()
+    config = ReaderConfig(image_size, preprocessing, batch_size)
+    ds = make_image_dataset(items, config).unbatch()
     ds = ds.filter(lambda row_id, inputs, ok, *rest: ok)
     ds = ds.map(lambda row_id, inputs, *rest: (inputs, table.lookup(row_id)))
     if shuffle:
@@ -249,17 +246,9 @@ def _fit(
 
 
 def _save_keras(model: Any, path: Path) -> None:
-    """Atomic `.keras` save: Keras insists on the suffix, so save beside, then move in place."""
-    import os
-
-    with atomic_path(path) as tmp:
-        staged = tmp.with_name(tmp.name + ".keras")
-        try:
-            model.save(staged)
-            os.replace(staged, tmp)
-        finally:
-            if staged.exists():
-                staged.unlink()
+    """Atomic `.keras` save (Keras insists on the suffix, so the temporary name keeps it)."""
+    with atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
 
 
 # ---- training ---------------------------------------------------------------------------------
@@ -274,7 +263,7 @@ def train_finetune_head(
     params = params or FinetuneParams()
     manifest = bundle.manifest
     recorded = manifest["backbone"]
-    splits = split_arrays(bundle)
+    splits = bundle.split_arrays()
     x_train_all, y_train_all = splits["train"]
     x_test, y_test = splits["test"]
     classes = train_breeds(y_train_all)
@@ -301,7 +290,7 @@ def train_finetune_head(
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     if head_path == PATH_EMBEDDINGS:
-        # split_arrays and metadata list the train rows in the same (metadata) order
+        # Bundle.split_arrays and metadata list the train rows in the same (metadata) order
         train = (x_train_all[fit_mask], rows.labels[fit_mask])
         val = (x_train_all[val_mask], rows.labels[val_mask]) if has_val else None
         history["head"] = _fit(model.head, train, val, params.epochs, params.learning_rate,
@@ -325,7 +314,7 @@ def train_finetune_head(
 
     path = bundle.head_path(HEAD)
     _save_keras(model.full, path)
-    predictor = FinetunePredictor(HEAD, model.full, classes, "images" if unfrozen else "vectors")
+    predictor = FinetuneHead(model.full, classes, needs_images=bool(unfrozen))
     metrics = _evaluate(bundle, predictor, x_test, y_test, size, preprocessing, params)
     files = write_report(bundle.report_dir, HEAD, metrics) if len(y_test) else {}
     record = {
@@ -335,7 +324,7 @@ def train_finetune_head(
         "params": asdict(params),
         "training_path": {"head": head_path,
                           "fine_tune": PATH_IMAGES if unfrozen else None},
-        "input": predictor.input_kind,
+        "input": "images" if predictor.needs_images else "vectors",
         "backbone_layer": backbone.name,
         "unfrozen_layers": unfrozen,
         "train_images": int(fit_mask.sum()),
@@ -356,16 +345,16 @@ def train_finetune_head(
 
 
 def _evaluate(
-    bundle: Bundle, predictor: FinetunePredictor, x_test: np.ndarray, y_test: np.ndarray,
+    bundle: Bundle, predictor: FinetuneHead, x_test: np.ndarray, y_test: np.ndarray,
     size: int, preprocessing: str, params: FinetuneParams,
 ) -> dict[str, Any]:
     """Test metrics the same way as the logreg head; through images when the backbone moved."""
     if not len(y_test):
         return {"test_images": 0, "top1": None, "top5": None}
-    if predictor.input_kind == "vectors":
+    if not predictor.needs_images:
         probabilities = predictor.predict_proba(x_test)
         return evaluate_probabilities(probabilities, predictor.classes, y_test)
-    from embed.pipeline import iter_image_batches
+    from embed.pipeline import ReaderConfig, iter_image_batches
 
     table = bundle.metadata()
     test = table[table["label"].notna() & (table["split"] == "test")]
@@ -374,31 +363,32 @@ def _evaluate(
              for r, p, lb in zip(test["row_id"], test["path"], test["label"], strict=True)]
     label_of = {item.row_id: item.label for item in items}
     probabilities, labels = [], []
-    for batch in iter_image_batches(items, size, params.batch_size, preprocessing):
+    config = ReaderConfig(size, preprocessing, params.batch_size)
+    for batch in iter_image_batches(items, config):
         if batch.ok.any():
-            probabilities.append(predictor.predict_proba_inputs(batch.inputs[batch.ok]))
+            probabilities.append(predictor.predict_proba_images(batch.inputs[batch.ok]))
             labels.extend(label_of[int(r)] for r in batch.row_ids[batch.ok])
     return evaluate_probabilities(np.concatenate(probabilities), predictor.classes,
                                   np.array(labels))
 
 
 # ---- predicting -------------------------------------------------------------------------------
-class FinetunePredictor:
-    """A loaded fine-tuned head, with the same `predict_top_k(vectors, k)` API as logreg.
+class FinetuneHead(BreedHead):
+    """A loaded fine-tuned head.
 
-    `input_kind` says what it needs. "vectors": the backbone was frozen, so the bundle's stored
-    and query vectors are exactly the head's inputs; the head runs in numpy (normalise, dense,
-    softmax) without the backbone. "images": the backbone was unfrozen and no longer matches the
-    bundle's vectors, so it classifies preprocessed images with the whole fine-tuned model
-    (`predict_top_k_inputs`); or build a new bundle with `--backbone-from` to get vectors from
-    the fine-tuned backbone.
+    `needs_images` False: the backbone was frozen, so the bundle's stored and query vectors are
+    exactly the head's inputs; it runs in numpy (normalise, dense, softmax) without the
+    backbone. True: the backbone was unfrozen and no longer matches the bundle's vectors, so it
+    classifies preprocessed images with the whole fine-tuned model; or build a new bundle with
+    `--backbone-from` to get vectors from the fine-tuned backbone.
     """
 
-    def __init__(self, name: str, model: Any, classes: np.ndarray, input_kind: str) -> None:
-        self.name = name
+    name = HEAD
+
+    def __init__(self, model: Any, classes: np.ndarray, needs_images: bool) -> None:
         self.model = model
         self._classes = np.asarray(classes)
-        self.input_kind = input_kind
+        self.needs_images = needs_images
         kernel, bias = model.get_layer("breeds").get_weights()
         self._kernel = np.asarray(kernel, np.float32)
         self._bias = np.asarray(bias, np.float32)
@@ -407,42 +397,31 @@ class FinetunePredictor:
     def classes(self) -> np.ndarray:
         return self._classes
 
-    def predict_proba(self, vectors: np.ndarray) -> np.ndarray:
-        if self.input_kind != "vectors":
-            raise BundleError(
-                "this fine-tuned head was trained with an unfrozen backbone, so the bundle's"
-                " stored vectors no longer fit it; classify images instead, or build a bundle"
-                " with `build-index --backbone-from` this bundle"
-            )
+    def predict_proba(
+        self, vectors: np.ndarray, inputs: np.ndarray | None = None
+    ) -> np.ndarray:
+        if self.needs_images:
+            if inputs is None:
+                raise BundleError(
+                    "this fine-tuned head was trained with an unfrozen backbone, so the bundle's"
+                    " stored vectors no longer fit it; classify images instead, or build a"
+                    " bundle with `build-index --backbone-from` this bundle"
+                )
+            return self.predict_proba_images(inputs)
+        from scipy.special import softmax
+
         x = np.atleast_2d(np.asarray(vectors, np.float32))
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        logits = x @ self._kernel + self._bias
-        logits -= logits.max(axis=1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(axis=1, keepdims=True)
+        return softmax(x @ self._kernel + self._bias, axis=1)
 
-    def predict_proba_inputs(self, inputs: np.ndarray) -> np.ndarray:
+    def predict_proba_images(self, inputs: np.ndarray) -> np.ndarray:
         """Preprocessed images (N, size, size, 3) through the whole fine-tuned model."""
         if len(inputs) == 0:
             return np.zeros((0, len(self._classes)), np.float32)
         return np.asarray(self.model.predict_on_batch(np.asarray(inputs, np.float32)))
 
-    def predict_top_k(self, vectors: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
-        return top_k_from_probabilities(self.predict_proba(vectors), self._classes, k)
 
-    def predict_top_k_inputs(self, inputs: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
-        return top_k_from_probabilities(self.predict_proba_inputs(inputs), self._classes, k)
-
-    def predict_top_k_batch(
-        self, vectors: np.ndarray, inputs: np.ndarray, k: int = 5
-    ) -> list[list[tuple[str, float]]]:
-        """Rank one pipeline batch from whichever of its vectors or inputs this head needs."""
-        if self.input_kind == "images":
-            return self.predict_top_k_inputs(inputs, k)
-        return self.predict_top_k(vectors, k)
-
-
-def load_finetune_predictor(bundle: Bundle, record: dict[str, Any]) -> FinetunePredictor:
+def load_finetune_head(bundle: Bundle, record: dict[str, Any]) -> FinetuneHead:
     """Load `heads/finetune.keras` in Keras' safe mode, after checking it is the recorded file."""
     import keras
 
@@ -458,4 +437,4 @@ def load_finetune_predictor(bundle: Bundle, record: dict[str, Any]) -> FinetuneP
             " it. Retrain it with `embed-dogs train --head finetune`"
         )
     model = keras.models.load_model(path, compile=False, safe_mode=True)
-    return FinetunePredictor(HEAD, model, np.array(record["classes"]), record["input"])
+    return FinetuneHead(model, np.array(record["classes"]), record["input"] == "images")

@@ -1,26 +1,22 @@
-"""Fitting, evaluating and recording a bundle's logistic-regression head; predicting with it."""
+"""A bundle's breed heads: fitting and recording the logistic-regression head, and loading
+whichever head a query asks for behind the one `BreedHead` interface."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-
-from classify.evaluation import evaluate_probabilities, top_k_from_probabilities, write_report
-from classify.logreg import DEFAULT_C, fit_logreg, load_head, save_head
-from embed.build import split_arrays
+from classify.breed_head import BreedHead
+from classify.evaluation import evaluate_probabilities, write_report
+from classify.finetune import load_finetune_head
+from classify.logreg import DEFAULT_C, LogregHead, fit_logreg, load_head, save_head
 from embed.bundle import Bundle
 from embed.errors import BundleError
-
-if TYPE_CHECKING:
-    from classify.finetune import FinetunePredictor
 
 
 def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
     """Fit on the train split, evaluate on test, save the head and report; update the manifest."""
-    splits = split_arrays(bundle)
+    splits = bundle.split_arrays()
     x_train, y_train = splits["train"]
     x_test, y_test = splits["test"]
     start = time.perf_counter()
@@ -49,32 +45,9 @@ def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
     return record
 
 
-@dataclass
-class BreedPredictor:
-    """A loaded head: vectors in, ranked breeds with probabilities out."""
-
-    name: str
-    model: Any
-    input_kind: str = "vectors"  # what predict_top_k_batch needs; see classify.finetune
-
-    @property
-    def classes(self) -> np.ndarray:
-        return np.asarray(self.model.classes_)
-
-    def predict_top_k(self, vectors: np.ndarray, k: int = 5) -> list[list[tuple[str, float]]]:
-        probabilities = self.model.predict_proba(np.atleast_2d(vectors))
-        return top_k_from_probabilities(probabilities, self.classes, k)
-
-    def predict_top_k_batch(
-        self, vectors: np.ndarray, inputs: np.ndarray, k: int = 5
-    ) -> list[list[tuple[str, float]]]:
-        """Rank one pipeline batch; this head only needs its vectors."""
-        return self.predict_top_k(vectors, k)
-
-
 def load_predictor(
     bundle: Bundle, head: str | None = None, accepts_images: bool = False
-) -> BreedPredictor | FinetunePredictor | None:
+) -> BreedHead | None:
     """The requested head, or the best recorded one; None when the bundle has no head.
 
     A fine-tuned head whose backbone was unfrozen needs images, not stored vectors; the
@@ -92,9 +65,7 @@ def load_predictor(
             f"bundle {bundle.root} has no {head!r} head (it has: {', '.join(heads) or 'none'})"
         )
     if head == "logreg":
-        return BreedPredictor("logreg", load_head(bundle.head_path("logreg")))
+        return LogregHead(load_head(bundle.head_path("logreg")))
     if head == "finetune":
-        from classify.finetune import load_finetune_predictor
-
-        return load_finetune_predictor(bundle, heads[head])
+        return load_finetune_head(bundle, heads[head])
     raise BundleError(f"head {head!r} cannot be loaded by this version of embed-dogs")

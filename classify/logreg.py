@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from classify.breed_head import BreedHead
 from classify.evaluation import train_breeds
-from embed.bundle import atomic_path
+from embed.atomic import atomic_path
 from embed.errors import BundleError
 
 DEFAULT_C = 1.0
@@ -60,3 +61,22 @@ def load_head(path: str | Path) -> Any:
             " to load it. Rebuild the head with `embed-dogs build-index`"
         )
     return sio.load(path, trusted=TRUSTED_TYPES)
+
+
+class LogregHead(BreedHead):
+    """A loaded logistic-regression pipeline: stored or query vectors in, breeds out."""
+
+    name = "logreg"
+    needs_images = False
+
+    def __init__(self, pipeline: Any) -> None:
+        self.pipeline = pipeline
+
+    @property
+    def classes(self) -> np.ndarray:
+        return np.asarray(self.pipeline.classes_)
+
+    def predict_proba(
+        self, vectors: np.ndarray, inputs: np.ndarray | None = None
+    ) -> np.ndarray:
+        return self.pipeline.predict_proba(np.atleast_2d(vectors))

@@ -55,10 +55,6 @@ def register_backbone(spec: BackboneSpec, *, replace: bool = False) -> BackboneS
     return spec
 
 
-def unregister_backbone(name: str) -> None:
-    _REGISTRY.pop(name, None)
-
-
 def known_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -86,6 +82,8 @@ for _spec in (
     register_backbone(_spec)
 
 DEFAULT_BACKBONE = "mobilenet_v2"
+DEFAULT_WEIGHTS = "imagenet"
+WEIGHTS_HELP = "imagenet (Keras download, cached under $KERAS_HOME), a weights file, or none"
 RANDOM_WEIGHTS_SEED = 0
 
 

@@ -7,17 +7,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from embed.bundle import (
     DEFAULT_ROWS_PER_SHARD,
     METADATA_COLUMNS,
     SKIPPED_COLUMNS,
     Bundle,
     ShardWriter,
-    atomic_path,
 )
 from embed.embedder import Embedder
+from embed.pipeline import DEFAULT_BATCH_SIZE
 from embed.sources import Source, encoded_images
 
 ProgressCallback = Callable[[int], None]  # called with the number of items just processed
@@ -39,11 +37,14 @@ def embed_source_into(
     bundle: Bundle,
     source: Source,
     embedder: Embedder,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
     on_progress: ProgressCallback | None = None,
 ) -> EmbedStats:
-    """Run reader -> mapper -> writer over every item; bad files go to skipped.csv."""
+    """Run reader -> mapper -> writer over every item; bad files go to skipped.csv.
+
+    Records the counts, the shard layout and the runtime's parity figures in the manifest.
+    """
     import pandas as pd
 
     items_by_id = {item.row_id: item for item in source.items}
@@ -75,21 +76,15 @@ def embed_source_into(
     seconds = time.perf_counter() - start
 
     table = pd.DataFrame(meta).astype({"row_id": "int64", "width": "int32", "height": "int32"})
-    with atomic_path(bundle.metadata_path) as tmp:
-        table.to_parquet(tmp, index=False)
-    with atomic_path(bundle.skipped_path) as tmp:
-        pd.DataFrame(skipped).to_csv(tmp, index=False)
+    bundle.write_metadata(table)
+    bundle.write_skipped(pd.DataFrame(skipped))
     assert writer.rows == len(table), "every embedded row has exactly one metadata row"
-    return EmbedStats(int(len(table)), len(skipped["row_id"]), seconds, shards)
-
-
-def split_arrays(bundle: Bundle) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(vectors, labels) per split for labelled rows, read from the bundle."""
-    table = bundle.metadata()
-    vectors = bundle.embeddings()
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    labelled = table["label"].notna().to_numpy()
-    for split in ("train", "test"):
-        mask = labelled & (table["split"] == split).to_numpy()
-        out[split] = (vectors[mask], table.loc[mask, "label"].astype(str).to_numpy())
-    return out
+    stats = EmbedStats(int(len(table)), len(skipped["row_id"]), seconds, shards)
+    bundle.update_manifest(
+        backbone=embedder.identity(),  # the runtime now records its parity figures
+        counts={"images": len(source.items), "embedded": stats.embedded,
+                "skipped": stats.skipped},
+        embeddings={"shards": shards, "rows_per_shard": rows_per_shard, "dtype": "float32",
+                    "normalised": "l2", "images_per_second": round(stats.images_per_second, 2)},
+    )
+    return stats

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from embed.atomic import atomic_path, atomic_save_npy, atomic_write_text
 from embed.errors import BundleError, IncompatibleBundleError
 
 SCHEMA_VERSION = 1
@@ -122,12 +123,15 @@ class Bundle:
 
         return pd.read_parquet(self.metadata_path)
 
-    def skipped(self) -> Any:
-        import pandas as pd
+    def write_metadata(self, table: Any) -> None:
+        """metadata.parquet: one row per embedded image, in index order."""
+        with atomic_path(self.metadata_path) as tmp:
+            table.to_parquet(tmp, index=False)
 
-        if not self.skipped_path.exists():
-            return pd.DataFrame(columns=list(SKIPPED_COLUMNS))
-        return pd.read_csv(self.skipped_path, keep_default_na=False)
+    def write_skipped(self, table: Any) -> None:
+        """skipped.csv: every input that could not be used, with the reason."""
+        with atomic_path(self.skipped_path) as tmp:
+            table.to_csv(tmp, index=False)
 
     def iter_embedding_shards(self) -> Iterator[np.ndarray]:
         """Shards in row order, memory-mapped: the collection need not fit in memory."""
@@ -141,31 +145,16 @@ class Bundle:
             return np.zeros((0, self.manifest["backbone"]["dim"]), np.float32)
         return np.ascontiguousarray(np.concatenate(shards), dtype=np.float32)
 
-
-# ---- atomic file writes ---------------------------------------------------------------------
-@contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array)
+    def split_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(vectors, labels) of the labelled rows per split ("train", "test"), metadata order."""
+        table = self.metadata()
+        vectors = self.embeddings()
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        labelled = table["label"].notna().to_numpy()
+        for split in ("train", "test"):
+            mask = labelled & (table["split"] == split).to_numpy()
+            out[split] = (vectors[mask], table.loc[mask, "label"].astype(str).to_numpy())
+        return out
 
 
 # ---- building -------------------------------------------------------------------------------

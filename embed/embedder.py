@@ -17,13 +17,20 @@ from embed.backbones import (
     get_backbone,
     load_finetuned_backbone,
     normalise_weights_arg,
+    preprocess,
     resolve_image_size,
     weights_sha256,
 )
 from embed.bundle import Bundle, check_same_backbone
 from embed.errors import BundleError, WeightsUnavailableError
 from embed.images import DECODER_VERSION, decode_image
-from embed.pipeline import EmbeddedBatch, embed_batch, iter_embedded_batches
+from embed.pipeline import (
+    DEFAULT_BATCH_SIZE,
+    EmbeddedBatch,
+    ReaderConfig,
+    embed_batch,
+    iter_embedded_batches,
+)
 from embed.runtimes import Runtime, make_runtime
 from embed.sources import ImageItem
 
@@ -58,20 +65,29 @@ class Embedder:
             **({"lineage": self.lineage} if self.lineage else {}),
         }
 
+    def reader_config(self, batch_size: int = DEFAULT_BATCH_SIZE) -> ReaderConfig:
+        """The reader settings this backbone needs: its input size and preprocessing."""
+        return ReaderConfig(self.image_size, self.spec.preprocessing, batch_size)
+
+    def inputs_from_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 RGB (N, size, size, 3) -> the backbone's preprocessed float32 inputs."""
+        return preprocess(np.asarray(pixels, np.float32), self.spec.preprocessing).astype(
+            np.float32)
+
+    def embed_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """Preprocessed inputs -> unit vectors (the mapper)."""
+        return embed_batch(self.runtime, inputs)
+
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 RGB (N, size, size, 3) -> unit vectors."""
-        from embed.backbones import preprocess
-
-        inputs = preprocess(np.asarray(pixels, np.float32), self.spec.preprocessing)
-        return embed_batch(self.runtime, inputs.astype(np.float32))
+        return self.embed_inputs(self.inputs_from_pixels(pixels))
 
     def embedded_batches(
-        self, items: Sequence[ImageItem], batch_size: int, encoded: Any = None
+        self, items: Sequence[ImageItem], batch_size: int = DEFAULT_BATCH_SIZE,
+        encoded: Any = None,
     ) -> Iterator[EmbeddedBatch]:
         """Read, decode and embed items with this backbone's size and preprocessing."""
-        return iter_embedded_batches(
-            items, self.image_size, batch_size, self.spec.preprocessing, self.runtime, encoded
-        )
+        return iter_embedded_batches(items, self.reader_config(batch_size), self.runtime, encoded)
 
     def embed_image_bytes(self, data: bytes) -> np.ndarray:
         """One encoded image -> one unit vector (raises ImageDecodeError on bad input)."""

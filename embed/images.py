@@ -35,7 +35,9 @@ class DecodedImage:
     height: int
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB as a person sees the image: 16-bit scaled down, alpha over white, CMYK/grey/palette
+    converted. Shared by the model's decoder and the app's thumbnails."""
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -69,7 +71,7 @@ def decode_image(data: bytes, size: int) -> DecodedImage:
             # PIL's antialiased resize of the full image cost more than LiteRT at 160 px.
             img.draft("RGB", (size, size))
         img = ImageOps.exif_transpose(img)
-        img = _to_rgb(img)
+        img = to_rgb(img)
         img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
         pixels = np.asarray(img, dtype=np.uint8)
     except ImageDecodeError:

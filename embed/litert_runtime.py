@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from embed.atomic import atomic_path
+from embed.environment import cache_dir, threads_from_env
+from embed.keras_runtime import KerasRuntime
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +34,7 @@ LITERT_MAX_ROWS = 8
 
 def default_cache_dir() -> Path:
     """`$EMBED_DOGS_CACHE/litert`, else `~/.cache/embed-dogs/litert`."""
-    root = os.environ.get("EMBED_DOGS_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "embed-dogs"
-    return base / "litert"
+    return cache_dir("litert")
 
 
 def default_num_threads() -> int:
@@ -42,10 +43,7 @@ def default_num_threads() -> int:
     XNNPACK scales almost linearly here (MobileNetV2 224: 91 img/s on 1 thread, 168 on 2), so
     it gets every core; tf.data's decoding shares them (see `embed.pipeline.pipeline_options`).
     """
-    from embed.runtimes import cpu_cores
-
-    env = os.environ.get("EMBED_DOGS_LITERT_THREADS")
-    return max(1, int(env)) if env else cpu_cores()
+    return threads_from_env("EMBED_DOGS_LITERT_THREADS")
 
 
 def model_cache_key(model: Any) -> str:
@@ -72,15 +70,8 @@ def export_litert(model: Any, path: Path) -> Path:
     Written to a temporary name in the same folder and renamed, so a crash or a concurrent
     worker never leaves a half-written file under the cached name.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.tflite", dir=path.parent)
-    os.close(fd)
-    try:
-        model.export(tmp, format="litert", verbose=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path, suffix=".tflite") as tmp:
+        model.export(str(tmp), format="litert", verbose=False)
     return path
 
 
@@ -110,8 +101,6 @@ class LiteRTRuntime:
         requested: str = "litert",
         max_rows: int = LITERT_MAX_ROWS,
     ) -> None:
-        from embed.runtimes import KerasRuntime
-
         self.model = model
         self.requested = requested
         self.name = "litert"  # what actually produces the vectors; "keras" after a fall-back

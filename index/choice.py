@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 INDEX_KINDS = ("auto", "flat", "hnsw", "ivf")
+DEFAULT_INDEX_KIND = "auto"
 DEFAULT_MEMORY_BUDGET = "2G"
 FLAT_MAX_ROWS = 50_000  # exact search stays fast (well under 10 ms a query) up to about here
 HNSW_MAX_ROWS = 2_000_000

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from embed.build import split_arrays
 from embed.bundle import Bundle
 
 
@@ -34,7 +33,7 @@ def same_label_precision_at_k(
 
 def bundle_precision_at_k(bundle: Bundle, k: int = 5) -> dict[str, Any]:
     """Same-breed precision@k of test-split queries against the train split of a bundle."""
-    splits = split_arrays(bundle)
+    splits = bundle.split_arrays()
     (x_test, y_test), (x_train, y_train) = splits["test"], splits["train"]
     return {
         "k": k,

@@ -79,11 +79,11 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bundle(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete bundle of `dataset` built with the tiny backbone (read-only for tests)."""
-    from embed.workflows import build_bundle
+    from ui.workflows import BuildConfig, build_bundle
 
     out = tmp_path_factory.mktemp("bundles") / "tiny"
-    build_bundle(source=str(dataset), out=out, backbone=TINY, weights="none",
-                 batch_size=8, runtime="keras", rows_per_shard=7)
+    build_bundle(BuildConfig(source=str(dataset), out=out, backbone=TINY, weights="none",
+                             batch_size=8, runtime="keras", rows_per_shard=7))
     return out
 
 

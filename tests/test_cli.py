@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from embed.cli import app
 from tests.conftest import REPO, TINY, write_dataset
+from ui.cli import app
 
 runner = CliRunner()
 
@@ -131,9 +131,9 @@ def test_info_and_evaluate(built: Path) -> None:
         (["classify", "/no/photos", "--bundle", "{bundle}"], "folder /no/photos does not exist"),
         (["info", "--bundle", "{empty}"], "not a complete bundle"),
         (["build-index", "--index", "annoy", "--source", "{dataset}"],
-         "'annoy' is not one of auto, flat, hnsw, ivf"),
+         "'annoy' is not one of 'auto', 'flat', 'hnsw', 'ivf'"),
         (["build-index", "--runtime", "fast", "--source", "{dataset}"],
-         "'fast' is not one of auto, litert, keras"),
+         "'fast' is not one of 'auto', 'litert', 'keras'"),
         (["build-index", "--memory-budget", "lots", "--source", "{dataset}"],
          "cannot read memory budget 'lots'"),
     ],
@@ -170,12 +170,12 @@ def test_query_with_another_backbone_is_refused(built: Path, dataset: Path,
 
 
 def test_help_is_instant_and_imports_no_tensorflow() -> None:
-    code = ("import sys; from embed.cli import app; from typer.main import get_command;"
+    code = ("import sys; from ui.cli import app; from typer.main import get_command;"
             "get_command(app); print('tensorflow' in sys.modules, 'faiss' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr
-    help_run = subprocess.run([sys.executable, "-m", "embed", "--help"], cwd=REPO,
+    help_run = subprocess.run([sys.executable, "-m", "ui", "--help"], cwd=REPO,
                               capture_output=True, text=True, timeout=60)
     assert help_run.returncode == 0 and "build-index" in help_run.stdout
 

@@ -21,15 +21,15 @@ from classify.finetune import (
     PATH_IMAGES,
     FinetuneParams,
     augmentation_value_range,
-    load_finetune_predictor,
+    load_finetune_head,
 )
 from classify.heads import load_predictor
 from embed.backbones import file_sha256
 from embed.bundle import Bundle
-from embed.cli import app
 from embed.errors import BundleError, SourceError, WeightsUnavailableError
-from embed.workflows import build_bundle, train_head
 from tests.conftest import TINY
+from ui.cli import app
+from ui.workflows import BuildConfig, build_bundle, train_head
 
 FAST = {"epochs": 3, "fine_tune_epochs": 2, "batch_size": 8}
 
@@ -63,21 +63,21 @@ def test_head_only_trains_on_stored_embeddings(bundle_copy: Path) -> None:
 
 def test_vector_predictions_match_the_whole_model_on_images(bundle_copy: Path) -> None:
     """UnitNormalization makes stored vectors and images through the backbone the same input."""
-    from embed.build import split_arrays
-    from embed.pipeline import iter_image_batches
+    from embed.pipeline import ReaderConfig, iter_image_batches
     from embed.sources import ImageItem
 
     train_head(bundle_copy, "finetune", params=FinetuneParams(**FAST))
     bundle = Bundle(bundle_copy)
     predictor = load_predictor(bundle, "finetune")
-    x_test, _ = split_arrays(bundle)["test"]
+    x_test, _ = bundle.split_arrays()["test"]
     table = bundle.metadata()
     test = table[table["split"] == "test"]
     items = [ImageItem(int(r), p, None, "test") for r, p in zip(test["row_id"], test["path"],
                                                                  strict=True)]
-    inputs = np.concatenate([b.inputs for b in iter_image_batches(items, 32, 8, "tf")])
+    config = ReaderConfig(32, "tf", 8)
+    inputs = np.concatenate([b.inputs for b in iter_image_batches(items, config)])
     np.testing.assert_allclose(
-        predictor.predict_proba(x_test), predictor.predict_proba_inputs(inputs), atol=1e-4
+        predictor.predict_proba(x_test), predictor.predict_proba_images(inputs), atol=1e-4
     )
     ranked = predictor.predict_top_k(x_test, 2)
     assert len(ranked) == 6 and all(len(r) == 2 for r in ranked)
@@ -120,8 +120,8 @@ def test_unfrozen_backbone_trains_through_images_and_lends_its_backbone(
     assert load_predictor(bundle).name == "logreg"
 
     out = tmp_path / "refit"
-    built = build_bundle(source=str(dataset), out=out, backbone_from=bundle_copy,
-                         batch_size=8, runtime="keras")
+    built = build_bundle(BuildConfig(source=str(dataset), out=out, backbone_from=bundle_copy,
+                                     batch_size=8, runtime="keras"))
     lineage = built.manifest["backbone"]["lineage"]
     assert lineage["bundle"] == str(bundle_copy.resolve())
     assert lineage["head_file"] == str(bundle.head_path("finetune").resolve())
@@ -144,7 +144,7 @@ def test_unfrozen_backbone_trains_through_images_and_lends_its_backbone(
     with pytest.raises(WeightsUnavailableError, match="has changed"):
         embedder_for_bundle(new.manifest, "keras")
     with pytest.raises(BundleError, match="sha256 differs"):
-        load_finetune_predictor(bundle, record)
+        load_finetune_head(bundle, record)
 
 
 def test_images_path_needs_a_folder_source(bundle_copy: Path) -> None:
@@ -162,7 +162,8 @@ def test_images_path_needs_a_folder_source(bundle_copy: Path) -> None:
 def test_backbone_from_a_bundle_without_finetune_head(tiny_bundle: Path, dataset: Path,
                                                       tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="no fine-tuned head"):
-        build_bundle(source=str(dataset), out=tmp_path / "x", backbone_from=tiny_bundle)
+        build_bundle(BuildConfig(source=str(dataset), out=tmp_path / "x",
+                                 backbone_from=tiny_bundle))
 
 
 def test_augmentation_range_follows_preprocessing() -> None:
@@ -201,4 +202,4 @@ def test_cli_train_then_classify_with_either_head(
     assert "head: finetune" in result.output
 
     result = runner.invoke(app, ["train", "--bundle", str(bundle_copy), "--head", "nope"])
-    assert result.exit_code == 2 and "unknown head" in result.output
+    assert result.exit_code == 2 and "'nope' is not one of 'logreg', 'finetune'" in result.output

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 
 from embed.embedder import load_embedder
-from embed.pipeline import iter_image_batches
+from embed.pipeline import ReaderConfig, iter_image_batches
 from embed.sources import ImageItem, folder_source
 from tests.conftest import TINY, TINY_DIM, TINY_SIZE
 
@@ -14,7 +14,7 @@ def test_reader_batches_in_row_order_and_flags_bad_files(dataset: Path, tmp_path
     bad.write_bytes(b"\xff\xd8\xff garbage")
     refs = [*map(str, good[:2]), str(bad), *map(str, good[2:])]
     items = [ImageItem(100 + i, r, None, "none") for i, r in enumerate(refs)]
-    batches = list(iter_image_batches(items, TINY_SIZE, 4, "tf"))
+    batches = list(iter_image_batches(items, ReaderConfig(TINY_SIZE, "tf", 4)))
     assert [len(b.row_ids) for b in batches] == [4, 2]
     row_ids = np.concatenate([b.row_ids for b in batches])
     assert row_ids.tolist() == list(range(100, 106))
@@ -40,8 +40,8 @@ def test_embedded_batches_are_unit_vectors_for_ok_rows_only(dataset: Path) -> No
 
 
 def test_pipeline_threads_are_set_deliberately(monkeypatch) -> None:
+    from embed.environment import cpu_cores
     from embed.pipeline import decode_threads, pipeline_options
-    from embed.runtimes import cpu_cores
 
     options = pipeline_options(3)
     assert options.threading.private_threadpool_size == 3
@@ -56,8 +56,8 @@ def test_pipeline_threads_are_set_deliberately(monkeypatch) -> None:
 
 def test_one_decode_thread_gives_the_same_batches(dataset: Path) -> None:
     items = folder_source(dataset).items[:10]
-    one = list(iter_image_batches(items, TINY_SIZE, 4, "tf", threads=1))
-    two = list(iter_image_batches(items, TINY_SIZE, 4, "tf", threads=2))
+    one = list(iter_image_batches(items, ReaderConfig(TINY_SIZE, "tf", 4, threads=1)))
+    two = list(iter_image_batches(items, ReaderConfig(TINY_SIZE, "tf", 4, threads=2)))
     for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a.row_ids, b.row_ids)
         np.testing.assert_array_equal(a.inputs, b.inputs)

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "embed", *map(str, args)], cwd=REPO, capture_output=True,
+        [sys.executable, "-m", "ui", *map(str, args)], cwd=REPO, capture_output=True,
         text=True, timeout=900, env={**os.environ, **(env or {})},
     )
 

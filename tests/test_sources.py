@@ -131,11 +131,11 @@ def test_tfds_stanford_dogs_through_mock_data() -> None:
 
 def test_tfds_source_builds_a_bundle(tmp_path: Path) -> None:
     from embed.bundle import Bundle
-    from embed.workflows import build_bundle
+    from ui.workflows import BuildConfig, build_bundle
 
     with _mock_stanford_dogs(per_split=6):
-        result = build_bundle(out=tmp_path / "b", backbone="tiny_test", weights="none",
-                              batch_size=4, runtime="keras")
+        result = build_bundle(BuildConfig(out=tmp_path / "b", backbone="tiny_test",
+                                          weights="none", batch_size=4, runtime="keras"))
     table = Bundle(result.bundle).metadata()
     assert result.stats.embedded == 12 and result.stats.skipped == 0
     assert Counter(table["split"]) == {"train": 6, "test": 6}

@@ -21,7 +21,7 @@ TIMEOUT = 120  # the first run loads TensorFlow and the model
 
 @pytest.fixture(scope="module")
 def ctx(tiny_bundle: Path):
-    from embed.workflows import open_for_queries
+    from ui.workflows import open_for_queries
 
     return open_for_queries(tiny_bundle)
 
@@ -268,7 +268,7 @@ def test_shard_vectors_match_embeddings(ctx):
 def test_lookalikes_filter(ctx, mode: str):
     vectors = core.ShardVectors(ctx.bundle)
     query = core.query_from_row(vectors, ctx.index.metadata, 0)
-    hits = core.lookalikes(ctx.index, query.vector, 8, mode, "beagle", exclude=0)
+    hits = ctx.index.search_filtered(query.vector, 8, breed="beagle", mode=mode, exclude=0)
     assert 0 not in [h.position for h in hits]
     labels = {h.label for h in hits}
     if mode == "same":
@@ -278,7 +278,8 @@ def test_lookalikes_filter(ctx, mode: str):
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
     # asking for more than the filter can give returns what exists
-    assert len(core.lookalikes(ctx.index, query.vector, 50, "same", "beagle", exclude=0)) == 9
+    assert len(ctx.index.search_filtered(query.vector, 50, breed="beagle", mode="same",
+                                         exclude=0)) == 9
 
 
 def test_prediction_not_sure_below_threshold():
@@ -346,7 +347,7 @@ def test_thumbnail_placeholder_for_rows_without_files(tmp_path: Path):
 def test_cli_ui_command_starts_streamlit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     from typer.testing import CliRunner
 
-    from embed.cli import app as cli
+    from ui.cli import app as cli
 
     calls = []
     monkeypatch.setattr(os, "execve", lambda exe, cmd, env: calls.append((exe, cmd, env)))

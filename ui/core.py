@@ -160,13 +160,6 @@ def predict(predictor: Any, vector: np.ndarray, k: int = TOP_BREEDS,
     return Prediction(predictor.predict_top_k(np.atleast_2d(vector), k)[0], threshold)
 
 
-# ---- look-alikes -----------------------------------------------------------------------------
-def lookalikes(index: Any, vector: np.ndarray, k: int, mode: str = "all",
-               breed: str | None = None, exclude: int | None = None) -> list[Any]:
-    """The k nearest dataset rows, optionally only `breed` ("same") or all but it ("other")."""
-    return index.search_filtered(vector, k, breed=breed, mode=mode, exclude=exclude)
-
-
 # ---- browsing --------------------------------------------------------------------------------
 def breed_positions(metadata: Any) -> dict[str, np.ndarray]:
     """Breed -> its rows (bundle positions) in order; unlabelled rows under "(unlabelled)"."""
@@ -257,8 +250,21 @@ def head_reports(bundle: Bundle) -> list[HeadReport]:
     return reports
 
 
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def head_summary(metrics: dict[str, Any]) -> str:
+    """'top-1 / top-5 on N test images', or why there is none."""
+    if metrics.get("top1") is None:
+        return "no test images"
+    return (f"{percent(metrics['top1'])} / {percent(metrics.get('top5'))} on"
+            f" {metrics.get('test_images')} test images")
+
+
 def manifest_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    """The manifest's key facts as (name, value) rows for a table."""
+    """The manifest as (name, value) rows a person can read: the one formatter that `info`,
+    `build-index`'s summary and the app's report and sidebar all show."""
     bb = manifest.get("backbone") or {}
     src = manifest.get("source") or {}
     idx = manifest.get("index") or {}
@@ -267,14 +273,30 @@ def manifest_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [
         ("backbone", f"{bb.get('name')} @ {bb.get('image_size')} px, dim {bb.get('dim')},"
                      f" preprocessing {bb.get('preprocessing')}"),
+    ]
+    if bb.get("lineage"):
+        rows.append(("fine-tuned from", str(bb["lineage"].get("head_file"))))
+    parity = runtime.get("parity") or {}
+    rows += [
         ("weights", str(bb.get("weights"))),
         ("weights sha256", str(bb.get("weights_sha256", ""))[:16] + "…"),
-        ("runtime", str(runtime.get("name", runtime) if isinstance(runtime, dict) else runtime)),
+        ("runtime", str(runtime.get("name", "-")) + (
+            f" (parity with Keras: mean cosine {parity['mean_cosine']:.5f})"
+            if parity.get("mean_cosine") is not None else "")),
         ("source", f"{src.get('kind')} {src.get('location')}"),
+        ("splits", ", ".join(f"{k} {v}" for k, v in (src.get("splits") or {}).items()) or "-"),
         ("images", ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"),
         ("index", f"{idx.get('kind')} ({idx.get('factory')}), metric {idx.get('metric')}"),
         ("recall@10 vs exact search", str(idx.get("recall@10"))),
+    ]
+    for name, head in (manifest.get("heads") or {}).items():
+        rows.append((f"head {name}: test top-1 / top-5", head_summary(head.get("metrics") or {})))
+    best = (manifest.get("comparison") or {}).get("best")
+    if best:
+        rows.append(("best head", best))
+    rows += [
         ("created", str(manifest.get("created_at"))),
+        ("versions", ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items())),
     ]
     return rows
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from embed.bundle import atomic_path
+from embed.atomic import atomic_path
+from embed.environment import cache_dir
+from embed.images import to_rgb
 
 THUMB_SIZE = 224  # gallery and grid cells
 PREVIEW_SIZE = 512  # the query photo
@@ -23,9 +25,7 @@ PREVIEW_SIZE = 512  # the query photo
 
 def thumbnail_cache_dir() -> Path:
     """`$EMBED_DOGS_CACHE/thumbnails`, else `~/.cache/embed-dogs/thumbnails`."""
-    root = os.environ.get("EMBED_DOGS_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "embed-dogs"
-    return base / "thumbnails"
+    return cache_dir("thumbnails")
 
 
 def has_file(path: str) -> bool:
@@ -35,12 +35,7 @@ def has_file(path: str) -> bool:
 
 def _shrink(img: Image.Image, size: int) -> Image.Image:
     img.draft("RGB", (size, size))  # JPEG: decode at reduced scale
-    img = ImageOps.exif_transpose(img)
-    if img.mode not in ("RGB", "L"):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    img = img.convert("RGB")
+    img = to_rgb(ImageOps.exif_transpose(img))
     img.thumbnail((size, size), Image.Resampling.LANCZOS)
     return img
 

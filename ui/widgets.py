@@ -26,8 +26,8 @@ PERSISTENT_WIDGETS = {GALLERY_K: DEFAULT_K, GALLERY_FILTER: "all"}
 # ---- loading, once per bundle ----------------------------------------------------------------
 @st.cache_resource(show_spinner="Loading the model, index and breed head…")
 def load_context(bundle_path: str) -> Any:
-    """Model, index and head of a bundle (embed.workflows.QueryContext), shared by sessions."""
-    from embed.workflows import open_for_queries
+    """Model, index and head of a bundle (ui.workflows.QueryContext), shared by sessions."""
+    from ui.workflows import open_for_queries
 
     return open_for_queries(bundle_path)
 
@@ -206,7 +206,8 @@ def gallery(ctx: Any, query: core.Query, prediction: core.Prediction | None) -> 
         return f"{same} ({pretty(breed)})" if mode == "same" else core.FILTERS[mode]
 
     mode = right.radio("Show", options, key=GALLERY_FILTER, horizontal=True, format_func=label)
-    hits = core.lookalikes(ctx.index, query.vector, int(k), mode, breed, exclude=query.position)
+    hits = ctx.index.search_filtered(query.vector, int(k), breed=breed, mode=mode,
+                                     exclude=query.position)
     if not hits:
         st.info("No dataset image matches this filter.")
         return
@@ -251,11 +252,9 @@ def missing_bundle_page(path: str | None, problem: str | None) -> None:
 
 def sidebar_facts(ctx: Any) -> None:
     """Which bundle is open, in a few words."""
-    manifest = ctx.bundle.manifest
-    bb = manifest.get("backbone") or {}
+    facts = dict(core.manifest_facts(ctx.bundle.manifest))
     with st.sidebar:
         st.caption(
             f"Bundle `{ctx.bundle.root.name}`: {len(ctx.index.metadata):,} images,"
-            f" {bb.get('name')} @ {bb.get('image_size')} px,"
-            f" head {ctx.predictor.name if ctx.predictor else 'none'}"
+            f" {facts['backbone']}, head {ctx.predictor.name if ctx.predictor else 'none'}"
         )

@@ -1,8 +1,12 @@
-"""The commands' library functions: the composition root of embed, index and classify.
+"""The commands' library functions: the composition root that wires embed, index and classify.
 
-This module and `embed.cli` are the only parts of `embed` that call into `index` and
-`classify`, and they import them inside functions, so `embed-dogs --help` stays instant and the
-rest of `embed` knows nothing of FAISS or scikit-learn.
+It sits in `ui/` beside the two interfaces that call it (the CLI and the Streamlit app), so
+every package below it stays ignorant of the others: `classify` and `index` build on `embed`,
+and nothing points up (the import contracts in pyproject.toml keep it so).
+
+A build is a short sequence of steps that benchmarks and tests reuse one by one:
+`open_build_source` -> `open_build_embedder` -> `embed_source_into` (embed.build) ->
+`index_bundle` -> `fit_default_head`; `build_bundle` runs them inside a staged bundle.
 """
 
 from __future__ import annotations
@@ -12,10 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from classify.breed_head import BreedHead
+from classify.comparison import compare_heads
+from classify.finetune import FinetuneParams, train_finetune_head
+from classify.heads import load_predictor, train_logreg_head
+from classify.logreg import DEFAULT_C
+from embed.atomic import atomic_path
+from embed.backbones import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
 from embed.build import EmbedStats, ProgressCallback, embed_source_into
-from embed.bundle import DEFAULT_ROWS_PER_SHARD, Bundle, atomic_path, new_manifest, staged_bundle
+from embed.bundle import DEFAULT_ROWS_PER_SHARD, Bundle, new_manifest, staged_bundle
 from embed.embedder import (
     Embedder,
     embedder_for_bundle,
@@ -24,7 +33,41 @@ from embed.embedder import (
     load_finetuned_embedder,
 )
 from embed.errors import BundleError, SourceError
-from embed.sources import DEFAULT_SOURCE, ImageItem, Source, find_images, open_source
+from embed.images import read_and_decode
+from embed.pipeline import DEFAULT_BATCH_SIZE
+from embed.runtimes import DEFAULT_RUNTIME
+from embed.sources import (
+    DEFAULT_SOURCE,
+    DEFAULT_TEST_FRACTION,
+    ImageItem,
+    Source,
+    find_images,
+    open_source,
+)
+from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET
+from index.lookalikes import LookalikeIndex, build_bundle_index
+
+DEFAULT_OUT = "dogs-bundle"
+HEADS = ("logreg", "finetune")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What `build-index` was asked for; the CLI's defaults come from here."""
+
+    source: str = DEFAULT_SOURCE
+    out: Path = Path(DEFAULT_OUT)
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = DEFAULT_WEIGHTS  # "imagenet", a weights file, or None/"none"
+    image_size: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    index_kind: str = DEFAULT_INDEX_KIND
+    memory_budget: str = DEFAULT_MEMORY_BUDGET
+    runtime: str = DEFAULT_RUNTIME
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    overwrite: bool = False
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+    backbone_from: Path | None = None  # embed with this bundle's fine-tuned backbone
 
 
 @dataclass
@@ -34,53 +77,52 @@ class BuildResult:
     manifest: dict[str, Any]
 
 
+def open_build_source(config: BuildConfig) -> Source:
+    return open_source(config.source, test_fraction=config.test_fraction)
+
+
+def open_build_embedder(config: BuildConfig) -> Embedder:
+    """The named backbone, or the fine-tuned backbone of `config.backbone_from`'s head."""
+    if config.backbone_from is not None:
+        return load_finetuned_embedder(finetuned_lineage(config.backbone_from), config.runtime)
+    return load_embedder(config.backbone, config.weights, config.image_size, config.runtime)
+
+
+def index_bundle(
+    bundle: Bundle, kind: str = DEFAULT_INDEX_KIND, memory_budget: str = DEFAULT_MEMORY_BUDGET
+) -> dict[str, Any]:
+    """Build the bundle's FAISS index and record it in the manifest."""
+    record = build_bundle_index(bundle, kind, memory_budget)
+    bundle.update_manifest(index=record)
+    return record
+
+
+def fit_default_head(bundle: Bundle) -> dict[str, Any]:
+    """The logistic-regression head every labelled build gets, with its test report."""
+    return train_logreg_head(bundle)
+
+
 def build_bundle(
-    source: str = DEFAULT_SOURCE,
-    out: str | Path = "dogs-bundle",
-    backbone: str = "mobilenet_v2",
-    weights: str | None = "imagenet",
-    image_size: int | None = None,
-    batch_size: int = 32,  # measured: as fast as 64 on 2 cores, ~120 MiB less peak memory
-    index_kind: str = "auto",
-    memory_budget: str = "2G",
-    runtime: str = "auto",
-    test_fraction: float = 0.2,
-    overwrite: bool = False,
-    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
-    on_source: Callable[[Source], ProgressCallback | None] | None = None,
-    backbone_from: str | Path | None = None,
+    config: BuildConfig, on_source: Callable[[Source], ProgressCallback | None] | None = None
 ) -> BuildResult:
     """Source -> embeddings -> index -> (if labelled) logistic-regression head and report.
 
-    `backbone_from` embeds with the fine-tuned backbone of another bundle's finetune head
-    (backbone, weights and image size then come from there); the manifest records its lineage.
+    `on_source` is called once the source is listed and may return a progress callback.
     """
-    from classify.heads import train_logreg_head
-    from index.lookalikes import build_bundle_index
-
-    src = open_source(source, test_fraction=test_fraction)
-    if backbone_from is not None:
-        embedder = load_finetuned_embedder(finetuned_lineage(backbone_from), runtime)
-    else:
-        embedder = load_embedder(backbone, weights, image_size, runtime)
+    src = open_build_source(config)
+    embedder = open_build_embedder(config)
     on_progress = on_source(src) if on_source else None
-    with staged_bundle(out, overwrite=overwrite) as bundle:
+    with staged_bundle(config.out, overwrite=config.overwrite) as bundle:
         bundle.write_manifest(new_manifest(embedder.identity(), src.describe()))
-        stats = embed_source_into(bundle, src, embedder, batch_size, rows_per_shard, on_progress)
-        bundle.update_manifest(
-            backbone=embedder.identity(),  # the runtime now records its parity figures
-            counts={"images": len(src.items), "embedded": stats.embedded,
-                    "skipped": stats.skipped},
-            embeddings={"shards": stats.shards, "rows_per_shard": rows_per_shard,
-                        "dtype": "float32", "normalised": "l2",
-                        "images_per_second": round(stats.images_per_second, 2)},
+        stats = embed_source_into(
+            bundle, src, embedder, config.batch_size, config.rows_per_shard, on_progress
         )
-        bundle.update_manifest(index=build_bundle_index(bundle, index_kind, memory_budget))
+        index_bundle(bundle, config.index_kind, config.memory_budget)
         if src.labelled and stats.embedded:
-            train_logreg_head(bundle)
+            fit_default_head(bundle)
         # the manifest is complete only now; the folder appears under its name after this block
         manifest = bundle.manifest
-    return BuildResult(Path(out).expanduser().resolve(), stats, manifest)
+    return BuildResult(Path(config.out).expanduser().resolve(), stats, manifest)
 
 
 @dataclass
@@ -89,19 +131,16 @@ class QueryContext:
 
     bundle: Bundle
     embedder: Embedder
-    index: Any  # index.lookalikes.LookalikeIndex
-    predictor: Any  # classify.heads.BreedPredictor | None
+    index: LookalikeIndex
+    predictor: BreedHead | None
 
 
 def open_for_queries(
     bundle_dir: str | Path, head: str | None = None, runtime: str | None = None,
     accepts_images: bool = False,
 ) -> QueryContext:
-    """`accepts_images`: the caller ranks with `predict_top_k_batch` (vectors and inputs), so
-    the default head may be a fine-tuned one that needs images."""
-    from classify.heads import load_predictor
-    from index.lookalikes import LookalikeIndex
-
+    """`accepts_images`: the caller passes preprocessed images along with vectors, so the
+    default head may be a fine-tuned one that needs images."""
     bundle = Bundle.open(bundle_dir)
     index = LookalikeIndex(bundle)
     predictor = load_predictor(bundle, head, accepts_images)
@@ -120,17 +159,13 @@ class ImageAnswer:
 def look_up_image(ctx: QueryContext, image: str | Path, k: int = 8,
                   top_breeds: int = 3) -> ImageAnswer:
     """Decode and embed one image file once; its k look-alikes and top breeds."""
-    from embed.backbones import preprocess
-    from embed.images import read_and_decode
-
     _, decoded = read_and_decode(str(image), ctx.embedder.image_size)
-    pixels = decoded.pixels[None]
-    vectors = ctx.embedder.embed_pixels(pixels)
+    inputs = ctx.embedder.inputs_from_pixels(decoded.pixels[None])
+    vectors = ctx.embedder.embed_inputs(inputs)
     hits = [vars(n) for n in ctx.index.search(vectors, k)[0]]
     breeds: list[tuple[str, float]] = []
     if ctx.predictor is not None and top_breeds:
-        inputs = preprocess(pixels.astype(np.float32), ctx.embedder.spec.preprocessing)
-        breeds = ctx.predictor.predict_top_k_batch(vectors, inputs, top_breeds)[0]
+        breeds = ctx.predictor.predict_top_k(vectors, top_breeds, inputs)[0]
     return ImageAnswer(hits, breeds)
 
 
@@ -138,25 +173,20 @@ def train_head(
     bundle_dir: str | Path,
     head: str = "finetune",
     c: float | None = None,
-    params: Any = None,
+    params: FinetuneParams | None = None,
     on_epoch: Callable[[str, int, int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """(Re)train one breed head on the bundle's split, then refresh the head comparison.
 
     Returns {"record": the head's manifest record, "comparison": the comparison section}.
     """
-    from classify.comparison import compare_heads
-    from classify.finetune import FinetuneParams, train_finetune_head
-    from classify.heads import train_logreg_head
-    from classify.logreg import DEFAULT_C
-
     bundle = Bundle.open(bundle_dir)
     if head == "logreg":
         record = train_logreg_head(bundle, DEFAULT_C if c is None else c)
     elif head == "finetune":
         record = train_finetune_head(bundle, params or FinetuneParams(), on_epoch)
     else:
-        raise BundleError(f"unknown head {head!r}; choose logreg or finetune")
+        raise BundleError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
     return {"record": record, "comparison": compare_heads(bundle)}
 
 
@@ -165,7 +195,7 @@ def classify_folder(
     folder: str | Path,
     out_csv: str | Path,
     top_k: int = 5,
-    batch_size: int = 32,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     on_start: Callable[[int], ProgressCallback | None] | None = None,
 ) -> dict[str, Any]:
     """One CSV row per image under folder: top-k breeds, nearest look-alike, or the error."""
@@ -182,8 +212,7 @@ def classify_folder(
     rows: list[dict[str, Any]] = []
     for step in ctx.embedder.embedded_batches(items, batch_size):
         b = step.batch
-        ranked = ctx.predictor.predict_top_k_batch(
-            step.vectors, b.inputs[b.ok], top_k) if (
+        ranked = ctx.predictor.predict_top_k(step.vectors, top_k, b.inputs[b.ok]) if (
             ctx.predictor is not None and len(step.vectors)) else []
         nearest = ctx.index.search(step.vectors, 1) if len(step.vectors) else []
         j = 0

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +24,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from embed.backbones import DEFAULT_BACKBONE, WEIGHTS_HELP
 from embed.errors import EmbedDogsError
+from embed.pipeline import DEFAULT_BATCH_SIZE
+from embed.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES
+from embed.sources import DEFAULT_SOURCE, DEFAULT_TEST_FRACTION
+from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET, INDEX_KINDS, parse_budget
+from ui.core import manifest_facts
+from ui.workflows import DEFAULT_OUT, HEADS, BuildConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
@@ -38,20 +46,22 @@ console = Console()
 err = Console(stderr=True)
 
 
-def one_of(*choices: str) -> Callable[[str | None], str | None]:
-    """An option callback that refuses values outside `choices` with a usage error."""
+def choices(name: str, values: tuple[str, ...]) -> Any:
+    """A str Enum of the library's own choices, so typer lists and checks them in --help."""
+    return Enum(name, {v: v for v in values}, type=str)
 
-    def check(value: str | None) -> str | None:
-        if value is not None and value not in choices:
-            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}")
-        return value
 
-    return check
+RuntimeChoice = choices("RuntimeChoice", RUNTIME_CHOICES)
+IndexChoice = choices("IndexChoice", INDEX_KINDS)
+HeadChoice = choices("HeadChoice", HEADS)
+
+
+def plain(value: Any) -> Any:
+    """An Enum choice as its plain string (None stays None)."""
+    return value.value if isinstance(value, Enum) else value
 
 
 def memory_size(value: str) -> str:
-    from index.choice import parse_budget
-
     try:
         parse_budget(value)
     except ValueError as exc:
@@ -63,12 +73,11 @@ BundleOpt = Annotated[
     Path, typer.Option("--bundle", "-b", help="Bundle folder written by build-index.")
 ]
 HeadOpt = Annotated[
-    str | None, typer.Option(help="Breed head: logreg or finetune (default: best on test).")
+    HeadChoice | None, typer.Option(help="Breed head (default: the best one).")
 ]
 RuntimeOpt = Annotated[
-    str | None,
-    typer.Option(help="auto | litert | keras (default: what the bundle was built with).",
-                 callback=one_of("auto", "litert", "keras")),
+    RuntimeChoice | None,
+    typer.Option(help="Inference runtime (default: what the bundle was built with)."),
 ]
 
 
@@ -111,30 +120,30 @@ def progress_bar(description: str) -> Iterator[Callable[[int], Callable[[int], N
 def build_index(
     source: Annotated[str, typer.Option(
         help="tfds:NAME (tensorflow-datasets) or a folder: ROOT/<breed>/<images>.")
-    ] = "tfds:stanford_dogs",
+    ] = DEFAULT_SOURCE,
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write.")] = Path(
-        "dogs-bundle"
+        DEFAULT_OUT
     ),
     backbone: Annotated[str, typer.Option(help="Backbone name; see `embed-dogs backbones`.")] = (
-        "mobilenet_v2"
+        DEFAULT_BACKBONE
     ),
-    weights: Annotated[str, typer.Option(
-        help="imagenet (Keras download, cached under $KERAS_HOME), a weights file, or none.")
-    ] = "imagenet",
+    weights: Annotated[str, typer.Option(help=WEIGHTS_HELP + ".")] = "imagenet",
     image_size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = 32,
-    index: Annotated[str, typer.Option(
-        help="auto | flat | hnsw | ivf", callback=one_of("auto", "flat", "hnsw", "ivf"))
-    ] = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = (
+        DEFAULT_BATCH_SIZE
+    ),
+    index: Annotated[IndexChoice, typer.Option(
+        help="FAISS index kind; auto picks by size and memory budget.")
+    ] = DEFAULT_INDEX_KIND,
     memory_budget: Annotated[str, typer.Option(
         help="Index memory budget for auto, e.g. 2G.", callback=memory_size)
-    ] = "2G",
-    runtime: Annotated[str, typer.Option(
-        help="auto | litert | keras", callback=one_of("auto", "litert", "keras"))
-    ] = "auto",
+    ] = DEFAULT_MEMORY_BUDGET,
+    runtime: Annotated[RuntimeChoice, typer.Option(
+        help="Inference runtime; auto: LiteRT on CPU, Keras on a GPU.")
+    ] = DEFAULT_RUNTIME,
     test_fraction: Annotated[float, typer.Option(
         min=0.0, max=0.9, help="Hold-out share for folders without their own split.")
-    ] = 0.2,
+    ] = DEFAULT_TEST_FRACTION,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
     backbone_from: Annotated[Path | None, typer.Option(
         help="Embed with the fine-tuned backbone of this bundle's finetune head (replaces"
@@ -142,33 +151,27 @@ def build_index(
     ] = None,
 ) -> None:
     """Embed every image of a source into a bundle, build its FAISS index and breed head."""
+    config = BuildConfig(
+        source=source, out=out, backbone=backbone, weights=weights, image_size=image_size,
+        batch_size=batch_size, index_kind=plain(index), memory_budget=memory_budget,
+        runtime=plain(runtime),
+        test_fraction=test_fraction, overwrite=overwrite, backbone_from=backbone_from,
+    )
     with clear_errors(), progress_bar("embedding") as start:
-        from embed.workflows import build_bundle
+        from ui.workflows import build_bundle
 
-        result = build_bundle(
-            source=source, out=out, backbone=backbone, weights=weights, image_size=image_size,
-            batch_size=batch_size, index_kind=index, memory_budget=memory_budget,
-            runtime=runtime, test_fraction=test_fraction, overwrite=overwrite,
-            on_source=lambda src: start(len(src.items)), backbone_from=backbone_from,
-        )
-    m = result.manifest
-    idx = m["index"] or {}
-    head = (m.get("heads") or {}).get("logreg", {}).get("metrics", {})
+        result = build_bundle(config, on_source=lambda src: start(len(src.items)))
+    stats = result.stats
     table = Table(title=f"bundle {result.bundle}", show_header=False)
-    table.add_row("backbone", f"{m['backbone']['name']} @ {m['backbone']['image_size']}px, "
-                  f"runtime {m['backbone']['runtime']['name']}")
-    if m["backbone"].get("lineage"):
-        table.add_row("fine-tuned from", m["backbone"]["lineage"]["head_file"])
-    table.add_row("images embedded", str(result.stats.embedded))
-    table.add_row("skipped", f"{result.stats.skipped}" + (
-        f" (see {result.bundle / 'skipped.csv'})" if result.stats.skipped else ""))
-    table.add_row("throughput", f"{result.stats.images_per_second:.1f} images/s")
-    table.add_row("index", f"{idx.get('kind')} ({idx.get('factory')}), "
-                  f"recall@10 {idx.get('recall@10')}")
-    if head.get("top1") is not None:
-        table.add_row("test top-1 / top-5",
-                      f"{head['top1']:.1%} / {head['top5']:.1%} on {head['test_images']} images")
-    else:
+    table.add_row("images embedded", str(stats.embedded))
+    table.add_row("skipped", f"{stats.skipped}" + (
+        f" (see {result.bundle / 'skipped.csv'})" if stats.skipped else ""))
+    table.add_row("throughput", f"{stats.images_per_second:.1f} images/s")
+    shown = ("backbone", "fine-tuned from", "runtime", "index", "recall@10 vs exact search")
+    for name, value in manifest_facts(result.manifest):
+        if name in shown or name.startswith("head "):
+            table.add_row(name, value)
+    if not result.manifest.get("heads"):
         table.add_row("breed head", "none (unlabelled source or no test images)")
     console.print(table)
 
@@ -176,7 +179,7 @@ def build_index(
 @app.command()
 def train(
     bundle: BundleOpt,
-    head: Annotated[str, typer.Option(help="finetune (Keras) or logreg.")] = "finetune",
+    head: Annotated[HeadChoice, typer.Option(help="finetune (Keras) or logreg.")] = "finetune",
     epochs: Annotated[int, typer.Option(min=1, help="finetune: epochs of the head phase.")] = 30,
     learning_rate: Annotated[float, typer.Option(
         help="finetune: Adam learning rate of the head phase.")] = 1e-2,
@@ -198,13 +201,13 @@ def train(
         "--c", help="logreg: inverse regularisation strength C.")] = None,
 ) -> None:
     """(Re)train a breed head on the bundle's own train/test split and compare the heads."""
+    head = plain(head)
     with clear_errors():
-        from embed.workflows import train_head
+        from classify.finetune import FinetuneParams
+        from ui.workflows import train_head
 
         params = None
         if head == "finetune":
-            from classify.finetune import FinetuneParams
-
             try:
                 params = FinetuneParams(
                     epochs=epochs, learning_rate=learning_rate, unfreeze=unfreeze,
@@ -214,8 +217,6 @@ def train(
                 )
             except ValueError as exc:
                 raise EmbedDogsError(str(exc)) from None
-        elif head != "logreg":
-            raise EmbedDogsError(f"unknown head {head!r}; choose finetune or logreg")
 
         def on_epoch(phase: str, epoch: int, total: int, logs: dict[str, float]) -> None:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
@@ -255,9 +256,9 @@ def classify(
 ) -> None:
     """Predict the breed of every photo under FOLDER and its nearest look-alike, into a CSV."""
     with clear_errors(), progress_bar("classifying") as start:
-        from embed.workflows import classify_folder, open_for_queries
+        from ui.workflows import classify_folder, open_for_queries
 
-        ctx = open_for_queries(bundle, head, runtime, accepts_images=True)
+        ctx = open_for_queries(bundle, plain(head), plain(runtime), accepts_images=True)
         summary = classify_folder(ctx, folder, out, top_k, on_start=start)
     console.print(
         f"{summary['classified']} of {summary['images']} images classified"
@@ -281,11 +282,11 @@ def search(
     """The k dataset images most similar to IMAGE, with similarity and breed."""
     with clear_errors():
         from embed.images import ImageDecodeError
-        from embed.workflows import look_up_image, open_for_queries
+        from ui.workflows import look_up_image, open_for_queries
 
         if not image.is_file():
             raise EmbedDogsError(f"image {image} does not exist")
-        ctx = open_for_queries(bundle, head, runtime=runtime, accepts_images=True)
+        ctx = open_for_queries(bundle, plain(head), plain(runtime), accepts_images=True)
         try:
             answer = look_up_image(ctx, image, k, top_breeds=0 if as_json else 3)
         except ImageDecodeError as exc:
@@ -294,7 +295,7 @@ def search(
     if as_json:
         print(json.dumps(hits, indent=2))
         return
-    if answer.breeds:
+    if answer.breeds and ctx.predictor is not None:
         console.print(f"breed ({ctx.predictor.name} head): " + ", ".join(
             f"{breed} {prob:.0%}" for breed, prob in answer.breeds))
     table = Table(title=f"look-alikes of {image}")
@@ -350,19 +351,8 @@ def info(
         print(json.dumps(manifest, indent=2))
         return
     table = Table(title=f"bundle {bundle}", show_header=False)
-    bb, src, idx = manifest["backbone"], manifest["source"], manifest.get("index") or {}
-    table.add_row("created", manifest["created_at"])
-    table.add_row("backbone", f"{bb['name']} @ {bb['image_size']}px, dim {bb['dim']}, "
-                  f"preprocessing {bb['preprocessing']}")
-    table.add_row("weights", f"{bb['weights']} (sha256 {bb['weights_sha256'][:16]}…)")
-    table.add_row("runtime", json.dumps(bb.get("runtime")))
-    table.add_row("source", f"{src['kind']} {src['location']}, splits {src['splits']}")
-    table.add_row("counts", json.dumps(manifest.get("counts")))
-    table.add_row("index", f"{idx.get('kind')} {idx.get('factory')}, "
-                  f"recall@10 {idx.get('recall@10')}")
-    for name, head in (manifest.get("heads") or {}).items():
-        table.add_row(f"head {name}", json.dumps(head.get("metrics")))
-    table.add_row("versions", ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()))
+    for name, value in manifest_facts(manifest):
+        table.add_row(name, value)
     console.print(table)
 
 
@@ -389,9 +379,7 @@ def ui(
     headless: Annotated[bool, typer.Option(help="Do not open a browser window.")] = False,
 ) -> None:
     """Open the Streamlit app on a bundle: identify a dog, browse look-alikes and the dataset."""
-    import ui as ui_package
-
-    app_file = Path(next(iter(ui_package.__path__))).resolve() / "app.py"
+    app_file = Path(__file__).resolve().parent / "app.py"
     bundle_dir = str(bundle.expanduser().resolve())
     command = [
         sys.executable, "-m", "streamlit", "run", str(app_file), "--server.port", str(port),
@@ -403,5 +391,3 @@ def ui(
     os.execve(sys.executable, command, env)  # streamlit takes over this process and its signals
 
 
-def main(argv: list[str] | None = None) -> Any:  # pragma: no cover - console entry
-    return app(argv if argv is not None else sys.argv[1:])

@@ -1,0 +1,34 @@
+"""What this process may use: CPU cores, thread counts from the environment, cache folders.
+
+One place for the knobs that the reader, the runtimes and the app's thumbnails share, so they
+agree on what "every core" and "the cache" mean.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV = "EMBED_DOGS_CACHE"
+
+
+def cpu_cores() -> int:
+    """CPU cores this process may use (respects affinity/cgroup pinning, unlike cpu_count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_from_env(variable: str) -> int:
+    """A thread count: the integer in `variable` when set (at least 1), else every usable core."""
+    value = os.environ.get(variable)
+    return max(1, int(value)) if value else cpu_cores()
+
+
+def cache_dir(kind: str) -> Path:
+    """`$EMBED_DOGS_CACHE/<kind>`, else `~/.cache/embed-dogs/<kind>`: caches live outside
+    bundles, so serving never writes into one."""
+    root = os.environ.get(CACHE_ENV)
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "embed-dogs"
+    return base / kind
