@@ -7,6 +7,7 @@ suite needs neither downloads nor ../shared.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,8 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (only on the team's machines and CI)")
     return path
+
+
+def unboxed(output: str) -> str:
+    """Click's usage errors as one line: rich draws them in a wrapped box."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", output).split())
