@@ -110,3 +110,19 @@ def test_huge_image_refused_before_decoding() -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError, match="cannot read file"):
         read_and_decode(str(tmp_path / "missing.jpg"), 8)
+
+
+def test_thumbnail_shows_the_pixels_the_model_sees(tmp_path: Path) -> None:
+    """The app's thumbnails share the decoder's colour handling: a grey 16-bit PNG of value
+    20000 is 20000/65535*255 = 77 for both (the thumbnail once showed it as 255)."""
+    from ui.thumbnails import thumbnail
+
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((40, 40), 20000, np.uint16)).save(path)
+    embedded = decode_image(path.read_bytes(), 16).pixels
+    thumb = thumbnail(str(path), "grey16", 16, cache_dir=tmp_path / "cache")
+    assert thumb is not None
+    with Image.open(thumb) as img:
+        shown = np.asarray(img.convert("RGB"), np.int16)
+    assert int(embedded[0, 0, 0]) == 77
+    assert np.abs(shown - 77).max() <= 2  # JPEG rounding only
