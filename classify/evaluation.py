@@ -28,8 +28,9 @@ def stored_metrics(bundle_root: str | Path, record: dict[str, Any]) -> dict[str,
     import json
 
     metrics_file = (record.get("report") or {}).get("metrics")
-    path = Path(bundle_root) / metrics_file if metrics_file else None
-    if path is not None and path.is_file():
+    root = Path(bundle_root).resolve()
+    path = (root / metrics_file).resolve() if metrics_file else None
+    if path is not None and path.is_relative_to(root) and path.is_file():
         try:
             return json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):

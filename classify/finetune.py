@@ -258,7 +258,7 @@ def train_finetune_head(
     on_epoch: EpochCallback | None = None,
 ) -> dict[str, Any]:
     """Train on the bundle's train split, evaluate on its test split, save and record the head."""
-    from embed.embedder import keras_backbone_for_manifest
+    from embed.embedder import bundle_backbone
 
     params = params or FinetuneParams()
     manifest = bundle.manifest
@@ -273,7 +273,7 @@ def train_finetune_head(
     if through_images:
         _require_image_files(bundle, rows.paths)
 
-    spec, backbone = keras_backbone_for_manifest(recorded)
+    spec, backbone = bundle_backbone(bundle)
     size, preprocessing = int(recorded["image_size"]), spec.preprocessing
     model = build_model(backbone, len(classes), size, preprocessing, params)
     fit_mask, val_mask = ~rows.validation, rows.validation
@@ -314,6 +314,7 @@ def train_finetune_head(
 
     path = bundle.head_path(HEAD)
     _save_keras(model.full, path)
+    bundle.record_files(path)
     predictor = FinetuneHead(model.full, classes, needs_images=bool(unfrozen))
     metrics = _evaluate(bundle, predictor, x_test, y_test, size, preprocessing, params)
     files = write_report(bundle.report_dir, HEAD, metrics) if len(y_test) else {}
@@ -425,7 +426,7 @@ def load_finetune_head(bundle: Bundle, record: dict[str, Any]) -> FinetuneHead:
     """Load `heads/finetune.keras` in Keras' safe mode, after checking it is the recorded file."""
     import keras
 
-    path = bundle.root / record["file"]
+    path = bundle.inside(record["file"])
     if not path.is_file():
         raise BundleError(
             f"no fine-tuned head at {path}; train one with `embed-dogs train --bundle"
@@ -436,5 +437,12 @@ def load_finetune_head(bundle: Bundle, record: dict[str, Any]) -> FinetuneHead:
             f"{path} is not the file the manifest recorded (sha256 differs); refusing to load"
             " it. Retrain it with `embed-dogs train --head finetune`"
         )
-    model = keras.models.load_model(path, compile=False, safe_mode=True)
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises ValueError, OSError, zip errors, ...
+        raise BundleError(
+            f"cannot load the fine-tuned head {path} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); retrain it with"
+            " `embed-dogs train --head finetune`"
+        ) from None
     return FinetuneHead(model, np.array(record["classes"]), record["input"] == "images")

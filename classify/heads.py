@@ -23,6 +23,7 @@ def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
     pipeline = fit_logreg(x_train, y_train, c)
     seconds = time.perf_counter() - start
     save_head(pipeline, bundle.head_path("logreg"))
+    bundle.record_files(bundle.head_path("logreg"))
     classes = pipeline.classes_
     metrics = (
         evaluate_probabilities(pipeline.predict_proba(x_test), classes, y_test)

@@ -54,7 +54,13 @@ def load_head(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise BundleError(f"no logistic-regression head at {path}; rebuild with build-index")
-    untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
+    try:
+        untrusted = [t for t in sio.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
+    except Exception as exc:  # not a skops file: zip, JSON or schema errors
+        raise BundleError(
+            f"{path} is not a readable head file ({type(exc).__name__}); refit it with"
+            " `embed-dogs train --head logreg`"
+        ) from None
     if untrusted:
         raise BundleError(
             f"{path} contains types that are not trusted ({', '.join(untrusted)}); refusing"

@@ -7,6 +7,7 @@ file (``mkstemp`` would make it 0600 and the bundle unreadable to a teammate).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -47,3 +48,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_save_npy(path: str | Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hash of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embed.atomic import file_sha256
 from embed.errors import UnknownBackboneError, WeightsUnavailableError
 
 # Preprocessing modes, as keras.applications names them.
@@ -165,15 +166,6 @@ def weights_sha256(model: Any) -> str:
         value = w.numpy()
         digest.update(str(value.shape).encode())
         digest.update(value.tobytes())
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hash of a file's bytes, read in chunks: pins the exact head file a backbone came from."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
     return digest.hexdigest()
 
 

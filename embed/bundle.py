@@ -1,30 +1,28 @@
 """The bundle: the one module that knows the on-disk layout and the manifest.
 
-Everything a build produced lives in one folder. A build is written into a staging folder
-beside the target and renamed into place only when complete, so a crash never leaves a
-half-written bundle that looks complete. Later steps (training a head, re-evaluating) replace
-single files atomically (temporary name, then `os.replace`).
+Everything a build produced lives in one folder (see DESIGN.md). The manifest is read once,
+validated, and lists every shard and model file with its size and sha256, so opening a bundle
+checks cheaply that it is whole (`check`) and `verify` checks every byte. Files named in the
+manifest must lie inside the bundle. Image paths are stored relative to the source root and
+resolved on reading. Builds are staged and renamed into place by `embed.staging`; later steps
+replace single files atomically (`embed.atomic`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from embed.atomic import atomic_path, atomic_save_npy, atomic_write_text
+from embed.atomic import atomic_path, atomic_write_text, file_sha256
 from embed.errors import BundleError, IncompatibleBundleError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: shards with row files, relative image paths, checksummed files
 MANIFEST = "manifest.json"
 EMBEDDINGS_DIR = "embeddings"
 METADATA = "metadata.parquet"
@@ -32,16 +30,18 @@ SKIPPED = "skipped.csv"
 INDEX = "index.faiss"
 HEADS_DIR = "heads"
 REPORT_DIR = "report"
-DEFAULT_ROWS_PER_SHARD = 4096
+BACKBONE_WEIGHTS = "backbone/weights.weights.h5"  # the serving weights travel with the bundle
 METADATA_COLUMNS = ("row_id", "path", "label", "split", "sha256", "width", "height")
+REBUILD_HINT = "run `embed-dogs verify --bundle {root}` for details, or rebuild the bundle"
 SKIPPED_COLUMNS = ("row_id", "path", "reason")
 
 
 class Bundle:
-    """Paths inside one bundle folder, and reading/writing its manifest."""
+    """One bundle folder: its layout, its manifest (read once, validated) and its tables."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._manifest: dict[str, Any] | None = None
 
     # ---- layout -------------------------------------------------------------------------
     @property
@@ -68,6 +68,10 @@ class Bundle:
     def report_dir(self) -> Path:
         return self.root / REPORT_DIR
 
+    @property
+    def backbone_weights_path(self) -> Path:
+        return self.root / BACKBONE_WEIGHTS
+
     def head_path(self, head: str) -> Path:
         suffix = {"logreg": ".skops", "finetune": ".keras"}.get(head, ".bin")
         return self.root / HEADS_DIR / f"{head}{suffix}"
@@ -75,13 +79,36 @@ class Bundle:
     def shard_path(self, number: int) -> Path:
         return self.embeddings_dir / f"part-{number:05d}.npy"
 
+    def shard_rows_path(self, number: int) -> Path:
+        return self.embeddings_dir / f"part-{number:05d}.rows.parquet"
+
     def shard_paths(self) -> list[Path]:
+        """The vector shards in row order: as the manifest lists them, else as found."""
+        listed = (self.manifest.get("embeddings") or {}).get("shards")
+        if isinstance(listed, list):
+            return [self.inside(entry["file"]) for entry in listed]
         return sorted(self.embeddings_dir.glob("part-*.npy"))
+
+    def relative(self, path: str | Path) -> str:
+        """A path inside the bundle as the manifest records it (posix, relative)."""
+        return Path(path).resolve().relative_to(self.root.resolve()).as_posix()
+
+    def inside(self, relative: str) -> Path:
+        """The file a manifest entry names; refused when it would lie outside the bundle."""
+        path = (self.root / str(relative)).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise BundleError(
+                f"the manifest of {self.root} names {relative!r}, which lies outside the"
+                f" bundle; refusing to follow it. {REBUILD_HINT.format(root=self.root)}"
+            )
+        return path
 
     # ---- opening ------------------------------------------------------------------------
     @classmethod
     def open(cls, root: str | Path) -> Bundle:
-        """Open an existing, complete bundle or explain how to make one."""
+        """Open an existing, complete bundle or explain how to make one; checks cheaply that
+        the files the manifest lists are all there with their recorded sizes, and that the
+        metadata table is the one that was written (so swapped rows are caught)."""
         bundle = cls(root)
         if not bundle.root.is_dir():
             raise BundleError(
@@ -93,38 +120,111 @@ class Bundle:
                 f"{root} is not a complete bundle (no {MANIFEST}); rebuild it with"
                 f" `embed-dogs build-index --out {root}`"
             )
-        version = bundle.manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise IncompatibleBundleError(
-                f"bundle {root} has schema version {version}, this embed-dogs reads version"
-                f" {SCHEMA_VERSION}; rebuild it with `embed-dogs build-index`"
+        problems = bundle.check(full=False)
+        if problems:
+            raise BundleError(
+                f"bundle {root} is damaged: {problems[0]}"
+                + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+                + f"; {REBUILD_HINT.format(root=root)}"
             )
         return bundle
 
     @property
     def manifest(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BundleError(f"cannot read {self.manifest_path}: {exc}") from exc
+        if self._manifest is None:
+            try:
+                data = json.loads(self.manifest_path.read_text())
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise BundleError(
+                    f"cannot read {self.manifest_path}: {exc}; rebuild the bundle"
+                ) from None
+            self._manifest = validate_manifest(data, self.root)
+        return self._manifest
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=False))
+        self._manifest = manifest
 
     def update_manifest(self, **sections: Any) -> dict[str, Any]:
-        manifest = self.manifest
+        manifest = dict(self.manifest)
         manifest.update(sections)
         self.write_manifest(manifest)
         return manifest
 
+    def reload(self) -> Bundle:
+        """Forget the cached manifest (another process may have changed the bundle)."""
+        self._manifest = None
+        return self
+
+    # ---- integrity ----------------------------------------------------------------------
+    def file_record(self, path: str | Path) -> dict[str, Any]:
+        """Size and sha256 of a file inside the bundle, as the manifest lists it."""
+        path = Path(path)
+        return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+    def record_files(self, *paths: str | Path) -> None:
+        """List files (model files, tables, shards) in the manifest with size and sha256."""
+        files = dict(self.manifest.get("files") or {})
+        for path in paths:
+            files[self.relative(path)] = self.file_record(path)
+        self.update_manifest(files=dict(sorted(files.items())))
+
+    def forget_files(self, *relative: str) -> None:
+        files = {k: v for k, v in (self.manifest.get("files") or {}).items() if k not in relative}
+        self.update_manifest(files=files)
+
+    def check(self, full: bool = False) -> list[str]:
+        """Problems found, empty when whole. Cheap: every listed file exists inside the bundle
+        with its recorded size, metadata.parquet has its recorded checksum and row count.
+        `full`: every file's checksum too."""
+        problems: list[str] = []
+        manifest = self.manifest
+        files = manifest.get("files") or {}
+        for relative, record in files.items():
+            try:
+                path = self.inside(relative)
+            except BundleError as exc:
+                problems.append(str(exc).split(";")[0])
+                continue
+            if not path.is_file():
+                problems.append(f"{relative} is missing")
+            elif path.stat().st_size != record.get("bytes"):
+                problems.append(f"{relative} has {path.stat().st_size} bytes, the manifest"
+                                f" recorded {record.get('bytes')}")
+            elif (full or relative == METADATA) and file_sha256(path) != record.get("sha256"):
+                problems.append(f"{relative} is not the file that was written (sha256 differs)")
+        shards = (manifest.get("embeddings") or {}).get("shards")
+        embedded = (manifest.get("counts") or {}).get("embedded")
+        if isinstance(shards, list) and embedded is not None:
+            rows = sum(int(entry.get("rows", 0)) for entry in shards)
+            if rows != embedded:
+                problems.append(f"the shards hold {rows} rows, the manifest counts {embedded}")
+        return problems
+
     # ---- tables and vectors -------------------------------------------------------------
+    @property
+    def source_root(self) -> Path | None:
+        """Where a folder source's images were; image paths are stored relative to it."""
+        source = self.manifest.get("source") or {}
+        return Path(source["location"]) if source.get("kind") == "folder" else None
+
     def metadata(self) -> Any:
+        """One row per embedded image in index order, with `path` absolute again."""
         import pandas as pd
 
-        return pd.read_parquet(self.metadata_path)
+        try:
+            table = pd.read_parquet(self.metadata_path)
+        except Exception as exc:  # pyarrow raises several types for damaged files
+            raise BundleError(f"cannot read {self.metadata_path}: {exc}; rebuild the"
+                              " bundle") from None
+        root = self.source_root
+        if root is not None and len(table):
+            table["path"] = [str(root / p) for p in table["path"].astype(str)]
+        return table
 
     def write_metadata(self, table: Any) -> None:
-        """metadata.parquet: one row per embedded image, in index order."""
+        """metadata.parquet: one row per embedded image, in index order (paths as given:
+        relative to the source root for folders)."""
         with atomic_path(self.metadata_path) as tmp:
             table.to_parquet(tmp, index=False)
 
@@ -135,8 +235,18 @@ class Bundle:
 
     def iter_embedding_shards(self) -> Iterator[np.ndarray]:
         """Shards in row order, memory-mapped: the collection need not fit in memory."""
+        dim = int(self.manifest["backbone"]["dim"])
         for path in self.shard_paths():
-            yield np.load(path, mmap_mode="r")
+            try:
+                shard = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise BundleError(f"cannot read embeddings shard {path}: {exc};"
+                                  f" {REBUILD_HINT.format(root=self.root)}") from None
+            if shard.ndim != 2 or shard.shape[1] != dim or shard.dtype != np.float32:
+                raise BundleError(f"embeddings shard {path} has shape {shard.shape} and dtype"
+                                  f" {shard.dtype}, expected (n, {dim}) float32;"
+                                  f" {REBUILD_HINT.format(root=self.root)}")
+            yield shard
 
     def embeddings(self) -> np.ndarray:
         """All vectors as one float32 array, in metadata order."""
@@ -149,6 +259,11 @@ class Bundle:
         """(vectors, labels) of the labelled rows per split ("train", "test"), metadata order."""
         table = self.metadata()
         vectors = self.embeddings()
+        if len(vectors) != len(table):
+            raise BundleError(
+                f"{self.root} has {len(vectors)} vectors but {len(table)} metadata rows;"
+                f" {REBUILD_HINT.format(root=self.root)}"
+            )
         out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         labelled = table["label"].notna().to_numpy()
         for split in ("train", "test"):
@@ -157,66 +272,40 @@ class Bundle:
         return out
 
 
-# ---- building -------------------------------------------------------------------------------
-class ShardWriter:
-    """Writes L2-normalised float32 vectors in fixed-size shards, in row order."""
-
-    def __init__(self, bundle: Bundle, dim: int, rows_per_shard: int = DEFAULT_ROWS_PER_SHARD):
-        self.bundle = bundle
-        self.dim = dim
-        self.rows_per_shard = rows_per_shard
-        self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
-        self._shards = 0
-        self.rows = 0
-
-    def add(self, vectors: np.ndarray) -> None:
-        if len(vectors) == 0:
-            return
-        vectors = np.asarray(vectors, np.float32)
-        if vectors.shape[1] != self.dim:
-            raise ValueError(f"vectors have dim {vectors.shape[1]}, expected {self.dim}")
-        self._pending.append(vectors)
-        self._pending_rows += len(vectors)
-        self.rows += len(vectors)
-        while self._pending_rows >= self.rows_per_shard:
-            self._flush(self.rows_per_shard)
-
-    def _flush(self, n: int) -> None:
-        block = np.concatenate(self._pending)
-        atomic_save_npy(self.bundle.shard_path(self._shards), block[:n])
-        self._shards += 1
-        rest = block[n:]
-        self._pending = [rest] if len(rest) else []
-        self._pending_rows = len(rest)
-
-    def close(self) -> int:
-        """Write the last partial shard; returns the number of shards."""
-        if self._pending_rows:
-            self._flush(self._pending_rows)
-        return self._shards
+def _expect(ok: bool, root: Path, what: str) -> None:
+    if not ok:
+        raise BundleError(f"the manifest of {root} is damaged: {what};"
+                          f" {REBUILD_HINT.format(root=root)}")
 
 
-@contextmanager
-def staged_bundle(target: str | Path, overwrite: bool = False) -> Iterator[Bundle]:
-    """A staging bundle beside `target`, renamed into place only if the block succeeds."""
-    target = Path(target).expanduser().resolve()
-    if target.exists() and not overwrite:
-        raise BundleError(f"{target} already exists; pass --overwrite or choose another --out")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
-    try:
-        yield Bundle(staging)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+def validate_manifest(data: Any, root: Path) -> dict[str, Any]:
+    """The manifest's shape, checked once on reading, so later code can trust its types."""
+    _expect(isinstance(data, dict), root, f"it is a JSON {type(data).__name__}, not an object")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise IncompatibleBundleError(
+            f"bundle {root} has schema version {version}, this embed-dogs reads version"
+            f" {SCHEMA_VERSION}; rebuild it with `embed-dogs build-index`"
+        )
+    backbone = data.get("backbone")
+    _expect(isinstance(backbone, dict), root, "it has no backbone section")
+    for key, kind in (("name", str), ("image_size", int), ("dim", int),
+                      ("preprocessing", str)):
+        value = backbone.get(key)
+        _expect(isinstance(value, kind) and not isinstance(value, bool), root,
+                f"backbone.{key} is {value!r}, expected {kind.__name__}")
+    _expect(backbone["dim"] > 0 and backbone["image_size"] > 0, root,
+            "backbone.dim and backbone.image_size must be positive")
+    for key in ("source", "counts", "heads", "files", "embeddings"):
+        value = data.get(key, {})
+        _expect(isinstance(value, dict), root, f"{key} is {type(value).__name__}, not an object")
+    _expect(data.get("index") is None or isinstance(data["index"], dict), root,
+            "index is not an object")
+    shards = (data.get("embeddings") or {}).get("shards")
+    _expect(shards is None or (isinstance(shards, list) and all(
+        isinstance(s, dict) and isinstance(s.get("file"), str) for s in shards)),
+            root, "embeddings.shards is not a list of shard entries")
+    return data
 
 
 def library_versions() -> dict[str, str]:
@@ -243,6 +332,7 @@ def new_manifest(backbone: dict[str, Any], source: dict[str, Any]) -> dict[str, 
         "embeddings": {},
         "index": None,
         "heads": {},
+        "files": {},
         "versions": library_versions(),
     }
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from embed.atomic import atomic_path
 from embed.backbones import (
     BackboneSpec,
     build_backbone,
@@ -44,6 +45,7 @@ class Embedder:
     runtime: Runtime
     weights_hash: str
     lineage: dict[str, Any] = field(default_factory=dict)
+    weights_file: str | None = None  # the copy inside the bundle, once saved there
 
     @property
     def dim(self) -> int:
@@ -62,6 +64,7 @@ class Embedder:
             "weights_sha256": self.weights_hash,
             "decoder": DECODER_VERSION,
             "runtime": self.runtime.describe(),
+            **({"weights_file": self.weights_file} if self.weights_file else {}),
             **({"lineage": self.lineage} if self.lineage else {}),
         }
 
@@ -113,15 +116,6 @@ def load_embedder(
     return Embedder(spec, size, weights, model, rt, digest)
 
 
-def require_weights_file(weights: str | None) -> None:
-    """A bundle's recorded weights file must still be there to rebuild its backbone."""
-    if weights not in (None, "random", "imagenet") and not Path(weights).is_file():
-        raise WeightsUnavailableError(
-            f"the bundle's backbone weights {weights} are missing; put the file back at that"
-            " path or rebuild the bundle"
-        )
-
-
 def finetuned_lineage(bundle_dir: str | Path) -> dict[str, Any]:
     """Where a fine-tuned backbone comes from: the bundle, its head file and that file's sha256."""
     source = Bundle.open(bundle_dir)
@@ -132,7 +126,7 @@ def finetuned_lineage(bundle_dir: str | Path) -> dict[str, Any]:
             f"bundle {bundle_dir} has no fine-tuned head; run `embed-dogs train --bundle"
             f" {bundle_dir} --head finetune` first"
         )
-    head_file = (source.root / record["file"]).resolve()
+    head_file = source.inside(record["file"])
     base = manifest["backbone"]
     return {
         "bundle": str(source.root.resolve()),
@@ -146,53 +140,66 @@ def finetuned_lineage(bundle_dir: str | Path) -> dict[str, Any]:
     }
 
 
-def keras_backbone_for_manifest(recorded: dict[str, Any]) -> tuple[BackboneSpec, Any]:
-    """The Keras backbone of a manifest's `backbone` section, fine-tuned or not, checked.
+def save_serving_weights(embedder: Embedder, bundle: Bundle) -> None:
+    """Copy the backbone's weights into the bundle, so queries need neither the original
+    weights file, nor Keras' cache, nor the bundle a fine-tuned backbone came from."""
+    path = bundle.backbone_weights_path
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        embedder.model.save_weights(tmp)
+    bundle.record_files(path)
+    embedder.weights_file = bundle.relative(path)
 
-    Shared by query-time embedding and by fine-tuning, so both start from the very weights
-    the bundle's vectors came from.
-    """
+
+def bundle_backbone(bundle: Bundle) -> tuple[BackboneSpec, Any]:
+    """The Keras backbone a bundle's vectors came from, from the weights inside the bundle,
+    checked against the recorded weights hash. Shared by query-time embedding and by
+    fine-tuning, so both start from the very weights the bundle's vectors came from."""
+    recorded = bundle.manifest["backbone"]
     spec = get_backbone(recorded["name"])
-    lineage = recorded.get("lineage")
-    if lineage:
-        model = load_finetuned_backbone(
-            lineage["head_file"], lineage["head_sha256"], lineage["backbone_layer"]
+    relative = recorded.get("weights_file")
+    if not relative:
+        raise WeightsUnavailableError(
+            f"bundle {bundle.root} carries no backbone weights; rebuild it with this version"
+            " of embed-dogs"
         )
-    else:
-        weights = recorded.get("weights")
-        require_weights_file(weights)
-        weights = None if weights in (None, "random") else weights
-        model = build_backbone(spec, recorded["image_size"], weights)
-    expected = recorded.get("weights_sha256")
-    if expected:
-        check_same_backbone(recorded, {**recorded, "weights_sha256": weights_sha256(model)})
+    path = bundle.inside(relative)
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"the bundle's backbone weights {path} are missing; copy the whole bundle folder"
+            " again, or rebuild it"
+        )
+    model = build_backbone(spec, int(recorded["image_size"]), str(path))
+    check_same_backbone(recorded, {**recorded, "weights_sha256": weights_sha256(model)})
     return spec, model
 
 
 def load_finetuned_embedder(lineage: dict[str, Any], runtime: str = "auto") -> Embedder:
     """An embedder whose backbone is the fine-tuned one of another bundle's finetune head."""
     base = lineage["base_backbone"]
-    recorded = {"name": base["name"], "image_size": base["image_size"], "lineage": lineage}
-    spec, model = keras_backbone_for_manifest(recorded)
+    spec = get_backbone(base["name"])
+    model = load_finetuned_backbone(
+        lineage["head_file"], lineage["head_sha256"], lineage["backbone_layer"]
+    )
     digest = weights_sha256(model)
     size = int(base["image_size"])
-    rt = make_runtime(model, runtime, cache_key=f"{spec.name}-{size}-ft-{digest[:16]}")
+    rt = make_runtime(model, runtime, cache_key=f"{spec.name}-{size}-{digest[:16]}")
     weights = f"finetuned:{lineage['head_file']}"
     return Embedder(spec, size, weights, model, rt, digest, lineage=dict(lineage))
 
 
-def embedder_for_bundle(manifest: dict[str, Any], runtime: str | None = None) -> Embedder:
-    """Rebuild the backbone a bundle was built with, and check it really is the same one."""
-    recorded = manifest["backbone"]
-    weights = recorded.get("weights")
+def embedder_for_bundle(bundle: Bundle, runtime: str | None = None) -> Embedder:
+    """Rebuild the backbone a bundle was built with, from the weights it carries, and check
+    it really is the same one."""
+    recorded = bundle.manifest["backbone"]
     kind = runtime or os.environ.get("EMBED_DOGS_RUNTIME") or recorded.get("runtime", {}).get(
         "name", "auto"
     )
-    if recorded.get("lineage"):
-        embedder = load_finetuned_embedder(recorded["lineage"], kind)
-        check_same_backbone(recorded, embedder.identity())
-        return embedder
-    require_weights_file(weights)
-    embedder = load_embedder(recorded["name"], weights, recorded["image_size"], kind)
+    spec, model = bundle_backbone(bundle)
+    digest = weights_sha256(model)
+    size = int(recorded["image_size"])
+    rt = make_runtime(model, kind, cache_key=f"{spec.name}-{size}-{digest[:16]}")
+    embedder = Embedder(spec, size, recorded.get("weights"), model, rt, digest,
+                        lineage=dict(recorded.get("lineage") or {}),
+                        weights_file=recorded.get("weights_file"))
     check_same_backbone(recorded, embedder.identity())
     return embedder

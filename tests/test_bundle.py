@@ -4,46 +4,73 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embed.bundle import (
-    SCHEMA_VERSION,
-    Bundle,
-    ShardWriter,
-    check_same_backbone,
-    staged_bundle,
-)
+from embed.bundle import SCHEMA_VERSION, Bundle, check_same_backbone
 from embed.errors import BundleError, IncompatibleBundleError
+from embed.shards import ShardWriter, complete_shards, merged_tables
+from embed.staging import staged_bundle
+
+MINIMAL = {"schema_version": SCHEMA_VERSION,
+           "backbone": {"name": "x", "image_size": 8, "dim": 3, "preprocessing": "tf"}}
 
 
-def test_shard_writer_fixed_rows_per_shard(tmp_path: Path) -> None:
+def _rows(ids: range, bad: set[int] = frozenset()) -> list[dict]:
+    return [{"row_id": i, "path": f"{i}.jpg", "label": "a", "split": "train", "sha256": str(i),
+             "width": 8, "height": 8, "reason": "broken" if i in bad else ""} for i in ids]
+
+
+def test_shard_writer_fixed_rows_per_shard_and_rows_files(tmp_path: Path) -> None:
     bundle = Bundle(tmp_path)
     writer = ShardWriter(bundle, dim=3, rows_per_shard=4)
     rng = np.random.default_rng(0)
-    blocks = [rng.normal(size=(n, 3)).astype(np.float32) for n in (3, 3, 5, 0, 1)]
-    for block in blocks:
-        writer.add(block)
-    assert writer.close() == 3
-    sizes = [np.load(p).shape[0] for p in bundle.shard_paths()]
-    assert sizes == [4, 4, 4]
+    sizes, bad, start, blocks = (3, 3, 5, 0, 1), {4, 11}, 0, []
+    for n in sizes:
+        rows = _rows(range(start, start + n), bad)
+        block = rng.normal(size=(sum(1 for r in rows if not r["reason"]), 3)).astype(np.float32)
+        writer.add(rows, block)
+        blocks.append(block)
+        start += n
+    shards = writer.close()
+    # 12 items, 2 unusable: 10 vectors in shards of 4, 4 and 2; an unusable item travels with
+    # the shard of the next usable one, or the last shard
+    assert [s["rows"] for s in shards] == [4, 4, 2]
+    assert [(s["first_row_id"], s["last_row_id"]) for s in shards] == [(0, 3), (4, 8), (9, 11)]
     np.testing.assert_array_equal(np.concatenate([np.load(p) for p in bundle.shard_paths()]),
                                   np.concatenate(blocks))
-    with pytest.raises(ValueError, match="dim"):
-        writer.add(np.zeros((1, 5), np.float32))
+    metadata, skipped = merged_tables(bundle, shards)
+    assert metadata["row_id"].tolist() == [0, 1, 2, 3, 5, 6, 7, 8, 9, 10]
+    assert skipped["row_id"].tolist() == [4, 11] and set(skipped["reason"]) == {"broken"}
+    assert complete_shards(bundle, 3) == shards
+    with pytest.raises(ValueError, match="vectors"):
+        writer.add(_rows(range(20, 21)), np.zeros((0, 3), np.float32))
+
+
+def test_complete_shards_stop_at_the_first_partial_one(tmp_path: Path) -> None:
+    bundle = Bundle(tmp_path)
+    writer = ShardWriter(bundle, dim=3, rows_per_shard=2)
+    writer.add(_rows(range(6)), np.ones((6, 3), np.float32))
+    writer.close()
+    bundle.shard_rows_path(1).unlink()  # killed between a shard's two files
+    (bundle.embeddings_dir / ".part-00003.npy.123-abc.tmp").write_bytes(b"half")
+    done = complete_shards(bundle, 3)
+    assert [s["last_row_id"] for s in done] == [1]
+    assert sorted(p.name for p in bundle.embeddings_dir.iterdir()) == [
+        "part-00000.npy", "part-00000.rows.parquet"]
 
 
 def test_staged_bundle_appears_only_when_complete(tmp_path: Path) -> None:
     target = tmp_path / "b"
     with pytest.raises(RuntimeError), staged_bundle(target) as bundle:
-        bundle.write_manifest({"schema_version": SCHEMA_VERSION})
+        bundle.write_manifest(MINIMAL)
         raise RuntimeError("crash half-way")
     assert not target.exists()
-    assert list(tmp_path.iterdir()) == []  # no staging folder left behind
+    assert list(tmp_path.iterdir()) == []  # no staging folder or lock left behind
     with staged_bundle(target) as bundle:
-        bundle.write_manifest({"schema_version": SCHEMA_VERSION, "n": 1})
+        bundle.write_manifest({**MINIMAL, "n": 1})
     assert Bundle.open(target).manifest["n"] == 1
     with pytest.raises(BundleError, match="already exists"), staged_bundle(target):
         pass
     with staged_bundle(target, overwrite=True) as bundle:
-        bundle.write_manifest({"schema_version": SCHEMA_VERSION, "n": 2})
+        bundle.write_manifest({**MINIMAL, "n": 2})
     assert Bundle.open(target).manifest["n"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 

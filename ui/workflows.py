@@ -23,14 +23,21 @@ from classify.heads import load_predictor, train_logreg_head
 from classify.logreg import DEFAULT_C
 from embed.atomic import atomic_path
 from embed.backbones import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
-from embed.build import EmbedStats, ProgressCallback, embed_source_into
-from embed.bundle import DEFAULT_ROWS_PER_SHARD, Bundle, new_manifest, staged_bundle
+from embed.build import (
+    DEFAULT_ROWS_PER_SHARD,
+    EmbedStats,
+    ProgressCallback,
+    embed_source_into,
+    resume_key,
+)
+from embed.bundle import Bundle, new_manifest
 from embed.embedder import (
     Embedder,
     embedder_for_bundle,
     finetuned_lineage,
     load_embedder,
     load_finetuned_embedder,
+    save_serving_weights,
 )
 from embed.errors import BundleError, SourceError
 from embed.images import read_and_decode
@@ -44,6 +51,7 @@ from embed.sources import (
     find_images,
     open_source,
 )
+from embed.staging import BundleWriter
 from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET
 from index.lookalikes import LookalikeIndex, build_bundle_index
 
@@ -94,6 +102,7 @@ def index_bundle(
     """Build the bundle's FAISS index and record it in the manifest."""
     record = build_bundle_index(bundle, kind, memory_budget)
     bundle.update_manifest(index=record)
+    bundle.record_files(bundle.index_path)
     return record
 
 
@@ -102,27 +111,37 @@ def fit_default_head(bundle: Bundle) -> dict[str, Any]:
     return train_logreg_head(bundle)
 
 
+def source_root(config: BuildConfig) -> Path | None:
+    """The folder a build reads photos from (None for tfds): --out must stay clear of it."""
+    return None if config.source.startswith("tfds:") else Path(config.source)
+
+
 def build_bundle(
     config: BuildConfig, on_source: Callable[[Source], ProgressCallback | None] | None = None
 ) -> BuildResult:
     """Source -> embeddings -> index -> (if labelled) logistic-regression head and report.
 
+    `--out` is checked and locked before anything slow happens. An interrupted build of the
+    same source, backbone and settings is continued from its last complete shard.
     `on_source` is called once the source is listed and may return a progress callback.
     """
-    src = open_build_source(config)
-    embedder = open_build_embedder(config)
-    on_progress = on_source(src) if on_source else None
-    with staged_bundle(config.out, overwrite=config.overwrite) as bundle:
+    with BundleWriter(config.out, config.overwrite, source_root(config)) as writer:
+        src = open_build_source(config)
+        embedder = open_build_embedder(config)
+        on_progress = on_source(src) if on_source else None
+        bundle, _ = writer.stage(
+            resume_key(src, embedder, config.runtime, config.rows_per_shard))
         bundle.write_manifest(new_manifest(embedder.identity(), src.describe()))
+        save_serving_weights(embedder, bundle)
         stats = embed_source_into(
             bundle, src, embedder, config.batch_size, config.rows_per_shard, on_progress
         )
         index_bundle(bundle, config.index_kind, config.memory_budget)
         if src.labelled and stats.embedded:
             fit_default_head(bundle)
-        # the manifest is complete only now; the folder appears under its name after this block
-        manifest = bundle.manifest
-    return BuildResult(Path(config.out).expanduser().resolve(), stats, manifest)
+        manifest = bundle.manifest  # complete only now; the folder gets its name below
+        target = writer.commit()
+    return BuildResult(target, stats, manifest)
 
 
 @dataclass
@@ -144,7 +163,7 @@ def open_for_queries(
     bundle = Bundle.open(bundle_dir)
     index = LookalikeIndex(bundle)
     predictor = load_predictor(bundle, head, accepts_images)
-    embedder = embedder_for_bundle(bundle.manifest, runtime)
+    embedder = embedder_for_bundle(bundle, runtime)
     return QueryContext(bundle, embedder, index, predictor)
 
 
