@@ -6,7 +6,9 @@ to read an item's bytes. Items are small; pixels are only ever decoded inside th
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 DEFAULT_SOURCE = "tfds:stanford_dogs"
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_SPLIT_SEED = 0
+LINK_LEAVES_ROOT = "link leaves the source folder"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,22 @@ class ImageItem:
     ref: str  # absolute file path, or "tfds:<name>/<split>/<file name>"
     label: str | None
     split: str  # "train", "test" or "none" (unlabelled)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A folder entry that is not used as an image, with the reason a person reads."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImageListing:
+    """What a folder holds: usable image paths (sorted, walk order) and rejected entries."""
+
+    paths: list[Path]
+    rejected: list[Rejected]
 
 
 @dataclass
@@ -42,6 +61,7 @@ class Source:
     extra: dict[str, Any] = field(default_factory=dict)
     tfds_builder: Any = None  # for tfds: encoded images are read from here, split by split
     tfds_splits: tuple[str, ...] = ()
+    rejected: list[Rejected] = field(default_factory=list)  # folder entries not used
 
     @property
     def labelled(self) -> bool:
@@ -61,23 +81,74 @@ class Source:
             "split_origin": self.split_origin,
             "breeds": len(self.breeds()),
             "images": len(self.items),
+            "rejected": len(self.rejected),
             **self.extra,
         }
 
 
-def find_images(root: Path) -> Iterator[Path]:
-    """Image files under root, recursively, sorted; links that leave root are not followed."""
-    root = root.resolve()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
+def list_images(root: Path) -> ImageListing:
+    """Image files under root, recursively, sorted, and every entry that is not used, with why.
+
+    Never raises for one bad entry: symlink loops, broken links, links that leave root,
+    unsupported formats and unreadable folders become rejected entries. Hidden files and
+    folders (a leading ".") are ignored silently. Links to folders are not followed; links
+    to files inside root are used.
+    """
+    root = Path(os.path.realpath(root))
+    paths: list[Path] = []
+    rejected: list[Rejected] = []
+
+    def unreadable_folder(exc: OSError) -> None:
+        rejected.append(Rejected(str(exc.filename or root), f"unreadable folder ({exc.strerror})"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable_folder):
+        here = Path(dirpath)
+        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
+        rejected.extend(
+            Rejected(str(here / name), LINK_LEAVES_ROOT) for name in dirnames
+            if (here / name).is_symlink() and not _inside(here / name, root)
+        )
         for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            if name.startswith("."):
                 continue
-            resolved = path.resolve()
-            if not resolved.is_relative_to(root) or not resolved.is_file():
-                continue
-            yield path
+            path = here / name
+            reason = _file_problem(path, root)
+            if reason is None:
+                paths.append(path)
+            else:
+                rejected.append(Rejected(str(path), reason))
+    return ImageListing(paths, rejected)
+
+
+def find_images(root: Path) -> Iterator[Path]:
+    """The usable image paths of :func:`list_images` (rejected entries are dropped)."""
+    yield from list_images(root).paths
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(root)
+
+
+def _file_problem(path: Path, root: Path) -> str | None:
+    """Why a file entry cannot be used as an image, or None when it can."""
+    try:
+        mode = path.stat().st_mode  # follows links
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop"
+        if exc.errno == errno.ENOENT and path.is_symlink():
+            return "broken link"
+        return f"unreadable ({exc.strerror})"
+    if path.is_symlink() and not _inside(path, root):
+        return LINK_LEAVES_ROOT
+    if not stat.S_ISREG(mode):
+        return "not a regular file"
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        accepted = ", ".join(sorted(IMAGE_EXTENSIONS))
+        what = f"unsupported format {suffix}" if suffix else "no file extension"
+        return f"{what}; accepted: {accepted}"
+    return None
 
 
 def stratified_hold_out(
@@ -106,16 +177,20 @@ def folder_source(
     """`ROOT/<breed>/**/<image>` is labelled by its top folder; images directly in ROOT are not.
 
     A top folder named `train` or `test` holding breed folders gives its own split instead of
-    the seeded hold-out.
+    the seeded hold-out. Entries that are not images end in `Source.rejected`.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
         raise SourceError(f"image folder {root} does not exist; pass --source PATH to a folder")
-    root = root.resolve()
-    paths = list(find_images(root))
+    listing = list_images(root)
+    root = Path(os.path.realpath(root))
+    paths = listing.paths
     if not paths:
         exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-        raise SourceError(f"no images found under {root} (looked for {exts})")
+        more = "" if not listing.rejected else (
+            f"; {len(listing.rejected)} entries not used, e.g. {listing.rejected[0].path}:"
+            f" {listing.rejected[0].reason}")
+        raise SourceError(f"no images found under {root} (looked for {exts}){more}")
     rel_parts = [p.relative_to(root).parts for p in paths]
     own_split = all(len(parts) >= 3 and parts[0] in ("train", "test") for parts in rel_parts)
     labels: list[str | None] = []
@@ -133,7 +208,7 @@ def folder_source(
         for i, (path, label, split) in enumerate(zip(paths, labels, splits, strict=True))
     ]
     extra = {"test_fraction": test_fraction, "split_seed": seed} if origin == "hold_out" else {}
-    return Source("folder", str(root), items, origin, extra)
+    return Source("folder", str(root), items, origin, extra, rejected=listing.rejected)
 
 
 def tfds_source(name: str, data_dir: str | None = None) -> Source:

@@ -6,7 +6,17 @@ import pytest
 from PIL import Image
 
 from embed.errors import SourceError
-from embed.sources import find_images, folder_source, open_source, stratified_hold_out
+from embed.sources import (
+    LINK_LEAVES_ROOT,
+    Rejected,
+    find_images,
+    folder_source,
+    list_images,
+    open_source,
+    stratified_hold_out,
+)
+
+ACCEPTED = "accepted: .bmp, .gif, .jpeg, .jpg, .png, .webp"
 
 
 def _img(path: Path, fmt: str | None = None) -> Path:
@@ -34,6 +44,102 @@ def test_links_leaving_root_are_not_followed(tmp_path: Path) -> None:
     os.symlink(outside.parent, root / "linked_dir")
     found = [p.name for p in find_images(root)]
     assert found == ["ok.jpg"]
+    assert _reasons(list_images(root), root) == {
+        "linked_dir": LINK_LEAVES_ROOT, "beagle/link.jpg": LINK_LEAVES_ROOT}
+
+
+def _reasons(listing, root: Path) -> dict[str, str]:
+    return {Path(r.path).relative_to(root).as_posix(): r.reason for r in listing.rejected}
+
+
+def test_links_inside_root_are_used_and_folder_links_not_followed(tmp_path: Path) -> None:
+    real = _img(tmp_path / "beagle" / "real.jpg", "JPEG")
+    os.symlink(real, tmp_path / "beagle" / "alias.jpg")
+    os.symlink(tmp_path / "beagle", tmp_path / "pug")
+    listing = list_images(tmp_path)
+    assert [p.name for p in listing.paths] == ["alias.jpg", "real.jpg"]
+    assert listing.rejected == []
+
+
+def test_symlink_loops_and_broken_links_are_rows_not_crashes(tmp_path: Path) -> None:
+    _img(tmp_path / "beagle" / "ok.jpg", "JPEG")
+    os.symlink(tmp_path / "beagle" / "b.jpg", tmp_path / "beagle" / "a.jpg")
+    os.symlink(tmp_path / "beagle" / "a.jpg", tmp_path / "beagle" / "b.jpg")
+    os.symlink(tmp_path / "self.jpg", tmp_path / "self.jpg")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "beagle" / "broken.jpg")
+    listing = list_images(tmp_path)
+    assert [p.name for p in listing.paths] == ["ok.jpg"]
+    assert _reasons(listing, tmp_path) == {
+        "self.jpg": "symlink loop", "beagle/a.jpg": "symlink loop",
+        "beagle/b.jpg": "symlink loop", "beagle/broken.jpg": "broken link"}
+    src = folder_source(tmp_path)
+    assert len(src.items) == 1 and src.describe()["rejected"] == 4
+    assert Rejected(str(tmp_path / "self.jpg"), "symlink loop") in src.rejected
+
+
+def test_other_formats_are_rejected_with_the_accepted_list(tmp_path: Path) -> None:
+    _img(tmp_path / "beagle" / "ok.jpg", "JPEG")
+    _img(tmp_path / "beagle" / "scan.TIFF", "TIFF")
+    (tmp_path / "beagle" / "logo.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "README").write_text("no extension")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0")
+    _img(tmp_path / "beagle" / "._ok.jpg", "JPEG")  # hidden: ignored silently
+    _img(tmp_path / ".thumbnails" / "t.jpg", "JPEG")  # hidden folder: not listed
+    listing = list_images(tmp_path)
+    assert [p.name for p in listing.paths] == ["ok.jpg"]
+    assert _reasons(listing, tmp_path) == {
+        "README": f"no file extension; {ACCEPTED}",
+        "notes.txt": f"unsupported format .txt; {ACCEPTED}",
+        "beagle/logo.svg": f"unsupported format .svg; {ACCEPTED}",
+        "beagle/scan.TIFF": f"unsupported format .tiff; {ACCEPTED}"}
+
+
+def test_a_folder_named_like_an_image_is_a_folder(tmp_path: Path) -> None:
+    _img(tmp_path / "beagle" / "x.jpg" / "inner.png", "PNG")
+    listing = list_images(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in listing.paths] == [
+        "beagle/x.jpg/inner.png"]
+    assert listing.rejected == []
+    assert folder_source(tmp_path).items[0].label == "beagle"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their mode")
+def test_unreadable_folder_is_a_row(tmp_path: Path) -> None:
+    _img(tmp_path / "beagle" / "ok.jpg", "JPEG")
+    _img(tmp_path / "locked" / "x.jpg", "JPEG")
+    (tmp_path / "locked").chmod(0)
+    try:
+        listing = list_images(tmp_path)
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    assert [p.name for p in listing.paths] == ["ok.jpg"]
+    assert _reasons(listing, tmp_path) == {"locked": "unreadable folder (Permission denied)"}
+
+
+def test_unreadable_folder_is_a_row_even_as_root(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same case where chmod cannot stop root: os.walk's listing of one folder fails."""
+    _img(tmp_path / "beagle" / "ok.jpg", "JPEG")
+    _img(tmp_path / "locked" / "x.jpg", "JPEG")
+    scandir = os.scandir
+
+    def failing_scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", failing_scandir)
+    listing = list_images(tmp_path)
+    assert [p.name for p in listing.paths] == ["ok.jpg"]
+    assert _reasons(listing, tmp_path) == {"locked": "unreadable folder (Permission denied)"}
+
+
+def test_a_folder_of_only_rejected_entries_says_why(tmp_path: Path) -> None:
+    _img(tmp_path / "beagle" / "scan.tiff", "TIFF")
+    with pytest.raises(SourceError, match=r"no images found .*1 entries not used.*scan\.tiff:"
+                                          r" unsupported format \.tiff"):
+        folder_source(tmp_path)
 
 
 def test_folder_source_labels_and_seeded_stratified_split(dataset: Path) -> None:
