@@ -1,4 +1,6 @@
+import hashlib
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -9,12 +11,14 @@ from embed.errors import SourceError
 from embed.sources import (
     LINK_LEAVES_ROOT,
     Rejected,
+    duplicate_groups,
     find_images,
     folder_source,
     list_images,
     open_source,
     stratified_hold_out,
 )
+from tests.conftest import write_dataset
 
 ACCEPTED = "accepted: .bmp, .gif, .jpeg, .jpg, .png, .webp"
 
@@ -176,6 +180,83 @@ def test_folder_with_its_own_split(tmp_path: Path) -> None:
     assert src.split_origin == "dataset"
     assert Counter(i.split for i in src.items) == {"train": 3, "test": 2}
     assert {i.label for i in src.items} == {"pug"}
+
+
+# test sets of today's per-image hold-out (frozen from the code before duplicate groups):
+# a folder without duplicates must keep exactly these, so existing bundles do not change
+FROZEN_TEST_SETS = [
+    (10, 0, 0.2, 0, ["Beagle/004.jpg", "Beagle/006.jpg", "n02085620-Chihuahua/002.jpg",
+                     "n02085620-Chihuahua/009.jpg", "samoyed/004.jpg", "samoyed/005.jpg"]),
+    (10, 0, 0.2, 1, ["Beagle/004.jpg", "Beagle/008.jpg", "n02085620-Chihuahua/000.jpg",
+                     "n02085620-Chihuahua/001.jpg", "samoyed/001.jpg", "samoyed/003.jpg"]),
+    (10, 0, 0.35, 3, ["Beagle/000.jpg", "Beagle/002.jpg", "Beagle/006.jpg", "Beagle/009.jpg",
+                      "n02085620-Chihuahua/003.jpg", "n02085620-Chihuahua/004.jpg",
+                      "n02085620-Chihuahua/005.jpg", "n02085620-Chihuahua/007.jpg",
+                      "samoyed/003.jpg", "samoyed/004.jpg", "samoyed/005.jpg",
+                      "samoyed/008.jpg"]),
+    (7, 5, 0.3, 7, ["Beagle/000.jpg", "Beagle/005.jpg", "n02085620-Chihuahua/002.jpg",
+                    "n02085620-Chihuahua/006.jpg", "samoyed/002.jpg", "samoyed/004.jpg"]),
+]
+
+
+@pytest.mark.parametrize(("per_class", "data_seed", "fraction", "seed", "expected"),
+                         FROZEN_TEST_SETS)
+def test_split_without_duplicates_is_unchanged(tmp_path: Path, per_class: int, data_seed: int,
+                                               fraction: float, seed: int,
+                                               expected: list[str]) -> None:
+    root = write_dataset(tmp_path / "dogs", per_class=per_class, seed=data_seed)
+    src = folder_source(root, test_fraction=fraction, seed=seed)
+    test = sorted(Path(i.ref).relative_to(root).as_posix() for i in src.items
+                  if i.split == "test")
+    assert test == expected
+    assert src.describe()["duplicates"] == 0 and src.describe()["rejected"] == 0
+
+
+def test_duplicates_never_straddle_train_and_test(tmp_path: Path) -> None:
+    """Copies under other names, in other breed folders and loose in the root stay together."""
+    root = write_dataset(tmp_path / "dogs", per_class=10, seed=0)
+    beagle, samoyed = root / "Beagle", root / "samoyed"
+    for i in range(5):  # five beagles twice more: renamed, and in a sub-folder
+        shutil.copy(beagle / f"{i:03d}.jpg", beagle / f"copy_{i}.jpg")
+        (beagle / "again").mkdir(exist_ok=True)
+        shutil.copy(beagle / f"{i:03d}.jpg", beagle / "again" / f"{i}.jpg")
+    shutil.copy(beagle / "007.jpg", samoyed / "zz_mislabelled.jpg")  # another breed's folder
+    shutil.copy(samoyed / "000.jpg", root / "loose.jpg")  # unlabelled copy
+    duplicates = 5 * 2 + 1 + 1
+    for seed in range(20):
+        src = folder_source(root, test_fraction=0.2, seed=seed)
+        assert src.describe()["duplicates"] == duplicates
+        sides: dict[str, set[str]] = {}
+        for item in src.items:
+            assert item.sha256 == hashlib.sha256(Path(item.ref).read_bytes()).hexdigest()
+            sides.setdefault(item.sha256, set()).add(item.split)
+        assert all(not {"train", "test"} <= s for s in sides.values())
+        per_breed = Counter((i.label, i.split) for i in src.items)
+        assert per_breed[("chihuahua", "test")] == 2 and per_breed[("chihuahua", "train")] == 8
+        # beagle: 20 files in 10 groups (5 of 3, 5 of 1) plus the mislabelled copy's
+        # group; the target is round(21 * 0.2) = 4: test holds 3 to 5 of them
+        assert 3 <= per_breed[("beagle", "test")] <= 5
+        by_name = {Path(i.ref).relative_to(root).as_posix(): i for i in src.items}
+        # the copy in samoyed/ follows the beagle it repeats; samoyed's own 10 give 2 tests
+        mislabelled = by_name["samoyed/zz_mislabelled.jpg"]
+        assert mislabelled.label == "samoyed"
+        assert mislabelled.split == by_name["Beagle/007.jpg"].split
+        assert per_breed[("samoyed", "test")] == 2 + (mislabelled.split == "test")
+        assert by_name["loose.jpg"].label is None and by_name["loose.jpg"].split == "none"
+
+
+def test_duplicate_groups_and_grouped_hold_out() -> None:
+    empty = hashlib.sha256(b"").hexdigest()
+    assert duplicate_groups(["x", "y", "x", None, None, empty, empty, "y"]) == [
+        0, 1, 0, 3, 4, 5, 6, 1]
+    labels = ["a", "a", "b", "a", "a", None]
+    # items 0, 2 and 5 are one photo: it follows its first member (label "a"), whole
+    for seed in range(10):
+        splits = stratified_hold_out(labels, 0.5, seed, groups=[0, 1, 0, 3, 4, 0])
+        assert splits[0] == splits[2] and splits[5] == "none"
+        assert splits.count("train") >= 1
+    assert stratified_hold_out(labels, 0.5, 0, groups=list(range(6))) == stratified_hold_out(
+        labels, 0.5, 0)
 
 
 def test_hold_out_keeps_a_train_image_per_breed() -> None:
