@@ -1,4 +1,6 @@
+import hashlib
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -6,7 +8,19 @@ import pytest
 from PIL import Image
 
 from embed.errors import SourceError
-from embed.sources import find_images, folder_source, open_source, stratified_hold_out
+from embed.sources import (
+    LINK_LEAVES_ROOT,
+    Rejected,
+    duplicate_groups,
+    find_images,
+    folder_source,
+    list_images,
+    open_source,
+    stratified_hold_out,
+)
+from tests.conftest import write_dataset
+
+ACCEPTED = "accepted: .bmp, .gif, .jpeg, .jpg, .png, .webp"
 
 
 def _img(path: Path, fmt: str | None = None) -> Path:
@@ -34,6 +48,102 @@ def test_links_leaving_root_are_not_followed(tmp_path: Path) -> None:
     os.symlink(outside.parent, root / "linked_dir")
     found = [p.name for p in find_images(root)]
     assert found == ["ok.jpg"]
+    assert _reasons(list_images(root), root) == {
+        "linked_dir": LINK_LEAVES_ROOT, "beagle/link.jpg": LINK_LEAVES_ROOT}
+
+
+def _reasons(listing, root: Path) -> dict[str, str]:
+    return {Path(r.path).relative_to(root).as_posix(): r.reason for r in listing.rejected}
+
+
+def test_links_inside_root_are_used_and_folder_links_not_followed(tmp_path: Path) -> None:
+    real = _img(tmp_path / "beagle" / "real.jpg", "JPEG")
+    os.symlink(real, tmp_path / "beagle" / "alias.jpg")
+    os.symlink(tmp_path / "beagle", tmp_path / "pug")
+    listing = list_images(tmp_path)
+    assert [p.name for p in listing.paths] == ["alias.jpg", "real.jpg"]
+    assert listing.rejected == []
+
+
+def test_symlink_loops_and_broken_links_are_rows_not_crashes(tmp_path: Path) -> None:
+    _img(tmp_path / "beagle" / "ok.jpg", "JPEG")
+    os.symlink(tmp_path / "beagle" / "b.jpg", tmp_path / "beagle" / "a.jpg")
+    os.symlink(tmp_path / "beagle" / "a.jpg", tmp_path / "beagle" / "b.jpg")
+    os.symlink(tmp_path / "self.jpg", tmp_path / "self.jpg")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "beagle" / "broken.jpg")
+    listing = list_images(tmp_path)
+    assert [p.name for p in listing.paths] == ["ok.jpg"]
+    assert _reasons(listing, tmp_path) == {
+        "self.jpg": "symlink loop", "beagle/a.jpg": "symlink loop",
+        "beagle/b.jpg": "symlink loop", "beagle/broken.jpg": "broken link"}
+    src = folder_source(tmp_path)
+    assert len(src.items) == 1 and src.describe()["rejected"] == 4
+    assert Rejected(str(tmp_path / "self.jpg"), "symlink loop") in src.rejected
+
+
+def test_other_formats_are_rejected_with_the_accepted_list(tmp_path: Path) -> None:
+    _img(tmp_path / "beagle" / "ok.jpg", "JPEG")
+    _img(tmp_path / "beagle" / "scan.TIFF", "TIFF")
+    (tmp_path / "beagle" / "logo.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "README").write_text("no extension")
+    (tmp_path / ".DS_Store").write_bytes(b"\0\0")
+    _img(tmp_path / "beagle" / "._ok.jpg", "JPEG")  # hidden: ignored silently
+    _img(tmp_path / ".thumbnails" / "t.jpg", "JPEG")  # hidden folder: not listed
+    listing = list_images(tmp_path)
+    assert [p.name for p in listing.paths] == ["ok.jpg"]
+    assert _reasons(listing, tmp_path) == {
+        "README": f"no file extension; {ACCEPTED}",
+        "notes.txt": f"unsupported format .txt; {ACCEPTED}",
+        "beagle/logo.svg": f"unsupported format .svg; {ACCEPTED}",
+        "beagle/scan.TIFF": f"unsupported format .tiff; {ACCEPTED}"}
+
+
+def test_a_folder_named_like_an_image_is_a_folder(tmp_path: Path) -> None:
+    _img(tmp_path / "beagle" / "x.jpg" / "inner.png", "PNG")
+    listing = list_images(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in listing.paths] == [
+        "beagle/x.jpg/inner.png"]
+    assert listing.rejected == []
+    assert folder_source(tmp_path).items[0].label == "beagle"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads folders whatever their mode")
+def test_unreadable_folder_is_a_row(tmp_path: Path) -> None:
+    _img(tmp_path / "beagle" / "ok.jpg", "JPEG")
+    _img(tmp_path / "locked" / "x.jpg", "JPEG")
+    (tmp_path / "locked").chmod(0)
+    try:
+        listing = list_images(tmp_path)
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    assert [p.name for p in listing.paths] == ["ok.jpg"]
+    assert _reasons(listing, tmp_path) == {"locked": "unreadable folder (Permission denied)"}
+
+
+def test_unreadable_folder_is_a_row_even_as_root(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same case where chmod cannot stop root: os.walk's listing of one folder fails."""
+    _img(tmp_path / "beagle" / "ok.jpg", "JPEG")
+    _img(tmp_path / "locked" / "x.jpg", "JPEG")
+    scandir = os.scandir
+
+    def failing_scandir(path):
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", failing_scandir)
+    listing = list_images(tmp_path)
+    assert [p.name for p in listing.paths] == ["ok.jpg"]
+    assert _reasons(listing, tmp_path) == {"locked": "unreadable folder (Permission denied)"}
+
+
+def test_a_folder_of_only_rejected_entries_says_why(tmp_path: Path) -> None:
+    _img(tmp_path / "beagle" / "scan.tiff", "TIFF")
+    with pytest.raises(SourceError, match=r"no images found .*1 entries not used.*scan\.tiff:"
+                                          r" unsupported format \.tiff"):
+        folder_source(tmp_path)
 
 
 def test_folder_source_labels_and_seeded_stratified_split(dataset: Path) -> None:
@@ -70,6 +180,83 @@ def test_folder_with_its_own_split(tmp_path: Path) -> None:
     assert src.split_origin == "dataset"
     assert Counter(i.split for i in src.items) == {"train": 3, "test": 2}
     assert {i.label for i in src.items} == {"pug"}
+
+
+# test sets of today's per-image hold-out (frozen from the code before duplicate groups):
+# a folder without duplicates must keep exactly these, so existing bundles do not change
+FROZEN_TEST_SETS = [
+    (10, 0, 0.2, 0, ["Beagle/004.jpg", "Beagle/006.jpg", "n02085620-Chihuahua/002.jpg",
+                     "n02085620-Chihuahua/009.jpg", "samoyed/004.jpg", "samoyed/005.jpg"]),
+    (10, 0, 0.2, 1, ["Beagle/004.jpg", "Beagle/008.jpg", "n02085620-Chihuahua/000.jpg",
+                     "n02085620-Chihuahua/001.jpg", "samoyed/001.jpg", "samoyed/003.jpg"]),
+    (10, 0, 0.35, 3, ["Beagle/000.jpg", "Beagle/002.jpg", "Beagle/006.jpg", "Beagle/009.jpg",
+                      "n02085620-Chihuahua/003.jpg", "n02085620-Chihuahua/004.jpg",
+                      "n02085620-Chihuahua/005.jpg", "n02085620-Chihuahua/007.jpg",
+                      "samoyed/003.jpg", "samoyed/004.jpg", "samoyed/005.jpg",
+                      "samoyed/008.jpg"]),
+    (7, 5, 0.3, 7, ["Beagle/000.jpg", "Beagle/005.jpg", "n02085620-Chihuahua/002.jpg",
+                    "n02085620-Chihuahua/006.jpg", "samoyed/002.jpg", "samoyed/004.jpg"]),
+]
+
+
+@pytest.mark.parametrize(("per_class", "data_seed", "fraction", "seed", "expected"),
+                         FROZEN_TEST_SETS)
+def test_split_without_duplicates_is_unchanged(tmp_path: Path, per_class: int, data_seed: int,
+                                               fraction: float, seed: int,
+                                               expected: list[str]) -> None:
+    root = write_dataset(tmp_path / "dogs", per_class=per_class, seed=data_seed)
+    src = folder_source(root, test_fraction=fraction, seed=seed)
+    test = sorted(Path(i.ref).relative_to(root).as_posix() for i in src.items
+                  if i.split == "test")
+    assert test == expected
+    assert src.describe()["duplicates"] == 0 and src.describe()["rejected"] == 0
+
+
+def test_duplicates_never_straddle_train_and_test(tmp_path: Path) -> None:
+    """Copies under other names, in other breed folders and loose in the root stay together."""
+    root = write_dataset(tmp_path / "dogs", per_class=10, seed=0)
+    beagle, samoyed = root / "Beagle", root / "samoyed"
+    for i in range(5):  # five beagles twice more: renamed, and in a sub-folder
+        shutil.copy(beagle / f"{i:03d}.jpg", beagle / f"copy_{i}.jpg")
+        (beagle / "again").mkdir(exist_ok=True)
+        shutil.copy(beagle / f"{i:03d}.jpg", beagle / "again" / f"{i}.jpg")
+    shutil.copy(beagle / "007.jpg", samoyed / "zz_mislabelled.jpg")  # another breed's folder
+    shutil.copy(samoyed / "000.jpg", root / "loose.jpg")  # unlabelled copy
+    duplicates = 5 * 2 + 1 + 1
+    for seed in range(20):
+        src = folder_source(root, test_fraction=0.2, seed=seed)
+        assert src.describe()["duplicates"] == duplicates
+        sides: dict[str, set[str]] = {}
+        for item in src.items:
+            assert item.sha256 == hashlib.sha256(Path(item.ref).read_bytes()).hexdigest()
+            sides.setdefault(item.sha256, set()).add(item.split)
+        assert all(not {"train", "test"} <= s for s in sides.values())
+        per_breed = Counter((i.label, i.split) for i in src.items)
+        assert per_breed[("chihuahua", "test")] == 2 and per_breed[("chihuahua", "train")] == 8
+        # beagle: 20 files in 10 groups (5 of 3, 5 of 1) plus the mislabelled copy's
+        # group; the target is round(21 * 0.2) = 4: test holds 3 to 5 of them
+        assert 3 <= per_breed[("beagle", "test")] <= 5
+        by_name = {Path(i.ref).relative_to(root).as_posix(): i for i in src.items}
+        # the copy in samoyed/ follows the beagle it repeats; samoyed's own 10 give 2 tests
+        mislabelled = by_name["samoyed/zz_mislabelled.jpg"]
+        assert mislabelled.label == "samoyed"
+        assert mislabelled.split == by_name["Beagle/007.jpg"].split
+        assert per_breed[("samoyed", "test")] == 2 + (mislabelled.split == "test")
+        assert by_name["loose.jpg"].label is None and by_name["loose.jpg"].split == "none"
+
+
+def test_duplicate_groups_and_grouped_hold_out() -> None:
+    empty = hashlib.sha256(b"").hexdigest()
+    assert duplicate_groups(["x", "y", "x", None, None, empty, empty, "y"]) == [
+        0, 1, 0, 3, 4, 5, 6, 1]
+    labels = ["a", "a", "b", "a", "a", None]
+    # items 0, 2 and 5 are one photo: it follows its first member (label "a"), whole
+    for seed in range(10):
+        splits = stratified_hold_out(labels, 0.5, seed, groups=[0, 1, 0, 3, 4, 0])
+        assert splits[0] == splits[2] and splits[5] == "none"
+        assert splits.count("train") >= 1
+    assert stratified_hold_out(labels, 0.5, 0, groups=list(range(6))) == stratified_hold_out(
+        labels, 0.5, 0)
 
 
 def test_hold_out_keeps_a_train_image_per_breed() -> None:
