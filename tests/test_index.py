@@ -65,7 +65,9 @@ def test_indexes_are_inner_product_and_recall_is_measured(kind: str) -> None:
         assert ids[:, 0].tolist() == [0, 1, 2, 3, 4]
         np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-4)
     recall = recall_at_k(index, vectors, k=10, n_queries=200)
-    assert recall == 1.0 if kind == "flat" else 0.2 < recall <= 1.0
+    # measured (seeded data and sample): flat 1.0, hnsw 1.0, ivf 0.79 (nprobe 16 of 76 lists);
+    # ivf with nprobe 1 would measure 0.27
+    assert recall >= {"flat": 1.0, "hnsw": 0.99, "ivf": 0.75}[kind] and recall <= 1.0
 
 
 def test_bundle_index_search_returns_metadata(tiny_bundle: Path) -> None:
