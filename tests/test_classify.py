@@ -1,3 +1,4 @@
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,41 @@ def test_metrics_on_a_hand_made_example() -> None:
     assert per["c"]["recall"] == 0.5 and per["c"]["support"] == 2
     assert m["confusion_matrix"] == [[1, 0, 0], [1, 0, 0], [1, 0, 1]]
     assert m["most_confused"][0] == {"true": "b", "predicted": "a", "count": 1}
+
+
+def test_unseen_test_breeds_count_as_misses() -> None:
+    classes = np.array(["a", "b", "c", "d", "e", "f"])
+    probs = np.array([
+        [0.50, 0.20, 0.10, 0.10, 0.05, 0.05],  # a: top-1 hit
+        [0.40, 0.30, 0.10, 0.10, 0.06, 0.04],  # b: second, a top-5 hit
+        [0.05, 0.10, 0.10, 0.15, 0.20, 0.40],  # a: sixth, a miss even in the top 5
+        [0.30, 0.30, 0.10, 0.10, 0.10, 0.10],  # "zebra" is no class: a miss
+        [0.10, 0.10, 0.60, 0.10, 0.05, 0.05],  # "yak" is no class: a miss
+    ])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = evaluate_probabilities(probs, classes, np.array(["a", "b", "a", "zebra", "yak"]))
+    assert (m["top1"], m["top5"]) == (1 / 5, 2 / 5)  # the denominator is every test row
+    assert m["test_images"] == 5 and m["unseen_breeds_in_test"] == 2
+
+
+def test_two_breeds_and_k_beyond_the_breeds() -> None:
+    probs = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.5, 0.5], [0.1, 0.9]])
+    labels = np.array(["pug", "pug", "beagle", "beagle", "corgi"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = evaluate_probabilities(probs, np.array(["beagle", "pug"]), labels)
+    # top-1: beagle (a miss), pug, beagle, beagle on the tie, corgi is no breed (a miss);
+    # top-5 covers both breeds: every known label is a hit
+    assert (m["top1"], m["top5"], m["unseen_breeds_in_test"]) == (3 / 5, 4 / 5, 1)
+    # classes in another order than sorted (sklearn wants them sorted); rows without the tie
+    rows = [0, 1, 2, 4]
+    swapped = evaluate_probabilities(probs[rows, ::-1], np.array(["pug", "beagle"]), labels[rows])
+    assert (swapped["top1"], swapped["top5"]) == (2 / 4, 3 / 4)
+    # three breeds, k = 5 beyond them: every known label is a hit
+    three = np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]])
+    m3 = evaluate_probabilities(three, np.array(["a", "b", "c"]), np.array(["a", "b"]))
+    assert (m3["top1"], m3["top5"]) == (0.0, 1.0)
 
 
 def test_top_k_ranking() -> None:
