@@ -57,13 +57,10 @@ def evaluate_probabilities(
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     classes = np.asarray(classes)
-    index = {c: i for i, c in enumerate(classes)}
-    known = np.array([label in index for label in labels])
-    true_idx = np.array([index.get(label, -1) for label in labels])
-    order = np.argsort(-probabilities, axis=1)
-    top1 = order[:, 0]
-    top5_hit = (order[:, : min(5, len(classes))] == true_idx[:, None]).any(axis=1)
-    predicted = classes[top1]
+    labels = np.asarray(labels)
+    class_set = set(classes.tolist())
+    known = np.array([label in class_set for label in labels.tolist()], dtype=bool)
+    predicted = classes[np.argmax(probabilities, axis=1)]
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=classes, zero_division=0
     )
@@ -77,8 +74,8 @@ def evaluate_probabilities(
     n = len(labels)
     return {
         "test_images": int(n),
-        "top1": float((top1 == true_idx).mean()) if n else 0.0,
-        "top5": float(top5_hit.mean()) if n else 0.0,
+        "top1": _top_k_hits(probabilities, classes, labels, known, 1) / n if n else 0.0,
+        "top5": _top_k_hits(probabilities, classes, labels, known, 5) / n if n else 0.0,
         "unseen_breeds_in_test": int((~known).sum()),
         "per_breed": [
             {"breed": str(c), "precision": float(p), "recall": float(r), "f1": float(f),
@@ -89,6 +86,24 @@ def evaluate_probabilities(
         "classes": [str(c) for c in classes],
         "confusion_matrix": matrix.tolist(),
     }
+
+
+def _top_k_hits(probabilities: np.ndarray, classes: np.ndarray, labels: np.ndarray,
+                known: np.ndarray, k: int) -> int:
+    """Test rows whose label is among their k most likely classes; unseen labels are misses."""
+    from sklearn.metrics import top_k_accuracy_score
+
+    n_known = int(known.sum())
+    if n_known == 0:
+        return 0
+    if k >= len(classes):  # every class is in the top k (sklearn would warn it is meaningless)
+        return n_known
+    order = np.argsort(classes)  # sklearn wants the labels sorted, the columns in that order
+    scores = probabilities[known][:, order]
+    if len(classes) == 2:  # the binary case takes the second class's score only
+        scores = scores[:, 1]
+    return int(top_k_accuracy_score(labels[known], scores, k=k, labels=classes[order],
+                                    normalize=False))
 
 
 def write_report(report_dir: str | Path, head: str, metrics: dict[str, Any]) -> dict[str, str]:

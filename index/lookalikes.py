@@ -56,9 +56,8 @@ def recall_at_k(index: Any, vectors: np.ndarray, k: int = RECALL_K,
     rng = np.random.default_rng(seed)
     sample = rng.choice(n, size=min(n_queries, n), replace=False)
     queries = np.ascontiguousarray(vectors[sample], dtype=np.float32)
-    exact = faiss.IndexFlatIP(vectors.shape[1])
-    exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    _, truth = exact.search(queries, k)
+    base = np.ascontiguousarray(vectors, dtype=np.float32)
+    _, truth = faiss.knn(queries, base, k, metric=faiss.METRIC_INNER_PRODUCT)
     _, found = index.search(queries, k)
     hits = sum(len(set(t) & set(f)) for t, f in zip(truth, found, strict=True))
     return hits / (len(queries) * k)
@@ -149,27 +148,47 @@ class LookalikeIndex:
     ) -> list[Neighbour]:
         """The k nearest rows of one query, only of `breed` ("same") or all but it ("other").
 
-        `exclude` drops one position (the query's own row). The index is asked for more rows
-        until k survive the filter or the whole collection was searched.
+        `exclude` drops one position (the query's own row). One search with an ID selector:
+        the index itself skips the rows outside the filter. An HNSW walk is widened by how
+        few rows the filter lets through, so a rare breed still fills its k; an IVF index
+        finds the filter's rows in its probed lists only (as an unfiltered search does).
         """
         if mode not in BREED_FILTERS:
             raise ValueError(f"unknown filter {mode!r}; expected one of {', '.join(BREED_FILTERS)}")
         query = self._queries(query)[:1]
         total = int(self.index.ntotal)
-        labels = self.metadata["label"].to_numpy(dtype=object)
-        fetch = k + 1 if mode == "all" else 4 * k
-        while True:
-            fetch = min(fetch, total)
-            scores, positions = self.index.search(query, fetch)
-            scores, positions = scores[0], positions[0]
-            keep = positions >= 0
-            if exclude is not None:
-                keep &= positions != exclude
-            if mode != "all":
-                same = labels[np.where(positions >= 0, positions, 0)] == breed
-                keep &= same if mode == "same" else ~same
-            if keep.sum() >= k or fetch >= total:
-                break
-            fetch *= 4
-        return [self._neighbour(p, s) for s, p in
-                list(zip(scores[keep], positions[keep], strict=True))[:k]]
+        allowed = np.ones(total, dtype=bool)
+        if mode != "all":
+            same = self.metadata["label"].to_numpy(dtype=object) == breed
+            allowed &= same if mode == "same" else ~same
+        if exclude is not None and 0 <= exclude < total:
+            allowed[exclude] = False
+        n_allowed = int(allowed.sum())
+        k = min(k, n_allowed)
+        if k <= 0:
+            return []
+        if n_allowed == total:
+            scores, positions = self.index.search(query, k)
+        else:
+            # bitmap, selector and params stay referenced by these locals while faiss searches
+            bitmap = np.packbits(allowed, bitorder="little")
+            selector = _faiss().IDSelectorBitmap(bitmap)
+            params = self._search_parameters(selector, k, n_allowed)
+            scores, positions = self.index.search(query, k, params=params)
+        return [self._neighbour(p, s) for s, p in zip(scores[0], positions[0], strict=True)
+                if p >= 0]
+
+    def _search_parameters(self, selector: Any, k: int, n_allowed: int) -> Any:
+        """Search parameters with `selector` and the index's own efSearch / nprobe."""
+        faiss = _faiss()
+        kind, params = self.info["kind"], self.info.get("params", {})
+        if kind == "hnsw":
+            # a graph walk stops after about efSearch candidates: scale it by the filter's
+            # selectivity so that about k of the visited rows pass
+            wide = -(-k * int(self.index.ntotal) // n_allowed)
+            ef = max(int(params.get("efSearch", self.index.hnsw.efSearch)), wide)
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+        if kind == "ivf":
+            nprobe = int(params.get("nprobe", faiss.extract_index_ivf(self.index).nprobe))
+            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        return faiss.SearchParameters(sel=selector)

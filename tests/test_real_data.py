@@ -3,6 +3,7 @@ ImageNet loading path through Keras' cache. Skipped where ../shared/data is abse
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,16 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         [sys.executable, "-m", "ui", *map(str, args)], cwd=REPO, capture_output=True,
         text=True, timeout=900, env={**os.environ, **(env or {})},
     )
+
+
+def private_keras_home(tmp_path: Path) -> Path:
+    """A writable copy of ../shared/data/keras-home: Keras writes keras.json into KERAS_HOME,
+    and nothing may write into ../shared."""
+    home = tmp_path / "keras-home"
+    shutil.copytree(shared_path("keras-home"), home, copy_function=shutil.copyfile)
+    for folder in (home, *(p for p in home.rglob("*") if p.is_dir())):
+        folder.chmod(0o755)  # copytree copies the shared folders' read-only modes
+    return home
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +67,12 @@ def test_dog_tuned_backbone_on_woof_sample(woof: Path, tmp_path: Path) -> None:
 
 
 def test_imagenet_mobilenet_025_offline_through_keras_home(woof: Path, tmp_path: Path) -> None:
-    home = shared_path("keras-home")
+    home = private_keras_home(tmp_path)
     out = tmp_path / "bundle"
     run = _cli("build-index", "--source", woof, "--out", out, "--backbone", "mobilenet_025",
                "--weights", "imagenet", env={"KERAS_HOME": str(home)})
     assert run.returncode == 0, run.stderr[-3000:]
+    assert (home / "keras.json").is_file()  # Keras wrote its config into the copy
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["backbone"]["weights"] == "imagenet" and manifest["backbone"]["dim"] == 256
     assert manifest["heads"]["logreg"]["metrics"]["top1"] >= 0.6  # measured 0.725

@@ -70,11 +70,20 @@ def test_identify_starts_with_a_prompt(app):
     assert any("Upload a photo" in i.value for i in app.info)
 
 
-def test_pick_dataset_image_shows_predictions_and_gallery(app):
+def test_pick_dataset_image_shows_predictions_and_gallery(app, ctx):
     at = pick_first_dataset_image(app)
     assert "labelled **beagle**" in query_caption(at)
-    verdicts = [e.value for e in (*at.success, *at.warning)]
-    assert len(verdicts) == 1  # a breed, or an honest "not sure"
+    # what the head says for the first beagle row's stored vector decides the verdict shown
+    labels = ctx.index.metadata["label"].to_numpy()
+    position = int(np.flatnonzero(labels == "beagle")[0])
+    vector = ctx.bundle.embeddings()[position]
+    breed, probability = ctx.predictor.predict_top_k(vector[None], 5)[0][0]
+    name = breed.replace("_", " ")
+    if probability >= 0.5:
+        expected = ([f"**{name}** ({probability:.0%})"], [])
+    else:
+        expected = ([], [f"**Not sure.** The best guess, {name}, has only {probability:.0%}."])
+    assert ([e.value for e in at.success], [e.value for e in at.warning]) == expected
     assert any("not sure" in c.value and "50%" in c.value for c in at.caption)
     labels = gallery_labels(at)
     assert len(labels) == 12  # default k; the query itself is excluded from its look-alikes
