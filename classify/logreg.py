@@ -66,7 +66,18 @@ def load_head(path: str | Path) -> Any:
             f"{path} contains types that are not trusted ({', '.join(untrusted)}); refusing"
             " to load it. Rebuild the head with `embed-dogs build-index`"
         )
-    return sio.load(path, trusted=TRUSTED_TYPES)
+    pipeline = sio.load(path, trusted=TRUSTED_TYPES)
+    # skops trusts many scikit-learn types by default; a head is exactly this pipeline
+    found = [type(step).__module__ + "." + type(step).__qualname__
+             for _, step in getattr(pipeline, "steps", [])]
+    expected = TRUSTED_TYPES[1:]
+    if type(pipeline).__qualname__ != "Pipeline" or found != expected:
+        shown = ", ".join(found) or f"{type(pipeline).__module__}.{type(pipeline).__qualname__}"
+        raise BundleError(
+            f"{path} holds types that are not trusted for a head ({shown}); refusing to use"
+            " it. Rebuild the head with `embed-dogs train --head logreg`"
+        )
+    return pipeline
 
 
 class LogregHead(BreedHead):

@@ -109,8 +109,8 @@ def embed_source_into(
     seconds = time.perf_counter() - start
 
     metadata, skipped = merged_tables(bundle, shards)
-    rejected = pd.DataFrame(
-        [{"row_id": -1, "path": path, "reason": reason} for path, reason in source.rejected],
+    rejected = pd.DataFrame(  # folder entries that never became items have no row id
+        [{"row_id": None, "path": r.path, "reason": r.reason} for r in source.rejected],
         columns=list(skipped.columns))
     skipped = pd.concat([skipped, rejected], ignore_index=True) if len(rejected) else skipped
     bundle.write_metadata(metadata)

@@ -84,7 +84,8 @@ class Bundle:
 
     def shard_paths(self) -> list[Path]:
         """The vector shards in row order: as the manifest lists them, else as found."""
-        listed = (self.manifest.get("embeddings") or {}).get("shards")
+        listed = (self.manifest.get("embeddings") or {}).get("shards") if (
+            self.manifest_path.is_file()) else None
         if isinstance(listed, list):
             return [self.inside(entry["file"]) for entry in listed]
         return sorted(self.embeddings_dir.glob("part-*.npy"))

@@ -115,7 +115,7 @@ def test_tiny_bundle_layout_and_manifest(tiny_bundle: Path) -> None:
     from embed.images import DECODER_VERSION
 
     assert m["backbone"]["decoder"] == DECODER_VERSION
-    assert m["embeddings"]["shards"] == 5 and m["embeddings"]["rows_per_shard"] == 7
+    assert len(m["embeddings"]["shards"]) == 5 and m["embeddings"]["rows_per_shard"] == 7
     assert {"tensorflow-datasets", "faiss-cpu", "scikit-learn", "keras"} <= set(m["versions"])
     table = bundle.metadata()
     assert list(table.columns) == ["row_id", "path", "label", "split", "sha256", "width",

@@ -125,8 +125,6 @@ def test_swapped_head_with_untrusted_types_is_refused(tmp_path: Path) -> None:
     assert all(t in str(refused.value) for t in untrusted), (untrusted, str(refused.value))
 
 
-@pytest.mark.xfail(strict=True, reason="load_head trusts every type skops trusts by default"
-                   " (skops 0.16 trusts sklearn estimators), not only TRUSTED_TYPES")
 def test_swapped_head_of_another_sklearn_type_is_refused(tmp_path: Path) -> None:
     import skops.io as sio
     from sklearn.neighbors import KNeighborsClassifier

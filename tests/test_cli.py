@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from embed.bundle import SCHEMA_VERSION
 from tests.conftest import REPO, TINY, unboxed, write_dataset
 from ui.cli import app
 
@@ -111,7 +112,7 @@ def test_info_and_evaluate(built: Path) -> None:
     info = invoke("info", "--bundle", built)
     assert info.exit_code == 0 and "tiny_test" in info.output and "recall@10" in info.output
     raw = json.loads(invoke("info", "--bundle", built, "--json").output)
-    assert raw["schema_version"] == 1
+    assert raw["schema_version"] == SCHEMA_VERSION
     evaluation = invoke("evaluate", "--bundle", built)
     assert evaluation.exit_code == 0
     for breed in ("beagle", "chihuahua", "samoyed"):

@@ -26,7 +26,7 @@ from classify.finetune import (
 from classify.heads import load_predictor
 from embed.backbones import file_sha256
 from embed.bundle import Bundle
-from embed.errors import BundleError, SourceError, WeightsUnavailableError
+from embed.errors import BundleError, SourceError
 from tests.conftest import TINY, unboxed
 from ui.cli import app
 from ui.workflows import BuildConfig, build_bundle, train_head
@@ -133,18 +133,23 @@ def test_unfrozen_backbone_trains_through_images_and_lends_its_backbone(
 
     # query-time embedding rebuilds the fine-tuned backbone and reproduces the stored vectors
     new = Bundle(out)
-    embedder = embedder_for_bundle(new.manifest, "keras")
+    embedder = embedder_for_bundle(new, "keras")
     first = new.metadata().iloc[0]
     vector = embedder.embed_image_bytes(Path(first["path"]).read_bytes())
     assert float(vector @ new.embeddings()[0]) == pytest.approx(1.0, abs=1e-4)
 
-    # a changed head file is refused rather than silently embedding with other weights
+    # a changed head file is refused rather than silently embedding with other weights...
     with open(bundle.head_path("finetune"), "ab") as fh:
         fh.write(b"x")
-    with pytest.raises(WeightsUnavailableError, match="has changed"):
-        embedder_for_bundle(new.manifest, "keras")
     with pytest.raises(BundleError, match="sha256 differs"):
         load_finetune_head(bundle, record)
+    with pytest.raises(BundleError, match="is damaged: heads/finetune.keras has"):
+        build_bundle(BuildConfig(source=str(dataset), out=tmp_path / "again",
+                                 backbone_from=bundle_copy, runtime="keras"))
+    # ...while the new bundle carries its own copy of the fine-tuned weights
+    again = embedder_for_bundle(Bundle.open(out), "keras")
+    assert float(again.embed_image_bytes(Path(first["path"]).read_bytes()) @ vector) == (
+        pytest.approx(1.0, abs=1e-5))
 
 
 def test_images_path_needs_a_folder_source(bundle_copy: Path) -> None:

@@ -163,7 +163,8 @@ def test_bundle_without_head_or_files(tiny_bundle: Path, tmp_path: Path,
     bundle.update_manifest(heads={})
     table = bundle.metadata()
     table["path"] = [f"tfds:stanford_dogs/train/{i}" for i in range(len(table))]
-    table.to_parquet(bundle.metadata_path, index=False)
+    bundle.write_metadata(table)
+    bundle.record_files(bundle.metadata_path)
     monkeypatch.setenv(core.BUNDLE_ENV, str(copy))
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     pick_first_dataset_image(at)

@@ -48,7 +48,7 @@ from embed.sources import (
     DEFAULT_TEST_FRACTION,
     ImageItem,
     Source,
-    find_images,
+    list_images,
     open_source,
 )
 from embed.staging import BundleWriter
@@ -223,12 +223,12 @@ def classify_folder(
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise SourceError(f"folder {folder} does not exist")
-    paths = list(find_images(folder))
-    if not paths:
+    listing = list_images(folder)
+    if not listing.paths:
         raise SourceError(f"no images found under {folder}")
-    items = [ImageItem(i, str(p), None, "none") for i, p in enumerate(paths)]
+    items = [ImageItem(i, str(p), None, "none") for i, p in enumerate(listing.paths)]
     on_progress = on_start(len(items)) if on_start else None
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = [{"path": r.path, "error": r.reason} for r in listing.rejected]
     for step in ctx.embedder.embedded_batches(items, batch_size):
         b = step.batch
         ranked = ctx.predictor.predict_top_k(step.vectors, top_k, b.inputs[b.ok]) if (
