@@ -195,11 +195,33 @@ class Bundle:
             elif (full or relative == METADATA) and file_sha256(path) != record.get("sha256"):
                 problems.append(f"{relative} is not the file that was written (sha256 differs)")
         shards = (manifest.get("embeddings") or {}).get("shards")
+        if full and not problems and isinstance(shards, list):
+            problems += self._check_row_ids(shards)
         embedded = (manifest.get("counts") or {}).get("embedded")
         if isinstance(shards, list) and embedded is not None:
             rows = sum(int(entry.get("rows", 0)) for entry in shards)
             if rows != embedded:
                 problems.append(f"the shards hold {rows} rows, the manifest counts {embedded}")
+        return problems
+
+    def _check_row_ids(self, shards: list[dict[str, Any]]) -> list[str]:
+        """The shards' own rows, in order, are the metadata's rows (ids and image hashes)."""
+        import pandas as pd
+
+        problems = []
+        ids, hashes = [], []
+        for entry in shards:
+            rows = pd.read_parquet(self.inside(entry["rows_file"]))
+            rows = rows[rows["reason"] == ""]
+            vectors = np.load(self.inside(entry["file"]), mmap_mode="r")
+            if len(vectors) != len(rows) or len(rows) != entry.get("rows"):
+                problems.append(f"{entry['file']} holds {len(vectors)} vectors for"
+                                f" {len(rows)} rows")
+            ids += rows["row_id"].tolist()
+            hashes += rows["sha256"].tolist()
+        table = pd.read_parquet(self.metadata_path)
+        if table["row_id"].tolist() != ids or table["sha256"].tolist() != hashes:
+            problems.append("metadata.parquet does not list the shards' rows in their order")
         return problems
 
     # ---- tables and vectors -------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +45,17 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM (kill, systemd, a container stop) behaves like Ctrl-C
+
+
+@app.callback()
+def main() -> None:
+    """Embed dog photos with a pretrained backbone, search look-alikes with FAISS and classify
+    breeds."""
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 def choices(name: str, values: tuple[str, ...]) -> Any:
@@ -90,7 +102,8 @@ def clear_errors() -> Iterator[None]:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted; nothing half-written was left behind[/]")
+        err.print("[yellow]interrupted; nothing half-written was left behind. A build-index"
+                  " run again with the same options continues where it stopped.[/]")
         raise typer.Exit(130) from None
 
 
@@ -163,10 +176,15 @@ def build_index(
         result = build_bundle(config, on_source=lambda src: start(len(src.items)))
     stats = result.stats
     table = Table(title=f"bundle {result.bundle}", show_header=False)
-    table.add_row("images embedded", str(stats.embedded))
+    table.add_row("images embedded", str(stats.embedded) + (
+        f" ({stats.reused} items reused from the interrupted build)" if stats.reused else ""))
     table.add_row("skipped", f"{stats.skipped}" + (
         f" (see {result.bundle / 'skipped.csv'})" if stats.skipped else ""))
     table.add_row("throughput", f"{stats.images_per_second:.1f} images/s")
+    source = result.manifest.get("source") or {}
+    if source.get("duplicates"):
+        table.add_row("duplicates", f"{source['duplicates']} files repeat another file's"
+                      " content; each group stays in one split")
     shown = ("backbone", "fine-tuned from", "runtime", "index", "recall@10 vs exact search")
     for name, value in manifest_facts(result.manifest):
         if name in shown or name.startswith("head "):
@@ -354,6 +372,25 @@ def info(
     for name, value in manifest_facts(manifest):
         table.add_row(name, value)
     console.print(table)
+
+
+@app.command()
+def verify(bundle: BundleOpt) -> None:
+    """Check every file of a bundle against the sizes and sha256 its manifest recorded, and
+    that shards, metadata, index and heads agree."""
+    with clear_errors():
+        from ui.workflows import verify_bundle
+
+        report = verify_bundle(bundle)
+    if report.problems:
+        for problem in report.problems:
+            err.print(f"[bold red]problem:[/] {problem}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] bundle {bundle} is damaged; rebuild it with"
+                  " `embed-dogs build-index`", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    console.print(f"bundle {bundle} is whole: {report.files} files ({report.bytes / 2**20:.1f}"
+                  f" MiB) match their sha256; {report.rows} rows agree across shards,"
+                  " metadata and index; heads load")
 
 
 @app.command()
