@@ -194,6 +194,12 @@ class Bundle:
                                 f" recorded {record.get('bytes')}")
             elif (full or relative == METADATA) and file_sha256(path) != record.get("sha256"):
                 problems.append(f"{relative} is not the file that was written (sha256 differs)")
+        for name, head in (manifest.get("heads") or {}).items():
+            try:
+                self.inside(str(head.get("file", "")))
+            except BundleError:
+                problems.append(f"head {name} names {head.get('file')!r}, which lies outside"
+                                " the bundle")
         shards = (manifest.get("embeddings") or {}).get("shards")
         if full and not problems and isinstance(shards, list):
             problems += self._check_row_ids(shards)
@@ -324,6 +330,8 @@ def validate_manifest(data: Any, root: Path) -> dict[str, Any]:
         _expect(isinstance(value, dict), root, f"{key} is {type(value).__name__}, not an object")
     _expect(data.get("index") is None or isinstance(data["index"], dict), root,
             "index is not an object")
+    _expect(all(isinstance(h, dict) for h in (data.get("heads") or {}).values()), root,
+            "a head record is not an object")
     shards = (data.get("embeddings") or {}).get("shards")
     _expect(shards is None or (isinstance(shards, list) and all(
         isinstance(s, dict) and isinstance(s.get("file"), str) for s in shards)),

@@ -1,0 +1,173 @@
+"""Damaged bundles end in one clear line and exit code 2, never a traceback or a wrong answer;
+`verify` names what is wrong; a bundle copied elsewhere without its original weights works."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from embed.bundle import Bundle
+from tests.conftest import TINY, write_dataset
+from ui.cli import app
+
+runner = CliRunner()
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _scramble_same_size(path: Path) -> None:
+    path.write_bytes(bytes(reversed(path.read_bytes())))
+
+
+def _edit_manifest(change: Callable[[dict], object]) -> Callable[[Path], None]:
+    def edit(root: Path) -> None:
+        manifest = json.loads((root / "manifest.json").read_text())
+        new = change(manifest)
+        (root / "manifest.json").write_text(json.dumps(manifest if new is None else new))
+    return edit
+
+
+def _swap_rows(root: Path) -> None:
+    table = pd.read_parquet(root / "metadata.parquet")
+    order = [1, 0, *range(2, len(table))]
+    table.iloc[order].to_parquet(root / "metadata.parquet", index=False)
+
+
+def _drop_rows(root: Path) -> None:
+    table = pd.read_parquet(root / "metadata.parquet")
+    table.iloc[:-3].to_parquet(root / "metadata.parquet", index=False)
+
+
+def _pickled_head(root: Path) -> None:
+    """A pickle where the fine-tuned head should be, its checksum duly recorded: Keras' safe
+    mode must refuse it, and the refusal must be a clear line."""
+    path = root / "heads" / "finetune.keras"
+    path.write_bytes(pickle.dumps({"not": "a keras file"}))
+    bundle = Bundle(root)
+    heads = dict(bundle.manifest["heads"])
+    heads["finetune"] = {"kind": "finetune", "file": "heads/finetune.keras", "input": "vectors",
+                         "classes": ["beagle", "chihuahua", "samoyed"], "metrics": {}}
+    bundle.update_manifest(heads=heads)
+    bundle.record_files(path)
+
+
+def _head_outside(root: Path) -> None:
+    bundle = Bundle(root)
+    heads = dict(bundle.manifest["heads"])
+    heads["finetune"] = {"kind": "finetune", "file": "../elsewhere/x.keras", "input": "vectors",
+                         "classes": ["beagle"], "metrics": {}}
+    bundle.update_manifest(heads=heads)
+
+
+CASES = {
+    "truncated index": (lambda r: _truncate(r / "index.faiss"), "index.faiss has"),
+    "head with random bytes": (lambda r: _scramble_same_size(r / "heads" / "logreg.skops"),
+                               "not a readable head file"),
+    "manifest is a list": (_edit_manifest(lambda m: [m]), "it is a JSON list"),
+    "manifest without backbone": (_edit_manifest(lambda m: m.pop("backbone") and None),
+                                  "it has no backbone section"),
+    "dim is text": (_edit_manifest(lambda m: m["backbone"].update(dim="abc")),
+                    "backbone.dim is 'abc'"),
+    "truncated shard": (lambda r: _truncate(r / "embeddings" / "part-00001.npy"),
+                        "embeddings/part-00001.npy has"),
+    "swapped metadata rows": (_swap_rows, "metadata.parquet is not the file that was written"),
+    "short metadata": (_drop_rows, "metadata.parquet"),
+    "pickled keras head": (_pickled_head, "cannot load the fine-tuned head"),
+    "head outside the bundle": (_head_outside, "lies outside the bundle"),
+    "manifest not JSON": (lambda r: (r / "manifest.json").write_text("{oops"), "cannot read"),
+}
+
+
+HEAD_CASES = {"head with random bytes": "logreg", "pickled keras head": "finetune",
+              "head outside the bundle": "finetune"}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_damaged_bundle_is_one_clear_line(case: str, tiny_bundle: Path, dataset: Path,
+                                          tmp_path: Path) -> None:
+    damage, words = CASES[case]
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    damage(copy)
+    image = next(dataset.rglob("*.jpg"))
+    head = HEAD_CASES.get(case, "logreg")
+    commands = [["search", str(image), "--bundle", str(copy), "--head", head],
+                ["classify", str(image.parent), "--bundle", str(copy), "--head", head,
+                 "--out", str(tmp_path / "p.csv")]]
+    if case not in HEAD_CASES:  # refitting a damaged head simply replaces it
+        commands.append(["train", "--bundle", str(copy), "--head", "logreg"])
+    for command in commands:
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, (command[0], result.output)
+        assert "error:" in result.output and "Traceback" not in result.output
+        assert words in " ".join(result.output.split()), (command[0], result.output)
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_verify_checks_every_byte(tiny_bundle: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    ok = runner.invoke(app, ["verify", "--bundle", str(copy)])
+    assert ok.exit_code == 0 and "is whole" in " ".join(ok.output.split())
+    weights = copy / "backbone" / "weights.weights.h5"
+    _scramble_same_size(weights)  # same size: only a full checksum notices
+    assert runner.invoke(app, ["info", "--bundle", str(copy)]).exit_code == 0
+    bad = runner.invoke(app, ["verify", "--bundle", str(copy)])
+    assert bad.exit_code == 2
+    assert "backbone/weights.weights.h5 is not the file that was written" in bad.output
+
+
+def test_moved_bundle_works_without_its_weights_file(tmp_path: Path, dataset: Path) -> None:
+    """Built from a weights file that is then deleted, copied to another folder: queries
+    still work, from the weights the bundle carries."""
+    import keras
+
+    from tests.conftest import TINY_SIZE, build_tiny_backbone
+
+    keras.utils.set_random_seed(3)
+    weights = tmp_path / "w" / "tiny.weights.h5"
+    weights.parent.mkdir()
+    build_tiny_backbone((TINY_SIZE, TINY_SIZE, 3)).save_weights(weights)
+    out = tmp_path / "here" / "bundle"
+    built = runner.invoke(app, ["build-index", "--source", str(dataset), "--out", str(out),
+                                "--backbone", TINY, "--weights", str(weights),
+                                "--runtime", "keras"])
+    assert built.exit_code == 0, built.output
+    shutil.rmtree(weights.parent)
+    moved = Path(shutil.move(str(out), tmp_path / "there"))
+    image = next((dataset / "samoyed").glob("*.jpg"))
+    result = runner.invoke(app, ["search", str(image), "--bundle", str(moved), "--json"])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)
+    assert hits[0]["path"] == str(image.resolve()) and hits[0]["score"] == pytest.approx(1.0,
+                                                                                          abs=1e-4)
+
+
+def test_rejected_entries_and_symlink_loops_are_rows(tmp_path: Path) -> None:
+    root = write_dataset(tmp_path / "photos", per_class=4)
+    (root / "Beagle" / "loop.jpg").symlink_to(root / "Beagle" / "loop.jpg")
+    (root / "Beagle" / "scan.tiff").write_bytes(b"II*\0")
+    out = tmp_path / "bundle"
+    result = runner.invoke(app, ["build-index", "--source", str(root), "--out", str(out),
+                                 "--backbone", TINY, "--weights", "none", "--runtime", "keras"])
+    assert result.exit_code == 0, result.output
+    skipped = pd.read_csv(out / "skipped.csv")
+    reasons = dict(zip(skipped["path"].map(lambda p: Path(p).name), skipped["reason"],
+                       strict=True))
+    assert reasons["loop.jpg"] == "symlink loop"
+    assert reasons["scan.tiff"].startswith("unsupported format .tiff")
+    csv = tmp_path / "p.csv"
+    classified = runner.invoke(app, ["classify", str(root), "--bundle", str(out), "--out",
+                                     str(csv)])
+    assert classified.exit_code == 0, classified.output
+    table = pd.read_csv(csv, keep_default_na=False)
+    errors = dict(zip(table["path"].map(lambda p: Path(p).name), table["error"], strict=True))
+    assert errors["loop.jpg"] == "symlink loop" and len(table) == 14
