@@ -37,15 +37,17 @@ class EmbedStats:
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
 
-def stored_ref(source: Source, item: ImageItem) -> str:
-    """How the bundle records an item: relative to the source root for folders, so a bundle
-    and its photos can move together; tfds references as they are."""
-    if source.kind != "folder":
+def stored_ref(root: Path | None, item: ImageItem) -> str:
+    """How the bundle records an item: relative to the bundle's source root when it lies
+    there, so a bundle and its photos can move together; otherwise as it is (tfds references,
+    or photos added later from another folder)."""
+    if root is None or item.ref.startswith("tfds:"):
         return item.ref
-    return Path(item.ref).relative_to(source.location).as_posix()
+    path = Path(item.ref)
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
-def batch_rows(source: Source, items: dict[int, ImageItem], batch: ImageBatch
+def batch_rows(root: Path | None, items: dict[int, ImageItem], batch: ImageBatch
                ) -> list[dict[str, Any]]:
     """One row dict per item of a reader batch, in order (reason "" when embedded)."""
     rows = []
@@ -53,7 +55,7 @@ def batch_rows(source: Source, items: dict[int, ImageItem], batch: ImageBatch
         item = items[row_id]
         ok = bool(batch.ok[i])
         rows.append({
-            "row_id": row_id, "path": stored_ref(source, item), "label": item.label,
+            "row_id": row_id, "path": stored_ref(root, item), "label": item.label,
             "split": item.split, "sha256": batch.sha256[i],
             "width": int(batch.widths[i]) if ok else 0,
             "height": int(batch.heights[i]) if ok else 0,
@@ -78,6 +80,51 @@ def resume_key(source: Source, embedder: Embedder, runtime: str,
     }
 
 
+def embed_items(
+    bundle: Bundle,
+    writer: ShardWriter,
+    items: list[ImageItem],
+    embedder: Embedder,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    encoded: Any = None,
+    on_progress: ProgressCallback | None = None,
+) -> float:
+    """Reader -> mapper -> writer over `items`; returns the seconds it took."""
+    root = bundle.source_root
+    items_by_id = {item.row_id: item for item in items}
+    start = time.perf_counter()
+    for step in embedder.embedded_batches(items, batch_size, encoded):
+        writer.add(batch_rows(root, items_by_id, step.batch), step.vectors)
+        if on_progress:
+            on_progress(len(step.batch.row_ids))
+    writer.close()
+    return time.perf_counter() - start
+
+
+def write_tables(bundle: Bundle, shards: list[dict[str, Any]], rejected: Any) -> tuple[Any, Any]:
+    """metadata.parquet and skipped.csv from the shards' rows plus `rejected` (folder entries
+    that never became items); records them and the shards in the manifest's file list."""
+    import pandas as pd
+
+    metadata, skipped = merged_tables(bundle, shards)
+    if len(rejected):
+        skipped = pd.concat([skipped, rejected[list(skipped.columns)]], ignore_index=True)
+    bundle.write_metadata(metadata)
+    bundle.write_skipped(skipped)
+    files = [bundle.metadata_path, bundle.skipped_path]
+    for entry in shards:
+        files += [bundle.inside(entry["file"]), bundle.inside(entry["rows_file"])]
+    bundle.record_files(*files)
+    return metadata, skipped
+
+
+def rejected_table(source: Source) -> Any:
+    import pandas as pd
+
+    return pd.DataFrame([{"row_id": None, "path": r.path, "reason": r.reason}
+                         for r in source.rejected], columns=["row_id", "path", "reason"])
+
+
 def embed_source_into(
     bundle: Bundle,
     source: Source,
@@ -88,8 +135,6 @@ def embed_source_into(
 ) -> EmbedStats:
     """Run reader -> mapper -> writer over every item not yet in a complete shard; bad files
     go to skipped.csv. Records counts, shards, files and the runtime's parity figures."""
-    import pandas as pd
-
     done = complete_shards(bundle, embedder.dim)
     watermark = max((s["last_row_id"] for s in done if s["last_row_id"] is not None),
                     default=-1)
@@ -97,35 +142,109 @@ def embed_source_into(
     reused = len(source.items) - len(todo)
     if on_progress and reused:
         on_progress(reused)
-    items_by_id = {item.row_id: item for item in todo}
     writer = ShardWriter(bundle, embedder.dim, rows_per_shard, shards=done)
     encoded = encoded_images(source).skip(reused) if source.kind == "tfds" else None
-    start = time.perf_counter()
-    for step in embedder.embedded_batches(todo, batch_size, encoded):
-        writer.add(batch_rows(source, items_by_id, step.batch), step.vectors)
-        if on_progress:
-            on_progress(len(step.batch.row_ids))
-    shards = writer.close()
-    seconds = time.perf_counter() - start
-
-    metadata, skipped = merged_tables(bundle, shards)
-    rejected = pd.DataFrame(  # folder entries that never became items have no row id
-        [{"row_id": None, "path": r.path, "reason": r.reason} for r in source.rejected],
-        columns=list(skipped.columns))
-    skipped = pd.concat([skipped, rejected], ignore_index=True) if len(rejected) else skipped
-    bundle.write_metadata(metadata)
-    bundle.write_skipped(skipped)
-    stats = EmbedStats(len(metadata), len(skipped), seconds, len(shards), reused, len(todo))
+    seconds = embed_items(bundle, writer, todo, embedder, batch_size, encoded, on_progress)
+    metadata, skipped = write_tables(bundle, writer.shards, rejected_table(source))
+    stats = EmbedStats(len(metadata), len(skipped), seconds, len(writer.shards), reused,
+                       len(todo))
     bundle.update_manifest(
         backbone=embedder.identity(),  # the runtime now records its parity figures
         counts={"images": len(source.items), "embedded": stats.embedded,
                 "skipped": stats.skipped},
-        embeddings={"shards": shards, "rows_per_shard": rows_per_shard, "dtype": "float32",
-                    "normalised": "l2", "images_per_second": round(stats.images_per_second, 2),
+        embeddings={"shards": writer.shards, "rows_per_shard": rows_per_shard,
+                    "dtype": "float32", "normalised": "l2",
+                    "images_per_second": round(stats.images_per_second, 2),
                     "reused_items": reused},
     )
-    files = [bundle.metadata_path, bundle.skipped_path]
-    for entry in shards:
-        files += [bundle.inside(entry["file"]), bundle.inside(entry["rows_file"])]
-    bundle.record_files(*files)
     return stats
+
+
+def known_rows(bundle: Bundle) -> tuple[set[str], int]:
+    """The content hashes already in the bundle, and the next free row id."""
+    import pandas as pd
+
+    metadata = pd.read_parquet(bundle.metadata_path, columns=["row_id", "sha256"])
+    skipped = pd.read_csv(bundle.skipped_path) if bundle.skipped_path.is_file() else None
+    ids = metadata["row_id"].tolist()
+    if skipped is not None and len(skipped):
+        ids += pd.to_numeric(skipped["row_id"], errors="coerce").dropna().astype(int).tolist()
+    return set(metadata["sha256"]), max(ids, default=-1) + 1
+
+
+def append_source(
+    bundle: Bundle,
+    source: Source,
+    embedder: Embedder,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_progress: ProgressCallback | None = None,
+) -> EmbedStats:
+    """Embed the items of `source` whose content the bundle does not hold yet, as new shards
+    after the existing ones (row ids continue); rewrites metadata and skipped rows."""
+    import pandas as pd
+
+    known, next_id = known_rows(bundle)
+    fresh = [item for item in source.items if item.sha256 is None or item.sha256 not in known]
+    items = [ImageItem(next_id + i, item.ref, item.label, item.split, item.sha256)
+             for i, item in enumerate(fresh)]
+    manifest = bundle.manifest
+    embeddings = dict(manifest["embeddings"])
+    writer = ShardWriter(bundle, embedder.dim, int(embeddings["rows_per_shard"]),
+                         shards=embeddings["shards"])
+    if on_progress and len(source.items) > len(items):
+        on_progress(len(source.items) - len(items))
+    seconds = embed_items(bundle, writer, items, embedder, batch_size, None, on_progress)
+    old = pd.read_csv(bundle.skipped_path) if bundle.skipped_path.is_file() else None
+    rejected = rejected_table(source)
+    if old is not None and len(old):
+        earlier = old[pd.to_numeric(old["row_id"], errors="coerce").isna()]
+        rejected = pd.concat([earlier, rejected], ignore_index=True).drop_duplicates("path")
+    metadata, skipped = write_tables(bundle, writer.shards, rejected)
+    counts = dict(manifest.get("counts") or {})
+    counts.update(images=int(counts.get("images", 0)) + len(items), embedded=len(metadata),
+                  skipped=len(skipped))
+    embeddings["shards"] = writer.shards
+    bundle.update_manifest(counts=counts, embeddings=embeddings)
+    added = len(metadata) - int(manifest["counts"]["embedded"])
+    return EmbedStats(added, len(items) - added, seconds, len(writer.shards),
+                      len(source.items) - len(items), len(items))
+
+
+def remove_rows(bundle: Bundle, drop: Any) -> int:
+    """Rewrite the shards without the metadata positions in `drop` (a boolean mask); returns
+    how many rows went. Each old shard is read before a new one can overwrite its number."""
+    import numpy as np
+    import pandas as pd
+
+    manifest = bundle.manifest
+    embeddings = dict(manifest["embeddings"])
+    old_shards = list(embeddings["shards"])
+    drop = np.asarray(drop, bool)
+    writer = ShardWriter(bundle, int(manifest["backbone"]["dim"]),
+                         int(embeddings["rows_per_shard"]))
+    position = 0
+    for entry in old_shards:
+        rows = pd.read_parquet(bundle.inside(entry["rows_file"]))
+        vectors = np.array(np.load(bundle.inside(entry["file"]), mmap_mode="r"))
+        embedded = (rows["reason"] == "").to_numpy()
+        gone = np.zeros(len(rows), bool)
+        gone[embedded] = drop[position: position + int(embedded.sum())]
+        position += int(embedded.sum())
+        kept = rows[~gone]
+        writer.add(kept.to_dict("records"), vectors[~drop[position - len(vectors): position]])
+    writer.close()
+    for leftover in sorted(bundle.embeddings_dir.glob("part-*")):
+        if int(leftover.name[5:10]) >= len(writer.shards):
+            leftover.unlink()
+    old_rejected = pd.read_csv(bundle.skipped_path) if bundle.skipped_path.is_file() else None
+    rejected = (old_rejected[pd.to_numeric(old_rejected["row_id"], errors="coerce").isna()]
+                if old_rejected is not None else pd.DataFrame())
+    bundle.forget_files(*[e["file"] for e in old_shards], *[e["rows_file"] for e in old_shards])
+    metadata, skipped = write_tables(bundle, writer.shards, rejected)
+    counts = dict(manifest.get("counts") or {})
+    removed = int(drop.sum())
+    counts.update(images=int(counts.get("images", 0)) - removed, embedded=len(metadata),
+                  skipped=len(skipped))
+    embeddings["shards"] = writer.shards
+    bundle.update_manifest(counts=counts, embeddings=embeddings)
+    return removed

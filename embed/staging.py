@@ -143,6 +143,17 @@ class BundleWriter:
         self._resumable = key is not None
         return Bundle(self.staging), resumed
 
+    def stage_copy(self) -> Bundle:
+        """A staging copy of the bundle at the target, for changing it (add, remove): its
+        files are hard links, so nothing is copied, and since every write replaces a file
+        under a new inode, the bundle in place stays untouched until `commit`."""
+        assert self._fd is not None, "stage_copy() needs the lock: use the writer as a context"
+        if self.staging.exists():
+            shutil.rmtree(self.staging)
+        shutil.copytree(self.target, self.staging, copy_function=os.link)
+        self._resumable = False
+        return Bundle(self.staging)
+
     def commit(self) -> Path:
         """Rename the staging folder into place; replaces only the bundle that was there."""
         if self.target.exists() or self.target.is_symlink():

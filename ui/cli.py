@@ -195,6 +195,53 @@ def build_index(
 
 
 @app.command()
+def add(
+    bundle: BundleOpt,
+    source: Annotated[str, typer.Option(help="A folder of photos: ROOT/<breed>/<images>.")],
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = (
+        DEFAULT_BATCH_SIZE
+    ),
+    runtime: RuntimeOpt = None,
+) -> None:
+    """Add the photos of a folder that the bundle does not hold yet (by content), then update
+    its index, breed head and report."""
+    with clear_errors(), progress_bar("adding") as start:
+        from ui.workflows import add_to_bundle
+
+        stats = add_to_bundle(bundle, source, batch_size, plain(runtime),
+                              on_source=lambda src: start(len(src.items)))
+    console.print(f"added {stats.embedded} images to {bundle}"
+                  + (f", {stats.skipped} could not be used (see skipped.csv)"
+                     if stats.skipped else "")
+                  + f"; {stats.reused} were already there")
+
+
+@app.command()
+def remove(
+    bundle: BundleOpt,
+    patterns: Annotated[list[str] | None, typer.Argument(
+        help="Image paths or globs (e.g. 'beagle/*'), absolute or relative to the source.")
+    ] = None,
+    from_file: Annotated[Path | None, typer.Option(
+        "--from-file", help="A text file with one path or glob per line.")] = None,
+) -> None:
+    """Remove images from a bundle, then update its index, breed head and report."""
+    with clear_errors():
+        from ui.workflows import remove_from_bundle
+
+        wanted = list(patterns or [])
+        if from_file is not None:
+            if not from_file.is_file():
+                raise EmbedDogsError(f"list file {from_file} does not exist")
+            wanted += [line.strip() for line in from_file.read_text().splitlines()
+                       if line.strip()]
+        if not wanted:
+            raise EmbedDogsError("name the images to remove: paths, globs or --from-file")
+        removed = remove_from_bundle(bundle, wanted)
+    console.print(f"removed {removed} images from {bundle}")
+
+
+@app.command()
 def train(
     bundle: BundleOpt,
     head: Annotated[HeadChoice, typer.Option(help="finetune (Keras) or logreg.")] = "finetune",

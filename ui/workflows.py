@@ -27,7 +27,9 @@ from embed.build import (
     DEFAULT_ROWS_PER_SHARD,
     EmbedStats,
     ProgressCallback,
+    append_source,
     embed_source_into,
+    remove_rows,
     resume_key,
 )
 from embed.bundle import Bundle, new_manifest
@@ -100,7 +102,8 @@ def index_bundle(
     bundle: Bundle, kind: str = DEFAULT_INDEX_KIND, memory_budget: str = DEFAULT_MEMORY_BUDGET
 ) -> dict[str, Any]:
     """Build the bundle's FAISS index and record it in the manifest."""
-    record = build_bundle_index(bundle, kind, memory_budget)
+    record = {**build_bundle_index(bundle, kind, memory_budget), "requested": kind,
+              "memory_budget": str(memory_budget)}
     bundle.update_manifest(index=record)
     bundle.record_files(bundle.index_path)
     return record
@@ -142,6 +145,89 @@ def build_bundle(
         manifest = bundle.manifest  # complete only now; the folder gets its name below
         target = writer.commit()
     return BuildResult(target, stats, manifest)
+
+
+def refresh_after_change(bundle: Bundle, event: dict[str, Any]) -> None:
+    """After rows were added or removed: the index again (as it was requested), the
+    logistic-regression head and its report when labelled, the comparison, the history."""
+    import time
+
+    index = bundle.manifest.get("index") or {}
+    index_bundle(bundle, index.get("requested", DEFAULT_INDEX_KIND),
+                 index.get("memory_budget", DEFAULT_MEMORY_BUDGET))
+    splits = bundle.split_arrays()
+    if len(set(splits["train"][1])) >= 2:
+        fit_default_head(bundle)
+        if len(bundle.manifest.get("heads") or {}) > 1:
+            compare_heads(bundle)
+    history = list(bundle.manifest.get("history") or [])
+    history.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event})
+    bundle.update_manifest(history=history)
+
+
+def add_to_bundle(
+    bundle_dir: str | Path, source: str, batch_size: int = DEFAULT_BATCH_SIZE,
+    runtime: str | None = None,
+    on_source: Callable[[Source], ProgressCallback | None] | None = None,
+) -> EmbedStats:
+    """Embed only the photos of `source` whose content is not in the bundle yet, append them
+    as new shards, then refresh index, head and report. The bundle in place is replaced only
+    when everything succeeded."""
+    current = Bundle.open(bundle_dir)
+    with BundleWriter(current.root, overwrite=True) as writer:
+        staged = writer.stage_copy()
+        test_fraction = (staged.manifest.get("source") or {}).get("test_fraction",
+                                                                  DEFAULT_TEST_FRACTION)
+        src = open_source(source, test_fraction=test_fraction)
+        embedder = embedder_for_bundle(staged, runtime)
+        on_progress = on_source(src) if on_source else None
+        stats = append_source(staged, src, embedder, batch_size, on_progress)
+        refresh_after_change(staged, {"op": "add", "source": src.location,
+                                      "added": stats.embedded, "skipped": stats.skipped,
+                                      "already_there": stats.reused})
+        writer.commit()
+    return stats
+
+
+def matching_positions(bundle: Bundle, patterns: list[str]) -> Any:
+    """Metadata positions whose path equals or matches (glob) one of `patterns`: absolute,
+    relative to the bundle's source root, or a relative tail such as `samoyed/*.jpg`."""
+    import fnmatch
+
+    import numpy as np
+
+    table = bundle.metadata()
+    root = bundle.source_root
+    wanted = []
+    for p in patterns:
+        if not any(c in p for c in "*?["):
+            p = str(Path(p).expanduser().resolve()) if Path(p).expanduser().exists() else p
+        wanted += [p] if p.startswith("/") else [p, f"*/{p}"]  # relative: any folder above
+    mask = np.zeros(len(table), bool)
+    for i, path in enumerate(table["path"].astype(str)):
+        relative = str(Path(path).relative_to(root)) if root and Path(path).is_relative_to(
+            root) else path
+        mask[i] = any(fnmatch.fnmatchcase(path, w) or fnmatch.fnmatchcase(relative, w)
+                      for w in wanted)
+    return mask
+
+
+def remove_from_bundle(bundle_dir: str | Path, patterns: list[str]) -> int:
+    """Drop the rows whose paths match `patterns` (paths or globs); refresh index, head and
+    report. Returns how many rows went."""
+    current = Bundle.open(bundle_dir)
+    drop = matching_positions(current, patterns)
+    if not drop.any():
+        raise SourceError(f"no image of {bundle_dir} matches {', '.join(patterns)}")
+    if drop.all():
+        raise SourceError("that would remove every image; build a new bundle instead")
+    with BundleWriter(current.root, overwrite=True) as writer:
+        staged = writer.stage_copy()
+        removed = remove_rows(staged, drop)
+        refresh_after_change(staged, {"op": "remove", "patterns": patterns,
+                                      "removed": removed})
+        writer.commit()
+    return removed
 
 
 @dataclass

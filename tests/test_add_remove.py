@@ -1,0 +1,80 @@
+"""`add` and `remove` change a real small bundle in place: only new content is embedded, the
+index, head and report follow, queries see the change, the history records it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from typer.testing import CliRunner
+
+from embed.bundle import Bundle
+from tests.conftest import TINY, make_image, write_dataset
+from ui.cli import app
+
+runner = CliRunner()
+
+
+def search(bundle: Path, image: Path, k: int = 3) -> list[dict]:
+    result = runner.invoke(app, ["search", str(image), "--bundle", str(bundle), "-k", str(k),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_add_then_remove_round_trip(tmp_path: Path) -> None:
+    first = write_dataset(tmp_path / "first", per_class=6, seed=1)
+    out = tmp_path / "bundle"
+    built = runner.invoke(app, ["build-index", "--source", str(first), "--out", str(out),
+                                "--backbone", TINY, "--weights", "none", "--runtime", "keras"])
+    assert built.exit_code == 0, built.output
+    before = Bundle.open(out)
+    assert before.manifest["counts"]["embedded"] == 18
+
+    more = tmp_path / "more"
+    rng = np.random.default_rng(9)
+    for breed, colour in (("beagle", (200, 120, 60)), ("samoyed", (235, 235, 230))):
+        (more / breed).mkdir(parents=True)
+        for i in range(4):
+            make_image(colour, rng).save(more / breed / f"new_{i}.jpg", quality=90)
+    shutil.copy(first / "Beagle" / "000.jpg", more / "beagle" / "copy_of_000.jpg")  # known
+    (more / "beagle" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    added = runner.invoke(app, ["add", "--bundle", str(out), "--source", str(more),
+                                "--runtime", "keras"])
+    assert added.exit_code == 0, added.output
+    said = " ".join(added.output.split())
+    assert "added 8 images" in said and "1 were already there" in said
+    assert "1 could not be used" in said
+
+    bundle = Bundle.open(out)
+    m = bundle.manifest
+    assert m["counts"]["embedded"] == 26 and m["index"]["rows"] == 26
+    assert [h["op"] for h in m["history"]] == ["add"]
+    table = bundle.metadata()
+    assert table["row_id"].is_unique and table["row_id"].max() >= 18
+    assert table["path"].str.contains("/more/").sum() == 8
+    assert m["heads"]["logreg"]["train_images"] + m["heads"]["logreg"]["metrics"][
+        "test_images"] == 26
+    new_photo = more / "samoyed" / "new_2.jpg"
+    assert search(out, new_photo)[0]["path"] == str(new_photo.resolve())
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped["path"].str.endswith("broken.jpg").sum() == 1
+    assert runner.invoke(app, ["verify", "--bundle", str(out)]).exit_code == 0
+    # the first image's vector is unchanged by the append
+    np.testing.assert_array_equal(bundle.embeddings()[:18], before.embeddings())
+
+    removed = runner.invoke(app, ["remove", "--bundle", str(out), "samoyed/new_*.jpg",
+                                  str(first / "Beagle" / "001.jpg")])
+    assert removed.exit_code == 0, removed.output
+    assert "removed 5 images" in " ".join(removed.output.split())
+    bundle = Bundle.open(out)
+    assert bundle.manifest["counts"]["embedded"] == 21
+    assert bundle.manifest["index"]["rows"] == 21 and len(bundle.embeddings()) == 21
+    assert [h["op"] for h in bundle.manifest["history"]] == ["add", "remove"]
+    assert all(h["path"] != str(new_photo.resolve()) for h in search(out, new_photo, k=21))
+    assert runner.invoke(app, ["verify", "--bundle", str(out)]).exit_code == 0
+    nothing = runner.invoke(app, ["remove", "--bundle", str(out), "no/such/*.jpg"])
+    assert nothing.exit_code == 2 and "no image" in nothing.output
