@@ -39,6 +39,7 @@ from embed.errors import BundleError, SourceError
 from embed.sources import ImageItem, stratified_hold_out
 
 HEAD = "finetune"
+DENSE_FILE = "finetune_dense.npz"  # the dense layer alone, for queries without TensorFlow
 PATH_EMBEDDINGS = "stored_embeddings"
 PATH_IMAGES = "images"
 
@@ -314,7 +315,11 @@ def train_finetune_head(
 
     path = bundle.head_path(HEAD)
     _save_keras(model.full, path)
-    bundle.record_files(path)
+    dense_path = path.with_name(DENSE_FILE)
+    with atomic_path(dense_path, suffix=".npz") as tmp:
+        kernel, bias = model.full.get_layer("breeds").get_weights()
+        np.savez(tmp, kernel=kernel, bias=bias)
+    bundle.record_files(path, dense_path)
     predictor = FinetuneHead(model.full, classes, needs_images=bool(unfrozen))
     metrics = _evaluate(bundle, predictor, x_test, y_test, size, preprocessing, params)
     files = write_report(bundle.report_dir, HEAD, metrics) if len(y_test) else {}
@@ -322,6 +327,7 @@ def train_finetune_head(
         "kind": "finetune",
         "file": str(path.relative_to(bundle.root)),
         "sha256": file_sha256(path),
+        "dense_file": str(dense_path.relative_to(bundle.root)),
         "params": asdict(params),
         "training_path": {"head": head_path,
                           "fine_tune": PATH_IMAGES if unfrozen else None},
@@ -386,17 +392,27 @@ class FinetuneHead(BreedHead):
 
     name = HEAD
 
-    def __init__(self, model: Any, classes: np.ndarray, needs_images: bool) -> None:
-        self.model = model
+    def __init__(self, model: Any, classes: np.ndarray, needs_images: bool,
+                 dense: tuple[np.ndarray, np.ndarray] | None = None,
+                 load_model: Callable[[], Any] | None = None) -> None:
+        self._model = model  # None when only the dense layer was loaded (no TensorFlow)
+        self._load_model = load_model
         self._classes = np.asarray(classes)
         self.needs_images = needs_images
-        kernel, bias = model.get_layer("breeds").get_weights()
+        kernel, bias = dense if dense is not None else model.get_layer("breeds").get_weights()
         self._kernel = np.asarray(kernel, np.float32)
         self._bias = np.asarray(bias, np.float32)
 
     @property
     def classes(self) -> np.ndarray:
         return self._classes
+
+    @property
+    def model(self) -> Any:
+        """The whole Keras image classifier, loaded on first use when only the dense layer was."""
+        if self._model is None and self._load_model is not None:
+            self._model = self._load_model()
+        return self._model
 
     def predict_proba(
         self, vectors: np.ndarray, inputs: np.ndarray | None = None
@@ -423,7 +439,24 @@ class FinetuneHead(BreedHead):
 
 
 def load_finetune_head(bundle: Bundle, record: dict[str, Any]) -> FinetuneHead:
-    """Load `heads/finetune.keras` in Keras' safe mode, after checking it is the recorded file."""
+    """Load `heads/finetune.keras` in Keras' safe mode, after checking it is the recorded file.
+
+    A head on a frozen backbone only needs its dense layer: that is read from the `.npz`
+    beside it, without TensorFlow, so queries stay light.
+    """
+    if record.get("input") == "vectors" and record.get("dense_file"):
+        dense_path = bundle.inside(record["dense_file"])
+        expected = (bundle.manifest.get("files") or {}).get(record["dense_file"], {})
+        if dense_path.is_file() and file_sha256(dense_path) == expected.get("sha256"):
+            with np.load(dense_path) as dense:
+                return FinetuneHead(None, np.array(record["classes"]), False,
+                                    (dense["kernel"], dense["bias"]),
+                                    load_model=lambda: _load_keras_head(bundle, record))
+    return FinetuneHead(_load_keras_head(bundle, record), np.array(record["classes"]),
+                        record["input"] == "images")
+
+
+def _load_keras_head(bundle: Bundle, record: dict[str, Any]) -> Any:
     import keras
 
     path = bundle.inside(record["file"])
@@ -445,4 +478,4 @@ def load_finetune_head(bundle: Bundle, record: dict[str, Any]) -> FinetuneHead:
             f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); retrain it with"
             " `embed-dogs train --head finetune`"
         ) from None
-    return FinetuneHead(model, np.array(record["classes"]), record["input"] == "images")
+    return model

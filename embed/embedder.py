@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +23,10 @@ from embed.backbones import (
     resolve_image_size,
     weights_sha256,
 )
-from embed.bundle import Bundle, check_same_backbone
+from embed.bundle import SERVING_MODEL, Bundle, check_same_backbone
 from embed.errors import BundleError, WeightsUnavailableError
 from embed.images import DECODER_VERSION, decode_image
+from embed.litert_runtime import BundledLiteRTRuntime
 from embed.pipeline import (
     DEFAULT_BATCH_SIZE,
     EmbeddedBatch,
@@ -38,6 +40,13 @@ from embed.sources import ImageItem
 
 @dataclass
 class Embedder:
+    """A backbone ready to embed: its spec, size, weights identity and runtime.
+
+    `model` is the Keras model, or None for a serving embedder that runs the bundle's own
+    `.tflite` without TensorFlow (then `dim` comes from the manifest and the reader decodes
+    with a thread pool instead of tf.data).
+    """
+
     spec: BackboneSpec
     image_size: int
     weights: str | None  # "imagenet", an absolute path, or None (random)
@@ -46,10 +55,12 @@ class Embedder:
     weights_hash: str
     lineage: dict[str, Any] = field(default_factory=dict)
     weights_file: str | None = None  # the copy inside the bundle, once saved there
+    serving_model: str | None = None  # the bundle's .tflite, once saved there
+    dim: int = 0
 
-    @property
-    def dim(self) -> int:
-        return int(self.model.output_shape[-1])
+    def __post_init__(self) -> None:
+        if not self.dim:
+            self.dim = int(self.model.output_shape[-1])
 
     def identity(self) -> dict[str, Any]:
         """The backbone section of the manifest."""
@@ -65,6 +76,7 @@ class Embedder:
             "decoder": DECODER_VERSION,
             "runtime": self.runtime.describe(),
             **({"weights_file": self.weights_file} if self.weights_file else {}),
+            **({"serving_model": self.serving_model} if self.serving_model else {}),
             **({"lineage": self.lineage} if self.lineage else {}),
         }
 
@@ -90,7 +102,8 @@ class Embedder:
         encoded: Any = None,
     ) -> Iterator[EmbeddedBatch]:
         """Read, decode and embed items with this backbone's size and preprocessing."""
-        return iter_embedded_batches(items, self.reader_config(batch_size), self.runtime, encoded)
+        return iter_embedded_batches(items, self.reader_config(batch_size), self.runtime, encoded,
+                                     tensorflow=self.model is not None)
 
     def embed_image_bytes(self, data: bytes) -> np.ndarray:
         """One encoded image -> one unit vector (raises ImageDecodeError on bad input)."""
@@ -148,6 +161,43 @@ def save_serving_weights(embedder: Embedder, bundle: Bundle) -> None:
         embedder.model.save_weights(tmp)
     bundle.record_files(path)
     embedder.weights_file = bundle.relative(path)
+
+
+def save_serving_model(embedder: Embedder, bundle: Bundle) -> None:
+    """Copy the LiteRT model that produced the vectors into the bundle (when LiteRT did, after
+    its parity check), so queries embed with exactly it and without TensorFlow."""
+    source = getattr(embedder.runtime, "cache_file", None)
+    if embedder.runtime.name != "litert" or source is None:
+        return
+    path = bundle.root / SERVING_MODEL
+    with atomic_path(path, suffix=".tflite") as tmp:
+        shutil.copyfile(source, tmp)
+    bundle.record_files(path)
+    embedder.serving_model = bundle.relative(path)
+    bundle.update_manifest(backbone=embedder.identity())
+
+
+def serving_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
+    """The embedder for queries: the bundle's own `.tflite` run by LiteRT without TensorFlow
+    when the bundle has one and the runtime allows it; otherwise the Keras backbone rebuilt
+    from the bundle's weights (`embedder_for_bundle`)."""
+    recorded = bundle.manifest["backbone"]
+    kind = runtime or os.environ.get("EMBED_DOGS_RUNTIME") or "auto"
+    relative = recorded.get("serving_model")
+    if kind not in ("auto", "litert") or not relative:
+        return embedder_for_bundle(bundle, runtime)
+    path = bundle.inside(relative)
+    expected = (bundle.manifest.get("files") or {}).get(relative, {}).get("sha256")
+    if not path.is_file() or file_sha256(path) != expected:
+        raise BundleError(
+            f"the bundle's serving model {path} is missing or not the file that was written;"
+            f" run `embed-dogs verify --bundle {bundle.root}` or rebuild the bundle"
+        )
+    spec = get_backbone(recorded["name"])
+    rt = BundledLiteRTRuntime(path, parity=(recorded.get("runtime") or {}).get("parity"))
+    return Embedder(spec, int(recorded["image_size"]), recorded.get("weights"), None, rt,
+                    str(recorded["weights_sha256"]), dict(recorded.get("lineage") or {}),
+                    recorded.get("weights_file"), relative, int(recorded["dim"]))
 
 
 def bundle_backbone(bundle: Bundle) -> tuple[BackboneSpec, Any]:

@@ -7,9 +7,13 @@ agree on what "every core" and "the cache" mean.
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 CACHE_ENV = "EMBED_DOGS_CACHE"
+VERBOSE_ENV = "EMBED_DOGS_VERBOSE"
 
 
 def cpu_cores() -> int:
@@ -32,3 +36,24 @@ def cache_dir(kind: str) -> Path:
     root = os.environ.get(CACHE_ENV)
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "embed-dogs"
     return base / kind
+
+
+@contextmanager
+def quiet_native_output() -> Iterator[None]:
+    """Silence what native libraries write straight to file descriptor 2 (TensorFlow's absl
+    and oneDNN lines, XNNPACK's INFO line) for the block, unless $EMBED_DOGS_VERBOSE is set.
+    Python's own `sys.stderr` writes in the block are silenced too, so keep blocks short."""
+    if os.environ.get(VERBOSE_ENV):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

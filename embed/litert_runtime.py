@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from embed.atomic import atomic_path
-from embed.environment import cache_dir, threads_from_env
+from embed.environment import cache_dir, quiet_native_output, threads_from_env
 from embed.keras_runtime import KerasRuntime
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,96 @@ def export_litert(model: Any, path: Path) -> Path:
     return path
 
 
+class TFLiteModel:
+    """One LiteRT interpreter over a `.tflite` file (XNNPACK), safe to share between threads.
+
+    An interpreter runs one call at a time, so the set-input / invoke / get-output sequence
+    holds a lock: concurrent app sessions queue instead of corrupting each other's tensors.
+    Batches of up to ``max_rows`` run as they are; larger ones in slices of that size.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], num_threads: int | None = None,
+                 max_rows: int = LITERT_MAX_ROWS) -> None:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        self.path = Path(path)
+        self.num_threads = num_threads or default_num_threads()
+        self.max_rows = max_rows
+        with quiet_native_output():  # XNNPACK announces itself on stderr
+            # BUILTIN applies the default delegate, XNNPACK, to every op it supports.
+            self._interpreter = Interpreter(
+                model_path=str(self.path),
+                num_threads=self.num_threads,
+                experimental_op_resolver_type=OpResolverType.BUILTIN,
+            )
+        (inp,) = self._interpreter.get_input_details()
+        (out,) = self._interpreter.get_output_details()
+        self._input_index = inp["index"]
+        self._output_index = out["index"]
+        self.input_shape = tuple(int(d) for d in inp["shape"][1:])
+        self.dim = int(out["shape"][-1])
+        self._batch_size: int | None = None
+        self._lock = threading.Lock()
+
+    def _invoke(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) != self._batch_size:
+            # Re-planning memory is costly: do it only when the batch size changes.
+            self._interpreter.resize_tensor_input(self._input_index, list(rows.shape))
+            with quiet_native_output():
+                self._interpreter.allocate_tensors()
+            self._batch_size = len(rows)
+        self._interpreter.set_tensor(self._input_index, rows)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output_index)  # a copy
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Raw outputs for a float32 batch.
+
+        The interpreter's arena grows with its batch size (MobileNetV2 224: +235 MiB for 32
+        rows, +84 MiB for 8) while throughput does not (XNNPACK already fills the cores with
+        one image), so large batches run in fixed slices, the last one padded with zeros so the
+        arena is planned once.
+        """
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        step = self.max_rows
+        with self._lock:
+            if not step or len(batch) <= step:
+                return self._invoke(batch)
+            parts = []
+            for i in range(0, len(batch), step):
+                rows = batch[i : i + step]
+                if len(rows) < step:
+                    pad = np.zeros((step - len(rows), *rows.shape[1:]), np.float32)
+                    parts.append(self._invoke(np.concatenate([rows, pad]))[: len(rows)])
+                else:
+                    parts.append(self._invoke(rows))
+            return np.concatenate(parts)
+
+
+class BundledLiteRTRuntime:
+    """The serving runtime: the `.tflite` a bundle carries, run without TensorFlow or Keras.
+
+    It was checked against Keras when the bundle was built (its parity figures are in the
+    manifest) and its sha256 is checked on loading, so queries trust it as it is.
+    """
+
+    name = "litert"
+
+    def __init__(self, path: str | os.PathLike[str], parity: dict[str, Any] | None = None,
+                 num_threads: int | None = None) -> None:
+        self.model_ = TFLiteModel(path, num_threads)
+        self.parity = parity
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        return self.model_.run(batch)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "requested": "litert", "parity": self.parity,
+                "num_threads": self.model_.num_threads, "model_file": str(self.model_.path)}
+
+
 class LiteRTRuntime:
     """Runs a Keras backbone through LiteRT + XNNPACK, checked against Keras on first use.
 
@@ -115,7 +206,6 @@ class LiteRTRuntime:
         self.parity_: dict[str, Any] | None = None
         self.fell_back_ = False
         self.error_: str | None = None
-        self._batch_size: int | None = None
 
         self.tflite_path = tflite_path
         if tflite_path is not None:
@@ -147,20 +237,7 @@ class LiteRTRuntime:
             self._open()
 
     def _open(self) -> None:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-        # BUILTIN applies the default delegate, XNNPACK, to every op it supports.
-        self._interpreter = Interpreter(
-            model_path=str(self.cache_file),
-            num_threads=self.num_threads,
-            experimental_op_resolver_type=OpResolverType.BUILTIN,
-        )
-        (inp,) = self._interpreter.get_input_details()
-        (out,) = self._interpreter.get_output_details()
-        self._input_index = inp["index"]
-        self._output_index = out["index"]
-        self._dim = int(out["shape"][-1])
-        self._batch_size = None
+        self._model = TFLiteModel(self.cache_file, self.num_threads, self.max_rows)
 
     def _fall_back(self, reason: str) -> None:
         warnings.warn(f"{reason}; falling back to the Keras runtime", RuntimeWarning, stacklevel=3)
@@ -169,45 +246,13 @@ class LiteRTRuntime:
         self.name = "keras"
         self.error_ = reason
 
-    def _invoke(self, rows: np.ndarray) -> np.ndarray:
-        if len(rows) != self._batch_size:
-            # Re-planning memory is costly: do it only when the batch size changes.
-            self._interpreter.resize_tensor_input(self._input_index, list(rows.shape))
-            self._interpreter.allocate_tensors()
-            self._batch_size = len(rows)
-        self._interpreter.set_tensor(self._input_index, rows)
-        self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output_index)  # a copy
-
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        """Batches of up to ``max_rows`` run as they are; larger ones in slices of that size.
-
-        The interpreter's arena grows with its batch size (MobileNetV2 224: +235 MiB for 32
-        rows, +84 MiB for 8) while throughput does not (XNNPACK already fills the cores with
-        one image), so large batches run in fixed slices, the last one padded with zeros so the
-        arena is planned once.
-        """
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        step = self.max_rows
-        if not step or len(batch) <= step:
-            return self._invoke(batch)
-        parts = []
-        for i in range(0, len(batch), step):
-            rows = batch[i : i + step]
-            if len(rows) < step:
-                pad = np.zeros((step - len(rows), *rows.shape[1:]), np.float32)
-                parts.append(self._invoke(np.concatenate([rows, pad]))[: len(rows)])
-            else:
-                parts.append(self._invoke(rows))
-        return np.concatenate(parts)
-
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Raw features for a preprocessed float32 batch; the first batch also checks parity."""
         if self.fell_back_:
             return self.keras_.embed(batch)
         if len(batch) == 0:
-            return np.zeros((0, self._dim), np.float32)
-        out = self._run(batch)
+            return np.zeros((0, self._model.dim), np.float32)
+        out = self._model.run(batch)
         if self.parity_ is None:
             reference = self.keras_.embed(batch)
             cos = row_cosines(out, reference)

@@ -88,6 +88,21 @@ def tiny_bundle(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.fixture(scope="session")
+def litert_bundle(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle built with the LiteRT runtime: it carries its `.tflite` (read-only)."""
+    from ui.workflows import BuildConfig, build_bundle
+
+    root = tmp_path_factory.mktemp("litert")
+    os.environ["EMBED_DOGS_CACHE"] = str(root / "cache")
+    try:
+        build_bundle(BuildConfig(source=str(dataset), out=root / "bundle", backbone=TINY,
+                                 weights="none", batch_size=8, runtime="litert"))
+    finally:
+        os.environ.pop("EMBED_DOGS_CACHE", None)
+    return root / "bundle"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Converted-model caches go to a per-session temp folder, never the user's home."""

@@ -200,7 +200,7 @@ def test_large_batches_run_in_fixed_slices(model: keras.Model, cache: Path) -> N
     batch = images(11, seed=3)
     got = rt.embed(batch)  # slices of 4, 4 and 3 padded to 4
     assert got.shape == (11, 16)
-    assert rt._batch_size == 4  # the arena was planned for 4 rows only
+    assert rt._model._batch_size == 4  # the arena was planned for 4 rows only
     np.testing.assert_allclose(got, np.asarray(model(batch)), rtol=1e-3, atol=1e-4)
     assert rt.parity_["rows"] == 11 and rt.parity_["passed"]
 

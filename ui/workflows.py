@@ -35,11 +35,12 @@ from embed.build import (
 from embed.bundle import Bundle, new_manifest
 from embed.embedder import (
     Embedder,
-    embedder_for_bundle,
     finetuned_lineage,
     load_embedder,
     load_finetuned_embedder,
+    save_serving_model,
     save_serving_weights,
+    serving_embedder,
 )
 from embed.errors import BundleError, SourceError
 from embed.images import read_and_decode
@@ -139,6 +140,7 @@ def build_bundle(
         stats = embed_source_into(
             bundle, src, embedder, config.batch_size, config.rows_per_shard, on_progress
         )
+        save_serving_model(embedder, bundle)
         index_bundle(bundle, config.index_kind, config.memory_budget)
         if src.labelled and stats.embedded:
             fit_default_head(bundle)
@@ -179,7 +181,7 @@ def add_to_bundle(
         test_fraction = (staged.manifest.get("source") or {}).get("test_fraction",
                                                                   DEFAULT_TEST_FRACTION)
         src = open_source(source, test_fraction=test_fraction)
-        embedder = embedder_for_bundle(staged, runtime)
+        embedder = serving_embedder(staged, runtime)  # the very model the bundle's rows came from
         on_progress = on_source(src) if on_source else None
         stats = append_source(staged, src, embedder, batch_size, on_progress)
         refresh_after_change(staged, {"op": "add", "source": src.location,
@@ -249,7 +251,7 @@ def open_for_queries(
     bundle = Bundle.open(bundle_dir)
     index = LookalikeIndex(bundle)
     predictor = load_predictor(bundle, head, accepts_images)
-    embedder = embedder_for_bundle(bundle, runtime)
+    embedder = serving_embedder(bundle, runtime)
     return QueryContext(bundle, embedder, index, predictor)
 
 
