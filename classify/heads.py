@@ -9,7 +9,17 @@ from typing import Any
 from classify.breed_head import BreedHead
 from classify.evaluation import evaluate_probabilities, write_report
 from classify.finetune import load_finetune_head
-from classify.logreg import DEFAULT_C, LogregHead, fit_logreg, load_head, save_head
+from classify.logreg import (
+    DEFAULT_C,
+    SERVING_FILE,
+    LogregHead,
+    fit_logreg,
+    load_head,
+    load_serving_arrays,
+    save_head,
+    save_serving_arrays,
+)
+from embed.atomic import file_sha256
 from embed.bundle import Bundle
 from embed.errors import BundleError
 
@@ -23,7 +33,12 @@ def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
     pipeline = fit_logreg(x_train, y_train, c)
     seconds = time.perf_counter() - start
     save_head(pipeline, bundle.head_path("logreg"))
-    bundle.record_files(bundle.head_path("logreg"))
+    serving = bundle.head_path("logreg").with_name(SERVING_FILE)
+    if save_serving_arrays(pipeline, serving, x_train):
+        bundle.record_files(bundle.head_path("logreg"), serving)
+    else:  # never expected; queries then load the pipeline itself
+        serving.unlink(missing_ok=True)
+        bundle.record_files(bundle.head_path("logreg"))
     classes = pipeline.classes_
     metrics = (
         evaluate_probabilities(pipeline.predict_proba(x_test), classes, y_test)
@@ -33,6 +48,7 @@ def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
     record = {
         "kind": "logreg",
         "file": str(bundle.head_path("logreg").relative_to(bundle.root)),
+        **({"serving_file": bundle.relative(serving)} if serving.is_file() else {}),
         "params": {"C": c, "random_state": 0},
         "train_images": int(len(x_train)),
         "breeds": int(len(classes)),
@@ -66,7 +82,25 @@ def load_predictor(
             f"bundle {bundle.root} has no {head!r} head (it has: {', '.join(heads) or 'none'})"
         )
     if head == "logreg":
-        return LogregHead(load_head(bundle.head_path("logreg")))
+        return load_logreg(bundle, heads[head])
     if head == "finetune":
         return load_finetune_head(bundle, heads[head])
     raise BundleError(f"head {head!r} cannot be loaded by this version of embed-dogs")
+
+
+def load_logreg(bundle: Bundle, record: dict[str, Any]) -> LogregHead:
+    """The serving arrays when the bundle has them (checked against their recorded sha256),
+    else the scikit-learn pipeline from its skops file."""
+    relative = record.get("serving_file")
+    if relative:
+        path = bundle.inside(relative)
+        expected = (bundle.manifest.get("files") or {}).get(relative, {}).get("sha256")
+        if not path.is_file() or file_sha256(path) != expected:
+            raise BundleError(f"{path} is missing or not the file that was written; refit the"
+                              " head with `embed-dogs train --head logreg`")
+        try:
+            return LogregHead(arrays=load_serving_arrays(path))
+        except (OSError, ValueError, KeyError) as exc:
+            raise BundleError(f"{path} cannot be read ({exc}); refit the head with"
+                              " `embed-dogs train --head logreg`") from None
+    return LogregHead(load_head(bundle.head_path("logreg")))

@@ -80,20 +80,75 @@ def load_head(path: str | Path) -> Any:
     return pipeline
 
 
+SERVING_FILE = "logreg_serving.npz"  # the fitted numbers alone, for queries without sklearn
+
+
+def serving_arrays(pipeline: Any) -> dict[str, np.ndarray]:
+    """The fitted scaler and logistic regression as plain arrays."""
+    scale, logreg = pipeline.named_steps["scale"], pipeline.named_steps["logreg"]
+    return {"mean": np.asarray(scale.mean_, np.float64),
+            "scale": np.asarray(scale.scale_, np.float64),
+            "coef": np.asarray(logreg.coef_, np.float64),
+            "intercept": np.asarray(logreg.intercept_, np.float64),
+            "classes": np.asarray(logreg.classes_).astype(str)}
+
+
+def proba_from_arrays(arrays: dict[str, np.ndarray], vectors: np.ndarray) -> np.ndarray:
+    """What `Pipeline.predict_proba` computes, in numpy: scale, linear scores, then softmax
+    (several breeds) or the logistic function (two)."""
+    x = (np.atleast_2d(np.asarray(vectors, np.float64)) - arrays["mean"]) / arrays["scale"]
+    scores = x @ arrays["coef"].T + arrays["intercept"]
+    if scores.shape[1] == 1:
+        p = 1.0 / (1.0 + np.exp(-scores[:, 0]))
+        return np.stack([1.0 - p, p], axis=1)
+    scores -= scores.max(axis=1, keepdims=True)
+    e = np.exp(scores)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def save_serving_arrays(pipeline: Any, path: str | Path, check_on: np.ndarray) -> bool:
+    """Write the serving arrays when they reproduce the pipeline's probabilities on
+    `check_on` (a few train rows); returns whether they did."""
+    arrays = serving_arrays(pipeline)
+    rows = np.atleast_2d(check_on)[:64]
+    if len(rows) and not np.allclose(proba_from_arrays(arrays, rows),
+                                     pipeline.predict_proba(rows), atol=1e-6):
+        return False
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
+    return True
+
+
 class LogregHead(BreedHead):
-    """A loaded logistic-regression pipeline: stored or query vectors in, breeds out."""
+    """A loaded logistic-regression head: stored or query vectors in, breeds out. Runs the
+    scikit-learn pipeline, or its serving arrays (the same numbers, without importing
+    scikit-learn, whose import alone costs seconds)."""
 
     name = "logreg"
     needs_images = False
 
-    def __init__(self, pipeline: Any) -> None:
+    def __init__(self, pipeline: Any = None, arrays: dict[str, np.ndarray] | None = None
+                 ) -> None:
+        if pipeline is None and arrays is None:
+            raise ValueError("a logreg head needs its pipeline or its serving arrays")
         self.pipeline = pipeline
+        self.arrays = arrays
 
     @property
     def classes(self) -> np.ndarray:
+        if self.arrays is not None:
+            return self.arrays["classes"]
         return np.asarray(self.pipeline.classes_)
 
     def predict_proba(
         self, vectors: np.ndarray, inputs: np.ndarray | None = None
     ) -> np.ndarray:
+        if self.arrays is not None:
+            return proba_from_arrays(self.arrays, vectors)
         return self.pipeline.predict_proba(np.atleast_2d(vectors))
+
+
+def load_serving_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    """Plain arrays only (no pickles): safe to load from any bundle."""
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in ("mean", "scale", "coef", "intercept", "classes")}

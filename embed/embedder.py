@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,8 @@ from embed.pipeline import (
 )
 from embed.runtimes import Runtime, make_runtime
 from embed.sources import ImageItem
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,6 +124,7 @@ def load_embedder(
     spec = get_backbone(backbone)
     weights = normalise_weights_arg(weights)
     size = resolve_image_size(spec, image_size, weights)
+    log.info("loading backbone %s at %d px (weights: %s)", spec.name, size, weights or "random")
     model = build_backbone(spec, size, weights)
     digest = weights_sha256(model)
     rt = make_runtime(

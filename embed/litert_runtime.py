@@ -219,7 +219,8 @@ class LiteRTRuntime:
             self._fall_back(f"LiteRT unavailable for {self.cache_key}: {exc}")
 
     def _convert(self) -> None:
-        log.info("converting %s to LiteRT at %s", self.cache_key, self.cache_file)
+        log.info("converting the backbone to LiteRT (once per backbone and weights, cached in"
+                 " %s; takes 10-40 s)", self.cache_file.parent)
         export_litert(self.model, self.cache_file)
         self.converted_ = True
 

@@ -71,8 +71,9 @@ def _head_outside(root: Path) -> None:
 
 CASES = {
     "truncated index": (lambda r: _truncate(r / "index.faiss"), "index.faiss has"),
-    "head with random bytes": (lambda r: _scramble_same_size(r / "heads" / "logreg.skops"),
-                               "not a readable head file"),
+    "head with random bytes": (
+        lambda r: _scramble_same_size(r / "heads" / "logreg_serving.npz"),
+        "logreg_serving.npz is missing or not the file that was written"),
     "manifest is a list": (_edit_manifest(lambda m: [m]), "it is a JSON list"),
     "manifest without backbone": (_edit_manifest(lambda m: m.pop("backbone") and None),
                                   "it has no backbone section"),

@@ -4,6 +4,7 @@ turn the library's expected failures into one clear line and a non-zero exit."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from embed.backbones import DEFAULT_BACKBONE, WEIGHTS_HELP
+from embed.environment import VERBOSE_ENV
 from embed.errors import EmbedDogsError
 from embed.pipeline import DEFAULT_BATCH_SIZE
 from embed.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES
@@ -42,20 +45,80 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: wraps cleanly at 80 columns, nothing truncated
+    context_settings={"max_content_width": 100},
 )
 console = Console()
 err = Console(stderr=True)
+state = {"quiet": False}
 
 
 def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM (kill, systemd, a container stop) behaves like Ctrl-C
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        console.print(f"embed-dogs {metadata.version('embed-dogs')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Also show TensorFlow's and LiteRT's own log lines.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print only errors (and what --out - or --json asks for).")
+    ] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
     """Embed dog photos with a pretrained backbone, search look-alikes with FAISS and classify
     breeds."""
     signal.signal(signal.SIGTERM, _terminate)
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    console.quiet = quiet
+    state["quiet"] = quiet
+    handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
+    for package in ("embed", "index", "classify", "ui"):  # long fixed steps say what they do
+        logger = logging.getLogger(package)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.WARNING if quiet else logging.INFO)
+        logger.propagate = False
+
+
+@contextmanager
+def native_stderr_hidden() -> Iterator[None]:
+    """TensorFlow and XNNPACK write log lines straight to file descriptor 2. For the command,
+    point fd 2 at /dev/null and keep Python's own stderr (errors, warnings, progress) on a
+    copy of the real one; `--verbose` keeps everything."""
+    try:
+        real_stderr = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # captured (tests): nothing to hide
+        real_stderr = False
+    if os.environ.get(VERBOSE_ENV) or not real_stderr:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr, err_file = sys.stderr, err.file
+    sys.stderr = err.file = os.fdopen(os.dup(saved), "w", buffering=1, errors="replace")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr.close()
+        sys.stderr, err.file = python_stderr, err_file
 
 
 def choices(name: str, values: tuple[str, ...]) -> Any:
@@ -97,7 +160,8 @@ RuntimeOpt = Annotated[
 def clear_errors() -> Iterator[None]:
     """Expected failures become one line on stderr and exit code 2; never a traceback."""
     try:
-        yield
+        with native_stderr_hidden():
+            yield
     except EmbedDogsError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -114,7 +178,7 @@ def progress_bar(description: str) -> Iterator[Callable[[int], Callable[[int], N
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=err, transient=False) as bar:
+    with Progress(*columns, console=err, transient=False, disable=state["quiet"]) as bar:
         def start(total: int) -> Callable[[int], None]:
             task = bar.add_task(description, total=total, rate="-")
 

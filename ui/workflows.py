@@ -11,6 +11,7 @@ A build is a short sequence of steps that benchmarks and tests reuse one by one:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET
 from index.lookalikes import LookalikeIndex, build_bundle_index
 
 DEFAULT_OUT = "dogs-bundle"
+log = logging.getLogger(__name__)
 HEADS = ("logreg", "finetune")
 
 
@@ -103,6 +105,7 @@ def index_bundle(
     bundle: Bundle, kind: str = DEFAULT_INDEX_KIND, memory_budget: str = DEFAULT_MEMORY_BUDGET
 ) -> dict[str, Any]:
     """Build the bundle's FAISS index and record it in the manifest."""
+    log.info("building the FAISS index")
     record = {**build_bundle_index(bundle, kind, memory_budget), "requested": kind,
               "memory_budget": str(memory_budget)}
     bundle.update_manifest(index=record)
@@ -112,6 +115,7 @@ def index_bundle(
 
 def fit_default_head(bundle: Bundle) -> dict[str, Any]:
     """The logistic-regression head every labelled build gets, with its test report."""
+    log.info("fitting the logistic-regression breed head")
     return train_logreg_head(bundle)
 
 
