@@ -1,5 +1,6 @@
 """The CLI end to end, into temporary folders: exact counts, files and manifest contents."""
 
+import io
 import json
 import shutil
 import subprocess
@@ -129,7 +130,7 @@ def test_info_and_evaluate(built: Path) -> None:
         (["build-index", "--source", "{dataset}", "--weights", "/no/w.h5"],
          "weights file /no/w.h5 does not exist"),
         (["search", "{image}", "--bundle", "/no/bundle"], "does not exist; build one"),
-        (["classify", "/no/photos", "--bundle", "{bundle}"], "folder /no/photos does not exist"),
+        (["classify", "/no/photos", "--bundle", "{bundle}"], "/no/photos does not exist"),
         (["info", "--bundle", "{empty}"], "not a complete bundle"),
         (["build-index", "--index", "annoy", "--source", "{dataset}"],
          "'annoy' is not one of 'auto', 'flat', 'hnsw', 'ivf'"),
@@ -199,3 +200,37 @@ def test_evaluate_a_head_without_test_images(built: Path, tmp_path: Path) -> Non
     result = runner.invoke(app, ["evaluate", "--bundle", str(copy)])
     assert result.exit_code == 0, result.output
     assert "head logreg: no test images to evaluate on" in result.output
+
+
+def test_classify_takes_files_folders_lists_and_stdin(built: Path, messy_dataset: Path,
+                                                      tmp_path: Path) -> None:
+    one = messy_dataset / "samoyed" / "001.jpg"
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{messy_dataset / 'Beagle' / '002.jpg'}\n\n{tmp_path / 'gone.jpg'}\n")
+    result = runner.invoke(app, ["classify", str(one), str(messy_dataset / "n02085620-Chihuahua"),
+                                 str(listed), "-", "--bundle", str(built), "--out", "-"],
+                           input=f"{messy_dataset / 'samoyed' / '002.jpg'}\n")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False)
+    names = [Path(p).name for p in table["path"]]
+    # 1 file + 7 chihuahua photos (6 + grey_alpha.png) + 1 listed + 1 missing + 1 from stdin
+    assert len(table) == 11 and names.count("gone.jpg") == 1
+    assert dict(zip(names, table["error"], strict=True))["gone.jpg"] == "no such file or folder"
+    assert (table["error"] == "").sum() == 10 and table.loc[table["error"] == "",
+                                                             "breed_1"].ne("").all()
+
+    lines = runner.invoke(app, ["classify", str(one), "--bundle", str(built), "--out", "-",
+                                "--json"])
+    assert lines.exit_code == 0, lines.output
+    (row,) = [json.loads(line) for line in lines.stdout.splitlines() if line.strip()]
+    assert row["path"] == str(one) and row["error"] == "" and row["breed_1"]
+
+
+def test_version_and_help_fit_80_columns() -> None:
+    from importlib import metadata
+
+    assert runner.invoke(app, ["--version"]).output.strip() == (
+        f"embed-dogs {metadata.version('embed-dogs')}")
+    for command in (["--help"], ["build-index", "--help"], ["classify", "--help"]):
+        text = runner.invoke(app, command, terminal_width=80).output
+        assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80

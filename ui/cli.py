@@ -172,13 +172,14 @@ def clear_errors() -> Iterator[None]:
 
 
 @contextmanager
-def progress_bar(description: str) -> Iterator[Callable[[int], Callable[[int], None]]]:
-    """Yields `start(total) -> advance(n)`, a rich bar with images/s."""
+def progress_bar(description: str, hidden: bool = False
+                 ) -> Iterator[Callable[[int], Callable[[int], None]]]:
+    """Yields `start(total) -> advance(n)`, a rich bar with images/s (on stderr)."""
     columns = [
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=err, transient=False, disable=state["quiet"]) as bar:
+    with Progress(*columns, console=err, transient=False, disable=state["quiet"] or hidden) as bar:
         def start(total: int) -> Callable[[int], None]:
             task = bar.add_task(description, total=total, rate="-")
 
@@ -374,22 +375,29 @@ def train(
 
 @app.command()
 def classify(
-    folder: Annotated[Path, typer.Argument(help="Folder of photos (searched recursively).")],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Photos, folders (searched recursively), text files listing one path a line,"
+        " or - to read such a list from stdin.", show_default=False)],
     bundle: BundleOpt,
-    out: Annotated[Path, typer.Option("--out", "-o", help="CSV file to write.")] = Path(
-        "predictions.csv"
-    ),
+    out: Annotated[str, typer.Option(
+        "--out", "-o", help="CSV file to write, or - for stdout.")] = "predictions.csv",
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Write JSON lines (one object per image) instead of CSV.")] = False,
     top_k: Annotated[int, typer.Option(min=1, help="Breeds per image.")] = 5,
     head: HeadOpt = None,
     runtime: RuntimeOpt = None,
 ) -> None:
-    """Predict the breed of every photo under FOLDER and its nearest look-alike, into a CSV."""
-    with clear_errors(), progress_bar("classifying") as start:
-        from ui.workflows import classify_folder, open_for_queries
+    """Predict the breed of every photo and its nearest look-alike, into a CSV (or JSON lines)."""
+    to_stdout = out == "-"
+    with clear_errors(), progress_bar("classifying", hidden=to_stdout) as start:
+        from ui.workflows import classify_images, open_for_queries, resolve_inputs
 
+        photos = resolve_inputs(inputs, stdin=sys.stdin)
         ctx = open_for_queries(bundle, plain(head), plain(runtime), accepts_images=True)
-        summary = classify_folder(ctx, folder, out, top_k, on_start=start)
-    console.print(
+        target = sys.stdout if to_stdout else Path(out)
+        summary = classify_images(ctx, photos, target, top_k, on_start=start,
+                                  fmt="jsonl" if as_json else "csv")
+    (err if to_stdout else console).print(
         f"{summary['classified']} of {summary['images']} images classified"
         + (f", {summary['failed']} could not be read (see the error column)"
            if summary["failed"] else "")
@@ -437,7 +445,10 @@ def search(
 
 
 @app.command()
-def evaluate(bundle: BundleOpt) -> None:
+def evaluate(
+    bundle: BundleOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
     """Print the stored test metrics of the bundle's breed heads."""
     with clear_errors():
         from embed.bundle import Bundle
@@ -448,6 +459,10 @@ def evaluate(bundle: BundleOpt) -> None:
             raise EmbedDogsError(f"bundle {bundle} has no breed head (was its source labelled?)")
         from classify.evaluation import stored_metrics
 
+        if as_json:
+            print(json.dumps({name: stored_metrics(b.root, record)
+                              for name, record in heads.items()}, indent=2))
+            return
         for name, record in heads.items():
             metrics = stored_metrics(b.root, record)
             if metrics.get("top1") is None:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from classify.breed_head import BreedHead
 from classify.comparison import compare_heads
@@ -50,7 +50,10 @@ from embed.runtimes import DEFAULT_RUNTIME
 from embed.sources import (
     DEFAULT_SOURCE,
     DEFAULT_TEST_FRACTION,
+    IMAGE_EXTENSIONS,
     ImageItem,
+    ImageListing,
+    Rejected,
     Source,
     list_images,
     open_source,
@@ -301,26 +304,58 @@ def train_head(
     return {"record": record, "comparison": compare_heads(bundle)}
 
 
-def classify_folder(
+def resolve_inputs(inputs: list[str], stdin: Any = None) -> ImageListing:
+    """Photos to classify from files, folders (recursive), text files listing one path a line,
+    and `-` (such a list on `stdin`). Entries that are no usable image become rejected rows."""
+    paths: list[Path] = []
+    rejected: list[Rejected] = []
+
+    def add(entry: str) -> None:
+        path = Path(entry).expanduser()
+        if path.is_dir():
+            listing = list_images(path)
+            paths.extend(listing.paths)
+            rejected.extend(listing.rejected)
+        elif path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            paths.append(path)
+        elif path.is_file() and path.suffix.lower() in (".txt", ".lst", ".list"):
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    add(line.strip())
+        else:
+            rejected.append(Rejected(str(path), "no such file or folder" if not path.exists()
+                                     else f"unsupported format {path.suffix or '(none)'}"))
+
+    for entry in inputs:
+        if entry == "-":
+            for line in (stdin.read() if stdin is not None else "").splitlines():
+                if line.strip():
+                    add(line.strip())
+        else:
+            if len(inputs) == 1 and not Path(entry).expanduser().exists():
+                raise SourceError(f"{entry} does not exist")
+            add(entry)
+    if not paths:
+        raise SourceError(f"no images found in {', '.join(inputs)}")
+    return ImageListing(paths, rejected)
+
+
+def classify_images(
     ctx: QueryContext,
-    folder: str | Path,
-    out_csv: str | Path,
+    photos: ImageListing,
+    out: str | Path | TextIO,
     top_k: int = 5,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_start: Callable[[int], ProgressCallback | None] | None = None,
+    fmt: str = "csv",
 ) -> dict[str, Any]:
-    """One CSV row per image under folder: top-k breeds, nearest look-alike, or the error."""
+    """One row per photo: top-k breeds, nearest look-alike, or the error; written as CSV or
+    JSON lines to a file (atomically) or to an open text stream (stdout)."""
     import pandas as pd
 
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise SourceError(f"folder {folder} does not exist")
-    listing = list_images(folder)
-    if not listing.paths:
-        raise SourceError(f"no images found under {folder}")
-    items = [ImageItem(i, str(p), None, "none") for i, p in enumerate(listing.paths)]
+    items = [ImageItem(i, str(p), None, "none") for i, p in enumerate(photos.paths)]
     on_progress = on_start(len(items)) if on_start else None
-    rows: list[dict[str, Any]] = [{"path": r.path, "error": r.reason} for r in listing.rejected]
+    rows: list[dict[str, Any]] = [{"path": r.path, "error": r.reason} for r in photos.rejected]
     for step in ctx.embedder.embedded_batches(items, batch_size):
         b = step.batch
         ranked = ctx.predictor.predict_top_k(step.vectors, top_k, b.inputs[b.ok]) if (
@@ -347,12 +382,37 @@ def classify_folder(
         if on_progress:
             on_progress(len(b.row_ids))
     table = pd.DataFrame(rows)
-    out_csv = Path(out_csv)
-    with atomic_path(out_csv) as tmp:
-        table.to_csv(tmp, index=False)
+
+    def write(target: Any) -> None:
+        if fmt == "jsonl":
+            table.to_json(target, orient="records", lines=True)
+        else:
+            table.to_csv(target, index=False)
+
+    if isinstance(out, (str, Path)):
+        out_path = Path(out)
+        if out_path.is_dir():
+            raise SourceError(f"--out {out_path} is a folder; name a file, e.g."
+                              f" {out_path / 'predictions.csv'}")
+        with atomic_path(out_path) as tmp:
+            write(tmp)
+        shown = str(out_path)
+    else:
+        write(out)
+        out.flush()
+        shown = "stdout"
     failed = int((table["error"] != "").sum())
     return {"images": len(rows), "classified": len(rows) - failed, "failed": failed,
-            "out": str(out_csv), "head": ctx.predictor.name if ctx.predictor else None}
+            "out": shown, "head": ctx.predictor.name if ctx.predictor else None}
+
+
+def classify_folder(ctx: QueryContext, folder: str | Path, out_csv: str | Path,
+                    top_k: int = 5, batch_size: int = DEFAULT_BATCH_SIZE,
+                    on_start: Callable[[int], ProgressCallback | None] | None = None,
+                    ) -> dict[str, Any]:
+    """Every photo under a folder into a CSV (the library call behind `classify FOLDER`)."""
+    return classify_images(ctx, resolve_inputs([str(folder)]), out_csv, top_k, batch_size,
+                           on_start)
 
 
 @dataclass
