@@ -270,7 +270,11 @@ def tfds_source(name: str, data_dir: str | None = None) -> Source:
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
+        if not builder.is_prepared():
+            require_reachable(builder.info.homepage, name)
         builder.download_and_prepare()
+    except SourceError:
+        raise
     except Exception as exc:
         raise SourceError(
             f"could not load tfds:{name} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})."
@@ -294,6 +298,25 @@ def tfds_source(name: str, data_dir: str | None = None) -> Source:
         "tfds", f"tfds:{name}", items, "dataset", {"tfds_version": tfds.__version__},
         tfds_builder=builder, tfds_splits=tuple(splits),
     )
+
+
+def require_reachable(url: str, name: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes of download retries, when a dataset that still has to be
+    downloaded cannot be: probe its homepage once."""
+    import urllib.error
+    import urllib.request
+
+    if not url:
+        return
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SourceError(
+            f"tfds:{name} is not downloaded yet and {url} cannot be reached ({reason})."
+            " Download it once online (or place it in the tfds data dir), or pass"
+            " --source PATH to a local image folder"
+        ) from None
 
 
 def _label_and_name(example: dict[str, Any]) -> tuple[Any, Any]:

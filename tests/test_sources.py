@@ -1,8 +1,10 @@
+import contextlib
 import hashlib
 import os
 import shutil
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from PIL import Image
@@ -297,7 +299,22 @@ def _mock_stanford_dogs(per_split: int = 4):
             {"image": images, "label": labels, "image/filename": names}
         )
 
-    return tfds.testing.mock_data(as_dataset_fn=as_dataset)
+    stack = contextlib.ExitStack()
+    stack.enter_context(tfds.testing.mock_data(as_dataset_fn=as_dataset))
+    # mock data counts as prepared: the offline probe is for real downloads
+    stack.enter_context(mock.patch.object(tfds.core.DatasetBuilder, "is_prepared",
+                                          return_value=True))
+    return stack
+
+
+def test_tfds_source_that_needs_a_download_fails_fast_offline(tmp_path: Path) -> None:
+    """No network here: the homepage probe answers in seconds, not minutes of retries."""
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(SourceError, match="is not downloaded yet and .* cannot be reached"):
+        open_source("tfds:stanford_dogs", data_dir=str(tmp_path / "tfds"))
+    assert time.perf_counter() - started < 30
 
 
 def test_tfds_stanford_dogs_through_mock_data() -> None:
