@@ -370,6 +370,17 @@ def test_cli_ui_command_starts_streamlit(monkeypatch: pytest.MonkeyPatch, tmp_pa
     assert cmd[cmd.index("--server.port") + 1] == "8765"
     assert cmd[-3:] == ["--", "--bundle", str(tmp_path.resolve())]
     assert env[core.BUNDLE_ENV] == str(tmp_path.resolve())
+    option = {cmd[i]: cmd[i + 1] for i in range(5, len(cmd) - 3, 2)}
+    assert option["--server.address"] == "127.0.0.1"  # this machine only, unless --host
+    assert option["--server.headless"] == "true"
+    assert option["--server.showEmailPrompt"] == "false"
+    assert option["--client.toolbarMode"] == "viewer"
+    calls.clear()
+    # without a terminal (CliRunner's stdin is not one) it runs headless by default
+    CliRunner().invoke(cli, ["ui", "--bundle", str(tmp_path), "--host", "0.0.0.0"])
+    (_, cmd, _), = calls
+    assert cmd[cmd.index("--server.headless") + 1] == "true"
+    assert cmd[cmd.index("--server.address") + 1] == "0.0.0.0"
 
 
 def test_project_2d_fits_on_a_sample_of_large_collections(ctx, monkeypatch: pytest.MonkeyPatch):

@@ -538,19 +538,30 @@ def backbones() -> None:
 @app.command()
 def ui(
     bundle: BundleOpt,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Local port to serve on.")] = 8501,
-    headless: Annotated[bool, typer.Option(help="Do not open a browser window.")] = False,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve on.")] = 8501,
+    host: Annotated[str, typer.Option(
+        help="Address to listen on. 127.0.0.1 serves this machine only; 0.0.0.0 exposes the"
+        " app, without authentication, to every network this machine is on.")
+    ] = "127.0.0.1",
+    headless: Annotated[bool | None, typer.Option(
+        "--headless/--browser", help="Do not / do open a browser window (default: open one"
+        " only when started from a terminal).", show_default=False)] = None,
 ) -> None:
     """Open the Streamlit app on a bundle: identify a dog, browse look-alikes and the dataset."""
     app_file = Path(__file__).resolve().parent / "app.py"
     bundle_dir = str(bundle.expanduser().resolve())
+    if headless is None:
+        headless = not (sys.stdin.isatty() and sys.stdout.isatty())
     command = [
-        sys.executable, "-m", "streamlit", "run", str(app_file), "--server.port", str(port),
-        "--server.headless", str(headless).lower(), "--browser.gatherUsageStats", "false",
+        sys.executable, "-m", "streamlit", "run", str(app_file),
+        "--server.port", str(port), "--server.address", host,
+        "--server.headless", str(headless).lower(),
+        "--server.showEmailPrompt", "false",  # it reads stdin: exits 255 without a terminal
+        "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer",  # no Deploy button or developer menu for users
         "--", "--bundle", bundle_dir,
     ]
     env = {**os.environ, "EMBED_DOGS_BUNDLE": bundle_dir}
+    console.print(f"serving {bundle_dir} on http://{host}:{port}")
     sys.stdout.flush()
     os.execve(sys.executable, command, env)  # streamlit takes over this process and its signals
-
-
