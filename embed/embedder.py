@@ -26,7 +26,7 @@ from embed.backbones import (
 )
 from embed.bundle import SERVING_MODEL, Bundle, check_same_backbone
 from embed.errors import BundleError, WeightsUnavailableError
-from embed.images import DECODER_VERSION, decode_image
+from embed.images import DECODER_VERSION, MAX_PIXELS, decode_image
 from embed.litert_runtime import BundledLiteRTRuntime
 from embed.pipeline import (
     DEFAULT_BATCH_SIZE,
@@ -108,9 +108,10 @@ class Embedder:
         return iter_embedded_batches(items, self.reader_config(batch_size), self.runtime, encoded,
                                      tensorflow=self.model is not None)
 
-    def embed_image_bytes(self, data: bytes) -> np.ndarray:
-        """One encoded image -> one unit vector (raises ImageDecodeError on bad input)."""
-        image = decode_image(data, self.image_size)
+    def embed_image_bytes(self, data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        """One encoded image -> one unit vector (raises ImageDecodeError on bad input, and on
+        images over `max_pixels`, judged from the header before decoding)."""
+        image = decode_image(data, self.image_size, max_pixels)
         return self.embed_pixels(image.pixels[None])[0]
 
 

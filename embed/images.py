@@ -51,15 +51,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, size: int) -> DecodedImage:
+def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     """Decode, apply EXIF orientation, convert to RGB and resize to (size, size)."""
     if not data:
         raise ImageDecodeError("empty file")
     try:
         img = Image.open(io.BytesIO(data))
-        if img.width * img.height > MAX_PIXELS:
+        if img.width * img.height > max_pixels:  # read from the header, before decoding
             raise ImageDecodeError(
-                f"image too large ({img.width}x{img.height} pixels, limit {MAX_PIXELS:,})"
+                f"image too large ({img.width}x{img.height} pixels, limit {max_pixels:,})"
             )
         width, height = img.size
         if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):

@@ -392,3 +392,48 @@ def test_project_2d_fits_on_a_sample_of_large_collections(ctx, monkeypatch: pyte
     # the leading direction of the sample agrees with that of all rows (up to sign)
     assert abs(np.corrcoef(full[:, 0], sampled[:, 0])[0, 1]) > 0.9
     assert core.project_2d(vectors[:2]).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+
+
+def test_use_as_query_lets_go_of_the_uploaded_photo(app):
+    app.file_uploader[0].set_value(("dog.jpg", jpeg_bytes(), "image/jpeg")).run()
+    assert "`dog.jpg` (your photo)" in query_caption(app)
+    use_buttons(app)[0].click().run()
+    assert "(dataset photo" in query_caption(app)
+    assert len(app.file_uploader) == 1 and app.file_uploader[0].value is None
+
+
+def test_uploads_accept_the_cli_formats_and_refuse_in_words(app):
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (235, 235, 230)).save(buf, format="BMP")
+    app.file_uploader[0].set_value(("dog.bmp", buf.getvalue(), "image/bmp")).run()
+    assert "`dog.bmp` (your photo)" in query_caption(app)
+    app.file_uploader[0].set_value(("scan.tiff", b"II*\0", "image/tiff")).run()
+    assert any("scan.tiff is a .tiff file; upload a photo as JPG, PNG, WEBP, BMP, GIF"
+               in e.value for e in app.error)
+
+
+def test_a_small_file_claiming_a_huge_canvas_is_refused_before_decoding(app):
+    """A PNG of 10000 x 10000 pixels compresses to kilobytes; decoding it would cost 300 MB."""
+    buf = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(buf, format="PNG")
+    assert len(buf.getvalue()) < 200_000
+    app.file_uploader[0].set_value(("canvas.png", buf.getvalue(), "image/png")).run()
+    assert any("image too large (10000x10000 pixels" in e.value for e in app.error)
+
+
+def test_a_changed_bundle_is_picked_up(tiny_bundle: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from ui.workflows import remove_from_bundle
+
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    monkeypatch.setenv(core.BUNDLE_ENV, str(copy))
+    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
+    assert any("30 images" in c.value for c in at.sidebar.caption)
+    remove_from_bundle(copy, ["samoyed/00*.jpg"])
+    at.run()
+    assert not at.exception
+    assert any("20 images" in c.value for c in at.sidebar.caption)

@@ -23,7 +23,10 @@ from embed.images import ImageDecodeError
 BUNDLE_ENV = "EMBED_DOGS_BUNDLE"
 MAX_UPLOAD_ENV = "EMBED_DOGS_UI_MAX_UPLOAD_MB"
 MAX_UPLOAD_MB = 10
-UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp")
+UPLOAD_TYPES = ("jpg", "jpeg", "png", "webp", "bmp", "gif")  # as the CLI (gif: first frame)
+# One upload's decoded RGB stays near 100 MB at this size (plus the downscaled copies), so a
+# small file claiming a huge canvas cannot take gigabytes; the header is read before decoding.
+UPLOAD_MAX_PIXELS = 36_000_000
 NOT_SURE_BELOW = 0.5  # top-1 probability under this is shown as "not sure"
 TOP_BREEDS = 5
 UNLABELLED = "(unlabelled)"
@@ -48,6 +51,23 @@ def build_instructions(bundle: str | None) -> str:
         f"# or a folder of photos, one sub-folder per breed: --source PHOTOS/\n"
         f"embed-dogs ui --bundle {out}"
     )
+
+
+@dataclass(frozen=True)
+class BundleRef:
+    """A bundle folder and its identity now: the manifest's inode, size and modification
+    time, which a rebuild, `add` or `remove` (each replaces the manifest) all change."""
+
+    path: str
+    identity: str
+
+    @classmethod
+    def of(cls, path: str) -> BundleRef:
+        try:
+            stat = os.stat(Path(path) / "manifest.json")
+        except OSError:
+            return cls(path, "missing")
+        return cls(path, f"{stat.st_ino}-{stat.st_size}-{stat.st_mtime_ns}")
 
 
 # ---- queries ---------------------------------------------------------------------------------
@@ -80,17 +100,21 @@ def query_from_upload(name: str, data: bytes, embedder: Any, limit_mb: int | Non
     from ui.thumbnails import display_jpeg
 
     limit_mb = limit_mb or max_upload_mb()
+    kinds = ", ".join(t.upper() for t in UPLOAD_TYPES if t != "jpeg")
+    suffix = Path(name).suffix.lower().lstrip(".")
+    if suffix and suffix not in UPLOAD_TYPES:
+        raise UploadRejected(f"{name} is a .{suffix} file; upload a photo as {kinds}.")
     if len(data) > limit_mb * 1024 * 1024:
         raise UploadRejected(
             f"{name} is {len(data) / 1024 / 1024:.1f} MB; photos up to {limit_mb} MB are"
             " accepted. Please use a smaller photo."
         )
     try:
-        vector = np.asarray(embedder.embed_image_bytes(data), np.float32)
+        vector = np.asarray(embedder.embed_image_bytes(data, UPLOAD_MAX_PIXELS), np.float32)
         image = display_jpeg(data)
     except ImageDecodeError as exc:
         raise UploadRejected(
-            f"{name} could not be read as a photo ({exc}). Upload a JPG, PNG or WebP image."
+            f"{name} could not be read as a photo ({exc}). Upload a photo as {kinds}."
         ) from None
     except (OSError, ValueError, SyntaxError) as exc:  # decodable for the model, not for display
         raise UploadRejected(f"{name} could not be shown ({exc}).") from None
@@ -119,6 +143,12 @@ def query_from_row(vectors: ShardVectors, metadata: Any, position: int) -> Query
     row = metadata.iloc[int(position)]
     label = row["label"] if isinstance(row["label"], str) else None
     return Query(vectors.row(int(position)), file_name(str(row["path"])), int(position), label)
+
+
+def pretty_breed(breed: str | None) -> str:
+    """A breed as people write it (`english_foxhound` -> `english foxhound`), one way
+    everywhere in the app."""
+    return breed.replace("_", " ") if breed else "unknown breed"
 
 
 def file_name(path: str) -> str:
@@ -219,7 +249,8 @@ def map_table(bundle: Bundle, method: str = "PCA") -> Any:
     table = metadata[["path"]].copy()
     table.insert(0, "position", np.arange(len(metadata)))
     table["x"], table["y"] = xy[:, 0], xy[:, 1]
-    table["breed"] = metadata["label"].where(metadata["label"].notna(), UNLABELLED).astype(str)
+    table["breed"] = [pretty_breed(b) if b != UNLABELLED else b for b in
+                      metadata["label"].where(metadata["label"].notna(), UNLABELLED).astype(str)]
     table["file"] = [file_name(p) for p in metadata["path"].astype(str)]
     return table.drop(columns=["path"])
 
@@ -244,6 +275,8 @@ def head_reports(bundle: Bundle) -> list[HeadReport]:
         files = record.get("report") or {}
         metrics = stored_metrics(bundle.root, record)
         per_breed = pd.DataFrame(metrics.get("per_breed") or [])
+        if "breed" in per_breed:
+            per_breed["breed"] = per_breed["breed"].map(pretty_breed)
         png = bundle.root / files["confusion"] if files.get("confusion") else None
         reports.append(HeadReport(name, metrics, per_breed,
                                   png if png is not None and png.is_file() else None))

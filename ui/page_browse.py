@@ -8,9 +8,9 @@ PER_PAGE = 24
 COLUMNS = 6
 
 ctx = widgets.context()
-path = widgets.bundle_path() or ""
-groups = widgets.breed_groups(path)
-names = widgets.file_names(path)
+ref = widgets.bundle_ref()
+groups = widgets.breed_groups(ref)
+names = widgets.file_names(ref)
 st.title("Browse the dataset")
 left, right = st.columns([3, 1])
 breed = left.selectbox("Breed", list(groups), key="browse_breed",
@@ -18,6 +18,12 @@ breed = left.selectbox("Breed", list(groups), key="browse_breed",
 pages = max(1, -(-len(groups[breed]) // PER_PAGE))
 page = right.number_input(f"Page (of {pages})", 1, pages, key="browse_page")
 rows, pages = core.page_slice(groups[breed], int(page), PER_PAGE)
+query = widgets.current_query()
+if query is not None:  # above the grid, where a click on "look-alikes" can be seen
+    with st.container(border=True):
+        st.subheader("Selected photo")
+        widgets.query_panel(ctx, query)
+    st.divider()
 for start in range(0, len(rows), COLUMNS):
     for column, position in zip(st.columns(COLUMNS), rows[start:start + COLUMNS], strict=False):
         with column:
@@ -25,9 +31,3 @@ for start in range(0, len(rows), COLUMNS):
             st.caption(names[int(position)])
             st.button("look-alikes", key=f"browse_{position}", on_click=widgets.use_row,
                       args=(int(position),))
-
-query = widgets.current_query()
-if query is not None:
-    st.divider()
-    st.header("Selected photo")
-    widgets.query_panel(ctx, query)

@@ -11,8 +11,8 @@ source = st.radio("Photo from", ["Upload", "Camera", "Dataset"], horizontal=True
 if source == "Upload":
     limit = core.max_upload_mb()
     upload = st.file_uploader(
-        f"A dog photo (JPG, PNG or WebP, up to {limit} MB)", type=list(core.UPLOAD_TYPES),
-        key="identify_upload", max_upload_size=limit,
+        f"A dog photo ({', '.join(t.upper() for t in core.UPLOAD_TYPES if t != 'jpeg')},"
+        f" up to {limit} MB)", key=widgets.uploader_key(), max_upload_size=limit,
     )
     widgets.handle_photo(upload, "upload")
 elif source == "Camera":

@@ -6,9 +6,9 @@ import streamlit as st
 from ui import core, widgets
 
 ctx = widgets.context()
-path = widgets.bundle_path() or ""
+ref = widgets.bundle_ref()
 st.title("Report")
-heads = widgets.reports(path)
+heads = widgets.reports(ref)
 if not heads:
     st.info("This bundle has no breed head (its source was unlabelled or had no test split).")
 for head in heads:
@@ -29,6 +29,9 @@ for head in heads:
                                     for k in ("precision", "recall", "f1")})
         st.subheader("Most confused")
         pairs = pd.DataFrame(m.get("most_confused") or [])
+        for column in ("true", "predicted"):
+            if column in pairs:
+                pairs[column] = pairs[column].map(core.pretty_breed)
         if pairs.empty:
             st.write("No confusions on the test split.")
         else:

@@ -12,7 +12,7 @@ import streamlit as st
 
 from embed.errors import EmbedDogsError
 from ui import core
-from ui.thumbnails import PREVIEW_SIZE, THUMB_SIZE, placeholder, thumbnail
+from ui.thumbnails import PREVIEW_SIZE, THUMB_SIZE, has_file, placeholder, thumbnail
 
 QUERY = "query"
 GALLERY_K = "gallery_k"
@@ -23,43 +23,45 @@ GALLERY_COLUMNS = 4
 PERSISTENT_WIDGETS = {GALLERY_K: DEFAULT_K, GALLERY_FILTER: "all"}
 
 
-# ---- loading, once per bundle ----------------------------------------------------------------
-@st.cache_resource(show_spinner="Loading the model, index and breed head…")
-def load_context(bundle_path: str) -> Any:
-    """Model, index and head of a bundle (ui.workflows.QueryContext), shared by sessions."""
+# ---- loading, once per bundle version -------------------------------------------------------
+@st.cache_resource(show_spinner="Loading the model, index and breed head…", max_entries=2)
+def load_context(ref: core.BundleRef) -> Any:
+    """Model, index and head of a bundle (ui.workflows.QueryContext), shared by sessions: its
+    interpreter serialises calls, the index and tables are only read. Keyed by the bundle's
+    identity, so a rebuild, `add` or `remove` is picked up on the next rerun."""
     from ui.workflows import open_for_queries
 
-    return open_for_queries(bundle_path)
+    return open_for_queries(ref.path)
 
 
-@st.cache_resource(show_spinner=False)
-def load_vectors(bundle_path: str) -> core.ShardVectors:
+@st.cache_resource(show_spinner=False, max_entries=2)
+def load_vectors(ref: core.BundleRef) -> core.ShardVectors:
     """Memory-mapped embeddings for looking up a dataset image's vector."""
-    return core.ShardVectors(load_context(bundle_path).bundle)
+    return core.ShardVectors(load_context(ref).bundle)
 
 
-@st.cache_data(show_spinner=False)
-def breed_groups(bundle_path: str) -> dict[str, np.ndarray]:
+@st.cache_data(show_spinner=False, max_entries=4)
+def breed_groups(ref: core.BundleRef) -> dict[str, np.ndarray]:
     """Breed -> bundle positions."""
-    return core.breed_positions(load_context(bundle_path).index.metadata)
+    return core.breed_positions(load_context(ref).index.metadata)
 
 
-@st.cache_data(show_spinner=False)
-def file_names(bundle_path: str) -> list[str]:
+@st.cache_data(show_spinner=False, max_entries=4)
+def file_names(ref: core.BundleRef) -> list[str]:
     """Caption per bundle position."""
-    return [core.file_name(p) for p in load_context(bundle_path).index.metadata["path"].astype(str)]
+    return [core.file_name(p) for p in load_context(ref).index.metadata["path"].astype(str)]
 
 
-@st.cache_data(show_spinner="Projecting the embeddings to 2-D…")
-def map_data(bundle_path: str, method: str) -> Any:
+@st.cache_data(show_spinner="Projecting the embeddings to 2-D…", max_entries=4)
+def map_data(ref: core.BundleRef, method: str) -> Any:
     """The map page's table (position, x, y, breed, file)."""
-    return core.map_table(load_context(bundle_path).bundle, method)
+    return core.map_table(load_context(ref).bundle, method)
 
 
-@st.cache_data(show_spinner=False)
-def reports(bundle_path: str) -> list[core.HeadReport]:
+@st.cache_data(show_spinner=False, max_entries=4)
+def reports(ref: core.BundleRef) -> list[core.HeadReport]:
     """The report page's tables."""
-    return core.head_reports(load_context(bundle_path).bundle)
+    return core.head_reports(load_context(ref).bundle)
 
 
 def bundle_path() -> str | None:
@@ -67,12 +69,19 @@ def bundle_path() -> str | None:
     return core.bundle_from_args(sys.argv[1:], os.environ)
 
 
+def bundle_ref() -> core.BundleRef:
+    """The current bundle and its identity now (app.py has checked that it loads)."""
+    path = bundle_path()
+    assert path is not None
+    return core.BundleRef.of(path)
+
+
 def try_context(path: str | None) -> tuple[Any | None, str | None]:
     """(context, None), or (None, what is wrong) for a missing or unusable bundle."""
     if not path:
         return None, "No bundle was given."
     try:
-        return load_context(path), None
+        return load_context(core.BundleRef.of(path)), None
     except EmbedDogsError as exc:
         return None, str(exc)
     except (OSError, ValueError, KeyError) as exc:  # a damaged bundle
@@ -81,9 +90,7 @@ def try_context(path: str | None) -> tuple[Any | None, str | None]:
 
 def context() -> Any:
     """The current bundle's context (app.py has checked that it loads)."""
-    path = bundle_path()
-    assert path is not None
-    return load_context(path)
+    return load_context(bundle_ref())
 
 
 def keep_widget_state() -> None:
@@ -101,15 +108,23 @@ def set_query(query: core.Query) -> None:
     st.session_state[QUERY] = query
 
 
+UPLOAD_GENERATION = "upload_generation"
+
+
+def uploader_key() -> str:
+    """The upload widget's key: a new one empties the widget (see `use_row`)."""
+    return f"identify_upload_{st.session_state.get(UPLOAD_GENERATION, 0)}"
+
+
 def use_row(position: int) -> None:
-    """Button callback: a dataset image becomes the query."""
-    path = bundle_path()
-    assert path is not None
-    set_query(core.query_from_row(load_vectors(path), context().index.metadata, position))
+    """Button callback: a dataset image becomes the query (and the uploader lets go of the
+    photo it showed, which is no longer the query)."""
+    st.session_state[UPLOAD_GENERATION] = st.session_state.get(UPLOAD_GENERATION, 0) + 1
+    set_query(core.query_from_row(load_vectors(bundle_ref()), context().index.metadata,
+                                  position))
 
 
-def pretty(breed: str | None) -> str:
-    return breed.replace("_", " ") if breed else "unknown breed"
+pretty = core.pretty_breed
 
 
 def show_row_image(ctx: Any, position: int, size: int = THUMB_SIZE, square: bool = True) -> None:
@@ -139,10 +154,9 @@ def handle_photo(file: Any, source: str) -> None:
 
 def dataset_picker(ctx: Any, key: str) -> None:
     """Breed and file selectboxes plus a random pick; choosing one sets the query."""
-    path = bundle_path()
-    assert path is not None
-    groups = breed_groups(path)
-    names = file_names(path)
+    ref = bundle_ref()
+    groups = breed_groups(ref)
+    names = file_names(ref)
 
     def picked() -> None:
         position = st.session_state.get(f"{key}_row")
@@ -211,7 +225,7 @@ def gallery(ctx: Any, query: core.Query, prediction: core.Prediction | None) -> 
     if not hits:
         st.info("No dataset image matches this filter.")
         return
-    names = file_names(bundle_path() or "")
+    names = file_names(bundle_ref())
     for start in range(0, len(hits), GALLERY_COLUMNS):
         columns = st.columns(GALLERY_COLUMNS)
         for column, hit in zip(columns, hits[start:start + GALLERY_COLUMNS], strict=False):
@@ -221,6 +235,23 @@ def gallery(ctx: Any, query: core.Query, prediction: core.Prediction | None) -> 
                 st.caption(names[hit.position])
                 st.button("use as query", key=f"use_{hit.position}", on_click=use_row,
                           args=(hit.position,))
+
+
+@st.dialog("Full size", width="large")
+def full_size(ctx: Any, query: core.Query) -> None:
+    """The query photo as large as the page allows: a dataset photo from its file, an upload
+    from its display copy."""
+    if query.position is not None:
+        row = ctx.index.metadata.iloc[int(query.position)]
+        path = str(row["path"])
+        if has_file(path):
+            st.image(path, width="stretch")
+        else:
+            st.image(placeholder(PREVIEW_SIZE), width="stretch")
+        st.caption(path)
+    elif query.image is not None:
+        st.image(query.image, width="stretch")
+        st.caption(query.name)
 
 
 def query_panel(ctx: Any, query: core.Query) -> None:
@@ -234,6 +265,8 @@ def query_panel(ctx: Any, query: core.Query) -> None:
         where = "dataset photo" if query.position is not None else "your photo"
         labelled = f", labelled **{pretty(query.label)}**" if query.label else ""
         st.markdown(f"Query: `{query.name}` ({where}{labelled})")
+        if st.button("View full size", key="full_size", icon=":material/open_in_full:"):
+            full_size(ctx, query)
     with predictions:
         prediction = prediction_block(ctx, query)
     gallery(ctx, query, prediction)
