@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from ui.cli import streamlit_args
+
 CHROMIUM = Path("/usr/bin/chromium")
-APP = Path(__file__).resolve().parent.parent / "ui" / "app.py"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -63,11 +64,11 @@ def server(tiny_bundle: Path, tmp_path: Path) -> Iterator[str]:
     env = {**os.environ, "EMBED_DOGS_CACHE": str(tmp_path / "cache")}
     env.pop("EMBED_DOGS_BUNDLE", None)  # the bundle comes from the command line here
     log = open(tmp_path / "streamlit.log", "wb")  # noqa: SIM115 - closed below
+    # exactly the options `embed-dogs ui` passes, plus no file watcher
+    args = streamlit_args(port, "127.0.0.1", True, str(tiny_bundle))
     proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCHER, "run", str(APP), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-         "--", "--bundle", str(tiny_bundle)],
+        [sys.executable, "-c", LAUNCHER, *args[:-3], "--server.fileWatcherType", "none",
+         *args[-3:]],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
@@ -107,6 +108,32 @@ def test_upload_shows_breed_and_gallery_in_chromium(server: str, dataset: Path, 
             expect(query).to_be_visible(timeout=PAGE_TIMEOUT_MS)
             page.screenshot(path=str(tmp_path / "identify.png"), full_page=True)
             text = page.inner_text("body")
+
+            # use as query: the dataset photo becomes the query, the uploader lets go
+            uploaded = page.locator("[data-testid=stFileUploader]").get_by_text(photo.name)
+            expect(uploaded).to_have_count(1)
+            buttons.first.click()
+            expect(page.get_by_text("(dataset photo, labelled")).to_be_visible()
+            expect(uploaded).to_have_count(0)
+            page.screenshot(path=str(tmp_path / "use_as_query.png"), full_page=True)
+
+            # the full-size view opens in a dialog
+            page.get_by_role("button", name="View full size").click()
+            dialog = page.get_by_role("dialog")
+            expect(dialog).to_be_visible()
+            expect(dialog.locator("img")).to_have_count(1)
+            page.screenshot(path=str(tmp_path / "full_size.png"))
+            page.keyboard.press("Escape")
+
+            # Browse: a photo's look-alikes appear above the grid, where the click was seen
+            page.get_by_role("link", name="Browse").click()
+            expect(page.get_by_text("Browse the dataset")).to_be_visible()
+            page.get_by_role("button", name="look-alikes").nth(1).click()
+            selected = page.get_by_text("Selected photo")
+            expect(selected).to_be_visible()
+            grid = page.get_by_role("button", name="look-alikes").first
+            assert selected.bounding_box()["y"] < grid.bounding_box()["y"]
+            page.screenshot(path=str(tmp_path / "browse.png"), full_page=True)
         finally:
             browser.close()
     assert (tmp_path / "identify.png").stat().st_size > 10_000

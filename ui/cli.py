@@ -535,6 +535,19 @@ def backbones() -> None:
     console.print(table)
 
 
+def streamlit_args(port: int, host: str, headless: bool, bundle_dir: str) -> list[str]:
+    """`streamlit run` with the app and the options a user's server needs."""
+    return [
+        "run", str(Path(__file__).resolve().parent / "app.py"),
+        "--server.port", str(port), "--server.address", host,
+        "--server.headless", str(headless).lower(),
+        "--server.showEmailPrompt", "false",  # it reads stdin: exits 255 without a terminal
+        "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "viewer",  # no Deploy button or developer menu for users
+        "--", "--bundle", bundle_dir,
+    ]
+
+
 @app.command()
 def ui(
     bundle: BundleOpt,
@@ -548,19 +561,11 @@ def ui(
         " only when started from a terminal).", show_default=False)] = None,
 ) -> None:
     """Open the Streamlit app on a bundle: identify a dog, browse look-alikes and the dataset."""
-    app_file = Path(__file__).resolve().parent / "app.py"
     bundle_dir = str(bundle.expanduser().resolve())
     if headless is None:
         headless = not (sys.stdin.isatty() and sys.stdout.isatty())
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(app_file),
-        "--server.port", str(port), "--server.address", host,
-        "--server.headless", str(headless).lower(),
-        "--server.showEmailPrompt", "false",  # it reads stdin: exits 255 without a terminal
-        "--browser.gatherUsageStats", "false",
-        "--client.toolbarMode", "viewer",  # no Deploy button or developer menu for users
-        "--", "--bundle", bundle_dir,
-    ]
+    command = [sys.executable, "-m", "streamlit",
+               *streamlit_args(port, host, headless, bundle_dir)]
     env = {**os.environ, "EMBED_DOGS_BUNDLE": bundle_dir}
     console.print(f"serving {bundle_dir} on http://{host}:{port}")
     sys.stdout.flush()
