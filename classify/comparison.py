@@ -10,17 +10,19 @@ import json
 from typing import Any
 
 from classify.evaluation import stored_metrics
+from classify.selection import choose_best_head
 from embed.atomic import atomic_path, atomic_write_text
 from embed.bundle import Bundle
 
-SUMMARY_FIELDS = ("top1", "top5", "test_images", "train_images", "train_seconds")
+SUMMARY_FIELDS = ("validation_top1", "top1", "top5", "test_images", "train_images",
+                  "train_seconds")
 
 
 def compare_heads(bundle: Bundle) -> dict[str, Any]:
     """Write report/comparison.{json,csv} and comparison_per_breed.csv; record the summary.
 
-    Returns the manifest's new `comparison` section (best head by test top-1, per-head summary
-    and the files written).
+    Returns the manifest's new `comparison` section (best head by validation top-1, per-head
+    summary and the files written).
     """
     import pandas as pd
 
@@ -30,6 +32,7 @@ def compare_heads(bundle: Bundle) -> dict[str, Any]:
     for name, record in heads.items():
         metrics = stored_metrics(bundle.root, record)
         summary[name] = {
+            "validation_top1": (record.get("validation") or {}).get("top1"),
             "top1": metrics.get("top1"),
             "top5": metrics.get("top5"),
             "test_images": metrics.get("test_images"),
@@ -42,8 +45,7 @@ def compare_heads(bundle: Bundle) -> dict[str, Any]:
                                                         "support": row["support"]})
             for key in ("precision", "recall", "f1"):
                 entry[f"{name}_{key}"] = round(float(row[key]), 4)
-    scored = {h: s["top1"] for h, s in summary.items() if s["top1"] is not None}
-    best = max(scored, key=lambda h: scored[h]) if scored else None
+    best, by = choose_best_head(heads)
 
     report = bundle.report_dir
     files = {
@@ -52,7 +54,8 @@ def compare_heads(bundle: Bundle) -> dict[str, Any]:
         "per_breed": report / "comparison_per_breed.csv",
     }
     atomic_write_text(files["json"], json.dumps(
-        {"best": best, "heads": summary, "per_breed": list(per_breed.values())}, indent=2))
+        {"best": best, "by": by, "heads": summary, "per_breed": list(per_breed.values())},
+        indent=2))
     with atomic_path(files["csv"]) as tmp:
         pd.DataFrame(
             [{"head": h, **{k: s[k] for k in SUMMARY_FIELDS},
@@ -62,8 +65,8 @@ def compare_heads(bundle: Bundle) -> dict[str, Any]:
         pd.DataFrame(list(per_breed.values())).to_csv(tmp, index=False)
     section = {
         "best": best,
-        "by": "test top1",
-        "heads": {h: {k: s[k] for k in ("top1", "top5", "train_seconds")}
+        "by": by,
+        "heads": {h: {k: s[k] for k in ("validation_top1", "top1", "top5", "train_seconds")}
                   for h, s in summary.items()},
         "files": {k: str(v.relative_to(bundle.root)) for k, v in files.items()},
     }

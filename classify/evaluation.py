@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from classify.intervals import wilson_interval
 from embed.atomic import atomic_path, atomic_write_text
 from embed.errors import BundleError
 
@@ -72,10 +73,13 @@ def evaluate_probabilities(
     ]
     pairs.sort(key=lambda p: (-p["count"], p["true"], p["predicted"]))
     n = len(labels)
+    hits = {k: _top_k_hits(probabilities, classes, labels, known, k) for k in (1, 5)}
     return {
         "test_images": int(n),
-        "top1": _top_k_hits(probabilities, classes, labels, known, 1) / n if n else 0.0,
-        "top5": _top_k_hits(probabilities, classes, labels, known, 5) / n if n else 0.0,
+        "top1": hits[1] / n if n else 0.0,
+        "top5": hits[5] / n if n else 0.0,
+        # 95 % Wilson intervals, as lists (what JSON gives back)
+        **{f"top{k}_ci95": list(wilson_interval(hits[k], n) or []) or None for k in (1, 5)},
         "unseen_breeds_in_test": int((~known).sum()),
         "per_breed": [
             {"breed": str(c), "precision": float(p), "recall": float(r), "f1": float(f),

@@ -32,6 +32,7 @@ import numpy as np
 
 from classify.breed_head import BreedHead
 from classify.evaluation import evaluate_probabilities, train_breeds, write_report
+from classify.selection import finetune_validation
 from embed.atomic import atomic_path
 from embed.backbones import file_sha256
 from embed.bundle import Bundle
@@ -322,6 +323,8 @@ def train_finetune_head(
     bundle.record_files(path, dense_path)
     predictor = FinetuneHead(model.full, classes, needs_images=bool(unfrozen))
     metrics = _evaluate(bundle, predictor, x_test, y_test, size, preprocessing, params)
+    validation = finetune_validation(predictor, x_train_all[val_mask], rows.labels[val_mask],
+                                     history, params.validation_fraction, params.seed)
     files = write_report(bundle.report_dir, HEAD, metrics) if len(y_test) else {}
     record = {
         "kind": "finetune",
@@ -342,7 +345,9 @@ def train_finetune_head(
         "phase_seconds": {k: round(v, 3) for k, v in seconds.items()},
         "epochs_run": {k: len(h.get("loss", [])) for k, h in history.items()},
         "history": history,
-        "metrics": {k: metrics.get(k) for k in ("test_images", "top1", "top5")},
+        "validation": validation,
+        "metrics": {k: metrics.get(k) for k in ("test_images", "top1", "top5", "top1_ci95",
+                                                "top5_ci95")},
         "report": files,
     }
     heads = bundle.manifest.get("heads") or {}

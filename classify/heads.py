@@ -19,6 +19,7 @@ from classify.logreg import (
     save_head,
     save_serving_arrays,
 )
+from classify.selection import choose_best_head, logreg_validation
 from embed.atomic import file_sha256
 from embed.bundle import Bundle
 from embed.errors import BundleError
@@ -29,6 +30,7 @@ def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
     splits = bundle.split_arrays()
     x_train, y_train = splits["train"]
     x_test, y_test = splits["test"]
+    validation = logreg_validation(x_train, y_train, c)  # chooses the serving head, not test
     start = time.perf_counter()
     pipeline = fit_logreg(x_train, y_train, c)
     seconds = time.perf_counter() - start
@@ -53,7 +55,9 @@ def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
         "train_images": int(len(x_train)),
         "breeds": int(len(classes)),
         "train_seconds": round(seconds, 3),
-        "metrics": {k: metrics.get(k) for k in ("test_images", "top1", "top5")},
+        "validation": validation,
+        "metrics": {k: metrics.get(k) for k in ("test_images", "top1", "top5", "top1_ci95",
+                                                "top5_ci95")},
         "report": files,
     }
     heads = bundle.manifest.get("heads") or {}
@@ -65,7 +69,7 @@ def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
 def load_predictor(
     bundle: Bundle, head: str | None = None, accepts_images: bool = False
 ) -> BreedHead | None:
-    """The requested head, or the best recorded one; None when the bundle has no head.
+    """The requested head, or the best one on validation; None when the bundle has no head.
 
     A fine-tuned head whose backbone was unfrozen needs images, not stored vectors; the
     default choice skips such heads unless the caller can feed images (`accepts_images`).
@@ -76,7 +80,7 @@ def load_predictor(
                   if accepts_images or heads[h].get("input", "vectors") == "vectors"]
         if not usable:
             return None
-        head = max(usable, key=lambda h: heads[h].get("metrics", {}).get("top1") or 0.0)
+        head, _ = choose_best_head({h: heads[h] for h in usable})
     if head not in heads:
         raise BundleError(
             f"bundle {bundle.root} has no {head!r} head (it has: {', '.join(heads) or 'none'})"

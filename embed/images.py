@@ -15,6 +15,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Refuse decompression bombs before they exhaust memory (PIL itself refuses above ~179M).
 MAX_PIXELS = 120_000_000
+# Smaller inputs are refused: scaled up to the model's size they only invent a confident guess.
+MIN_SIDE = 32
 _EXIF_ORIENTATION = 0x0112
 
 
@@ -64,6 +66,11 @@ def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> Decode
         width, height = img.size
         if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
             width, height = height, width  # rotated by a quarter turn
+        if min(width, height) < MIN_SIDE:
+            raise ImageDecodeError(
+                f"image too small to judge ({width}x{height} pixels; at least {MIN_SIDE} on"
+                " each side)"
+            )
         img.seek(0)  # first frame of an animation
         if img.format == "JPEG":
             # Decode at the smallest DCT scale (1/2, 1/4, 1/8) that still covers size x size:

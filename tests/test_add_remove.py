@@ -22,7 +22,7 @@ def search(bundle: Path, image: Path, k: int = 3) -> list[dict]:
     result = runner.invoke(app, ["search", str(image), "--bundle", str(bundle), "-k", str(k),
                                  "--json"])
     assert result.exit_code == 0, result.output
-    return json.loads(result.output)
+    return json.loads(result.output)["lookalikes"]
 
 
 def test_add_then_remove_round_trip(tmp_path: Path) -> None:

@@ -32,9 +32,9 @@ def messy_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "samoyed" / "notes.png").write_text("not an image at all")
     full = (root / "Beagle" / "000.jpg").read_bytes()
     (root / "Beagle" / "truncated.jpg").write_bytes(full[: len(full) // 3])
-    Image.new("CMYK", (30, 20), (0, 200, 200, 0)).save(root / "Beagle" / "cmyk.jpg")
-    Image.new("LA", (30, 20), (90, 128)).save(root / "n02085620-Chihuahua" / "grey_alpha.png")
-    Image.new("RGB", (30, 20), (9, 9, 9)).save(root / "unlabelled.jpg")
+    Image.new("CMYK", (40, 32), (0, 200, 200, 0)).save(root / "Beagle" / "cmyk.jpg")
+    Image.new("LA", (40, 32), (90, 128)).save(root / "n02085620-Chihuahua" / "grey_alpha.png")
+    Image.new("RGB", (40, 32), (9, 9, 9)).save(root / "unlabelled.jpg")
     return root
 
 
@@ -87,10 +87,14 @@ def test_classify_writes_one_row_per_image_with_errors(built: Path, messy_datase
     assert "3 of 4 images classified, 1 could not be read" in result.output
     table = pd.read_csv(out, keep_default_na=False)
     assert len(table) == 4
-    assert list(table.columns) == ["path", "error", "breed_1", "prob_1", "breed_2", "prob_2",
-                                   "lookalike_path", "lookalike_breed", "lookalike_score"]
+    assert list(table.columns) == ["path", "error", "verdict", "breed_1", "prob_1", "breed_2",
+                                   "prob_2", "lookalike_path", "lookalike_breed",
+                                   "lookalike_score"]
     broken = table[table["path"].str.endswith("broken.jpg")].iloc[0]
-    assert broken["error"] and broken["breed_1"] == ""
+    assert broken["error"] and broken["breed_1"] == "" and broken["verdict"] == ""
+    assert set(table.loc[table["error"] == "", "verdict"]) <= {"dog", "unknown_breed",
+                                                               "not_a_dog"}
+    assert "verdicts: dog " in result.output
     good = table[table["error"] == ""]
     assert (good["prob_1"].astype(float) >= good["prob_2"].astype(float)).all()
     # copies of dataset images find themselves as nearest look-alike
@@ -103,7 +107,13 @@ def test_search_json(built: Path, messy_dataset: Path) -> None:
     image = messy_dataset / "samoyed" / "004.jpg"
     result = invoke("search", image, "--bundle", built, "-k", "4", "--json")
     assert result.exit_code == 0, result.output
-    hits = json.loads(result.output)
+    answer = json.loads(result.output)
+    assert list(answer) == ["verdict", "knn_similarity", "why", "breeds", "lookalikes"]
+    assert answer["verdict"] == "dog"  # a photo of the bundle itself
+    # the mean similarity of the 5 nearest rows: at most the best of the 4 shown
+    assert 0 < answer["knn_similarity"] <= answer["lookalikes"][0]["score"] + 1e-6
+    assert len(answer["breeds"]) == 3 and set(answer["breeds"][0]) == {"breed", "probability"}
+    hits = answer["lookalikes"]
     assert len(hits) == 4 and hits[0]["path"] == str(image.resolve())
     assert hits[0]["label"] == "samoyed" and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)

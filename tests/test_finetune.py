@@ -50,7 +50,9 @@ def test_head_only_trains_on_stored_embeddings(bundle_copy: Path) -> None:
     assert (record["train_images"], record["validation_images"], record["breeds"]) == (21, 3, 3)
     assert record["file"] == "heads/finetune.keras"
     assert record["sha256"] == file_sha256(bundle.head_path("finetune"))
-    assert set(record["metrics"]) == {"test_images", "top1", "top5"}
+    assert set(record["metrics"]) == {"test_images", "top1", "top5", "top1_ci95", "top5_ci95"}
+    # scored on its validation slice, which chooses the serving head
+    assert record["validation"]["images"] == 3 and 0 <= record["validation"]["top1"] <= 1
     assert record["metrics"]["test_images"] == 6
     for key in ("kind", "params", "train_seconds", "classes", "report", "history"):
         assert key in record
@@ -195,11 +197,13 @@ def test_cli_train_then_classify_with_either_head(
         table = pd.read_csv(out)
         assert len(table) == 10 and table["breed_1"].notna().all()
 
-    # no --head: the better one on the test split
+    # no --head: the better one on the validation slice of train (not on test)
     bundle = Bundle(bundle_copy)
     manifest = bundle.manifest
-    manifest["heads"]["finetune"]["metrics"]["top1"] = 1.0
-    manifest["heads"]["logreg"]["metrics"]["top1"] = 0.5
+    manifest["heads"]["finetune"]["validation"]["top1"] = 1.0
+    manifest["heads"]["logreg"]["validation"]["top1"] = 0.5
+    manifest["heads"]["finetune"]["metrics"]["top1"] = 0.5
+    manifest["heads"]["logreg"]["metrics"]["top1"] = 1.0
     bundle.write_manifest(manifest)
     result = runner.invoke(app, ["classify", str(dataset / "Beagle"), "--bundle",
                                  str(bundle_copy), "--out", str(tmp_path / "best.csv")])

@@ -16,7 +16,7 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     return buf.getvalue()
 
 
-def _half_red_half_blue(w: int = 40, h: int = 20) -> Image.Image:
+def _half_red_half_blue(w: int = 64, h: int = 32) -> Image.Image:
     arr = np.zeros((h, w, 3), np.uint8)
     arr[:, : w // 2] = (255, 0, 0)
     arr[:, w // 2:] = (0, 0, 255)
@@ -26,7 +26,7 @@ def _half_red_half_blue(w: int = 40, h: int = 20) -> Image.Image:
 def test_rgb_jpeg_resized_with_original_size_recorded() -> None:
     out = decode_image(_encode(_half_red_half_blue(), "JPEG", quality=95), 16)
     assert out.pixels.shape == (16, 16, 3) and out.pixels.dtype == np.uint8
-    assert (out.width, out.height) == (40, 20)
+    assert (out.width, out.height) == (64, 32)
     assert out.pixels[8, 2, 0] > 200 and out.pixels[8, 13, 2] > 200
 
 
@@ -36,34 +36,34 @@ def test_exif_rotation_is_applied() -> None:
     exif[0x0112] = 6
     data = _encode(_half_red_half_blue(), "JPEG", quality=95, exif=exif.tobytes())
     out = decode_image(data, 16)
-    assert (out.width, out.height) == (20, 40)  # portrait after rotation
+    assert (out.width, out.height) == (32, 64)  # portrait after rotation
     top, bottom = out.pixels[2, 8], out.pixels[13, 8]
     assert top[0] > 200 and top[2] < 60  # the left (red) half is now on top
     assert bottom[2] > 200 and bottom[0] < 60
 
 
 def test_greyscale_becomes_three_equal_channels() -> None:
-    out = decode_image(_encode(Image.new("L", (10, 10), 77), "PNG"), 8)
+    out = decode_image(_encode(Image.new("L", (32, 32), 77), "PNG"), 8)
     assert out.pixels.shape == (8, 8, 3)
     assert np.all(out.pixels == 77)
 
 
 def test_cmyk_jpeg_is_converted_to_rgb() -> None:
-    img = Image.new("CMYK", (12, 12), (0, 255, 255, 0))  # pure red in CMYK
+    img = Image.new("CMYK", (32, 32), (0, 255, 255, 0))  # pure red in CMYK
     out = decode_image(_encode(img, "JPEG", quality=95), 8)
     r, g, b = out.pixels[4, 4].astype(int)
     assert r > 200 and g < 60 and b < 60
 
 
 def test_alpha_is_composited_on_white() -> None:
-    img = Image.new("RGBA", (10, 10), (0, 0, 0, 0))  # fully transparent black
+    img = Image.new("RGBA", (32, 32), (0, 0, 0, 0))  # fully transparent black
     out = decode_image(_encode(img, "PNG"), 8)
     assert np.all(out.pixels == 255)
 
 
 def test_sixteen_bit_png_scaled_to_eight_bits() -> None:
-    arr = np.full((10, 10), 65535, np.uint16)
-    arr[:, :5] = 0
+    arr = np.full((40, 40), 65535, np.uint16)
+    arr[:, :20] = 0
     img = Image.fromarray(arr)
     assert img.mode.startswith("I;16")
     out = decode_image(_encode(img, "PNG"), 10)
@@ -71,13 +71,13 @@ def test_sixteen_bit_png_scaled_to_eight_bits() -> None:
 
 
 def test_gif_first_frame_webp_and_bmp() -> None:
-    frames = [Image.new("RGB", (10, 10), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 255, 0))]
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
     assert decode_image(buf.getvalue(), 4).pixels[1, 1, 0] > 200
-    assert decode_image(_encode(Image.new("RGB", (9, 9), (0, 0, 255)), "WEBP"), 4).pixels[
+    assert decode_image(_encode(Image.new("RGB", (33, 33), (0, 0, 255)), "WEBP"), 4).pixels[
         1, 1, 2] > 200
-    assert decode_image(_encode(Image.new("RGB", (9, 9), (0, 255, 0)), "BMP"), 4).pixels[
+    assert decode_image(_encode(Image.new("RGB", (33, 33), (0, 255, 0)), "BMP"), 4).pixels[
         1, 1, 1] == 255
 
 
@@ -105,6 +105,24 @@ def test_huge_image_refused_before_decoding() -> None:
     data = _encode(img, "PNG")
     with pytest.raises(ImageDecodeError, match="too large"):
         decode_image(data, 8)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (31, 200), (200, 31)])
+def test_images_too_small_to_judge_are_refused(size: tuple[int, int]) -> None:
+    """Under 32 px on a side a photo is refused with a reason instead of being upscaled into a
+    confident guess; exactly 32 is fine."""
+    with pytest.raises(ImageDecodeError, match=r"too small to judge \(\d+x\d+ pixels; at least"
+                       r" 32 on each side\)"):
+        decode_image(_encode(Image.new("RGB", size, (90, 60, 30)), "PNG"), 16)
+    assert decode_image(_encode(Image.new("RGB", (32, 32), (90, 60, 30)), "PNG"), 16).width == 32
+
+
+def test_small_side_is_judged_after_exif_rotation() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a 64x31 photo shown as 31x64: still too small on one side
+    data = _encode(Image.new("RGB", (64, 31), (1, 2, 3)), "JPEG", exif=exif.tobytes())
+    with pytest.raises(ImageDecodeError, match=r"\(31x64 pixels"):
+        decode_image(data, 16)
 
 
 def test_unreadable_file(tmp_path: Path) -> None:

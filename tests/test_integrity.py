@@ -147,7 +147,7 @@ def test_moved_bundle_works_without_its_weights_file(tmp_path: Path, dataset: Pa
     image = next((dataset / "samoyed").glob("*.jpg"))
     result = runner.invoke(app, ["search", str(image), "--bundle", str(moved), "--json"])
     assert result.exit_code == 0, result.output
-    hits = json.loads(result.output)
+    hits = json.loads(result.output)["lookalikes"]
     assert hits[0]["path"] == str(image.resolve()) and hits[0]["score"] == pytest.approx(1.0,
                                                                                           abs=1e-4)
 

@@ -55,7 +55,7 @@ def test_dog_tuned_backbone_on_woof_sample(woof: Path, tmp_path: Path) -> None:
     photos = sorted((woof / "samoyed").glob("*.jpg"))[:3]
     search = _cli("search", photos[0], "--bundle", out, "-k", "5", "--json")
     assert search.returncode == 0, search.stderr[-3000:]
-    hits = json.loads(search.stdout)
+    hits = json.loads(search.stdout)["lookalikes"]
     assert hits[0]["path"] == str(photos[0].resolve())
     assert sum(h["label"] == "samoyed" for h in hits) >= 4
 

@@ -291,7 +291,7 @@ def _mock_stanford_dogs(per_split: int = 4):
         images, labels, names = [], [], []
         for i in range(per_split):
             buf = io.BytesIO()
-            Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(buf, "JPEG")
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(buf, "JPEG")
             images.append(buf.getvalue())
             labels.append(i % 3)
             names.append(f"n0208562{i}_{split}{i}.jpg")
@@ -343,6 +343,6 @@ def test_tfds_source_builds_a_bundle(tmp_path: Path) -> None:
     table = Bundle(result.bundle).metadata()
     assert result.stats.embedded == 12 and result.stats.skipped == 0
     assert Counter(table["split"]) == {"train": 6, "test": 6}
-    assert table["width"].tolist() == [30] * 12 and table["height"].tolist() == [20] * 12
+    assert table["width"].tolist() == [48] * 12 and table["height"].tolist() == [40] * 12
     assert result.manifest["source"]["kind"] == "tfds"
     assert result.manifest["heads"]["logreg"]["metrics"]["test_images"] == 6

@@ -250,7 +250,8 @@ def build_index(
     if source.get("duplicates"):
         table.add_row("duplicates", f"{source['duplicates']} files repeat another file's"
                       " content; each group stays in one split")
-    shown = ("backbone", "fine-tuned from", "runtime", "index", "recall@10 vs exact search")
+    shown = ("backbone", "fine-tuned from", "runtime", "index", "recall@10 vs exact search",
+             "open-set gate")
     for name, value in manifest_facts(result.manifest):
         if name in shown or name.startswith("head "):
             table.add_row(name, value)
@@ -361,16 +362,21 @@ def train(
             f", then {record['unfrozen_layers']} backbone layers unfrozen on images"
             if path.get("fine_tune") else "")
         console.print(f"trained {head}: {ran}")
-    table = Table(title=f"heads of {bundle} (test split)")
-    for col in ("head", "top-1", "top-5", "train s", "best"):
+    table = Table(title=f"heads of {bundle} (test split; best by {comparison['by']})")
+    for col in ("head", "validation top-1", "top-1", "top-5", "train s", "best"):
         table.add_column(col)
     for name, s in comparison["heads"].items():
-        table.add_row(name, f"{s['top1']:.1%}" if s["top1"] is not None else "-",
+        validation = s.get("validation_top1")
+        table.add_row(name, f"{validation:.1%}" if validation is not None else "-",
+                      f"{s['top1']:.1%}" if s["top1"] is not None else "-",
                       f"{s['top5']:.1%}" if s["top5"] is not None else "-",
                       f"{s['train_seconds']:.1f}" if s["train_seconds"] is not None else "-",
                       "*" if name == comparison["best"] else "")
     console.print(table)
     console.print(f"comparison: {bundle / comparison['files']['csv']}")
+    if result.get("gate"):
+        console.print(f"open-set gate re-calibrated: kNN >= {result['gate']['dog_threshold']:.3f}"
+                      f" dog, < {result['gate']['not_dog_threshold']:.3f} not a dog")
 
 
 @app.command()
@@ -403,6 +409,7 @@ def classify(
            if summary["failed"] else "")
         + f"; head: {summary['head'] or 'none'}; wrote {summary['out']}"
     )
+    print_verdict_counts(summary.get("verdicts"), err if to_stdout else console)
 
 
 @app.command()
@@ -425,16 +432,14 @@ def search(
             raise EmbedDogsError(f"image {image} does not exist")
         ctx = open_for_queries(bundle, plain(head), plain(runtime), accepts_images=True)
         try:
-            answer = look_up_image(ctx, image, k, top_breeds=0 if as_json else 3)
+            answer = look_up_image(ctx, image, k, top_breeds=3)
         except ImageDecodeError as exc:
             raise EmbedDogsError(f"cannot use {image}: {exc}") from None
     hits = answer.lookalikes
     if as_json:
-        print(json.dumps(hits, indent=2))
+        print(json.dumps(search_json(answer), indent=2))
         return
-    if answer.breeds and ctx.predictor is not None:
-        console.print(f"breed ({ctx.predictor.name} head): " + ", ".join(
-            f"{breed} {prob:.0%}" for breed, prob in answer.breeds))
+    print_verdict(answer, ctx)
     table = Table(title=f"look-alikes of {image}")
     for col in ("rank", "score", "breed"):
         table.add_column(col)
@@ -448,8 +453,17 @@ def search(
 def evaluate(
     bundle: BundleOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    not_dogs: Annotated[list[Path] | None, typer.Option(
+        "--not-dogs", help="A folder of photos without dogs, to measure the open-set gate"
+        " (repeatable).")] = None,
+    unknown_breeds: Annotated[list[Path] | None, typer.Option(
+        "--unknown-breeds", help="A folder of dogs of breeds the bundle does not know, to"
+        " measure the gate (repeatable).")] = None,
+    runtime: RuntimeOpt = None,
 ) -> None:
-    """Print the stored test metrics of the bundle's breed heads."""
+    """Print the stored test metrics of the bundle's breed heads (with 95% intervals), the
+    open-set gate's calibration, and with --not-dogs/--unknown-breeds how the gate does on
+    those photos (also written to report/gate_dev.json and .csv)."""
     with clear_errors():
         from embed.bundle import Bundle
 
@@ -459,17 +473,25 @@ def evaluate(
             raise EmbedDogsError(f"bundle {bundle} has no breed head (was its source labelled?)")
         from classify.evaluation import stored_metrics
 
+        gate_dev = None
+        if not_dogs or unknown_breeds:
+            from ui.workflows import evaluate_gate
+
+            gate_dev = evaluate_gate(b.root, list(not_dogs or []), list(unknown_breeds or []),
+                                     runtime=plain(runtime))
         if as_json:
-            print(json.dumps({name: stored_metrics(b.root, record)
-                              for name, record in heads.items()}, indent=2))
+            print(json.dumps({
+                "heads": {name: stored_metrics(b.root, record) for name, record in heads.items()},
+                "gate": b.manifest.get("gate"),
+                "gate_dev": gate_dev.rows if gate_dev is not None else None,
+            }, indent=2, default=str))
             return
         for name, record in heads.items():
             metrics = stored_metrics(b.root, record)
             if metrics.get("top1") is None:
                 console.print(f"head {name}: no test images to evaluate on")
                 continue
-            table = Table(title=f"head {name}: test top-1 {metrics['top1']:.1%}, "
-                          f"top-5 {metrics['top5']:.1%} ({metrics['test_images']} images)")
+            table = Table(title=head_title(name, record, metrics))
             for col in ("breed", "precision", "recall", "support"):
                 table.add_column(col)
             for row in metrics.get("per_breed", []):
@@ -479,6 +501,9 @@ def evaluate(
             for pair in metrics.get("most_confused", [])[:5]:
                 console.print(f"  confused: {pair['true']} -> {pair['predicted']}"
                               f" ({pair['count']})")
+        print_honesty(b)
+        if gate_dev is not None:
+            print_gate_evaluation(gate_dev, b.root)
 
 
 @app.command()
@@ -570,3 +595,102 @@ def ui(
     console.print(f"serving {bundle_dir} on http://{host}:{port}")
     sys.stdout.flush()
     os.execve(sys.executable, command, env)  # streamlit takes over this process and its signals
+# ---- the open-set gate and honest figures in the output ----------------------------------------
+VERDICT_TEXT = {
+    "dog": "one of the bundle's breeds",
+    "unknown_breed": "a dog, but not one of the breeds this bundle knows",
+    "not_a_dog": "this doesn't look like a dog",
+}
+
+
+def print_verdict_counts(counts: dict[str, int] | None, out: Console = console) -> None:
+    if counts is None:
+        out.print("no open-set gate in this bundle (unlabelled, or built before gates): the"
+                      " verdict column is empty; `embed-dogs train --head logreg` calibrates one")
+        return
+    out.print("verdicts: " + ", ".join(f"{v} {n}" for v, n in counts.items()))
+
+
+def search_json(answer: Any) -> dict[str, Any]:
+    """`search --json`: the verdict first, the breeds (for reference), the look-alikes."""
+    return {
+        "verdict": answer.verdict,
+        "knn_similarity": answer.knn_similarity,
+        "why": answer.why,
+        "breeds": [{"breed": b, "probability": p} for b, p in answer.breeds],
+        "lookalikes": answer.lookalikes,
+    }
+
+
+def print_verdict(answer: Any, ctx: Any) -> None:
+    """The verdict, and the breed only where the gate says it is one of the bundle's."""
+    if answer.verdict is not None:
+        console.print(f"verdict: [bold]{answer.verdict}[/] ({VERDICT_TEXT[answer.verdict]})."
+                      f" {answer.why}", highlight=False)
+    if answer.breeds and ctx.predictor is not None:
+        label = "breed" if answer.verdict in (None, "dog") else "closest breeds, for reference"
+        console.print(f"{label} ({ctx.predictor.name} head): " + ", ".join(
+            f"{breed} {prob:.0%}" for breed, prob in answer.breeds))
+
+
+def head_title(name: str, record: dict[str, Any], metrics: dict[str, Any]) -> str:
+    from classify.intervals import accuracy_interval, format_interval
+
+    validation = (record.get("validation") or {}).get("top1")
+    return (f"head {name}: test top-1 {metrics['top1']:.1%}"
+            f" ({format_interval(accuracy_interval(metrics, 'top1'))}), top-5"
+            f" {metrics['top5']:.1%} ({format_interval(accuracy_interval(metrics, 'top5'))}),"
+            f" {metrics['test_images']} images"
+            + (f"; validation top-1 {validation:.1%}" if validation is not None else ""))
+
+
+def print_honesty(bundle: Any) -> None:
+    """Which head serves and why, the leakage warning, the gate's calibration."""
+    from classify.leakage import leakage_warning
+    from classify.selection import choose_best_head
+
+    heads = bundle.manifest.get("heads") or {}
+    best, by = choose_best_head(heads)
+    if best:
+        console.print(f"serving head: {best} (best {by})")
+    warning = leakage_warning(bundle)
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    gate = bundle.manifest.get("gate")
+    if not gate:
+        console.print("open-set gate: none (needs labelled train and test rows)")
+        return
+    figures = gate.get("figures") or {}
+    floors = ", ".join(f"{h} {f['top_probability_floor']:.3f}" for h, f in
+                       (gate.get("heads") or {}).items() if f.get("top_probability_floor")
+                       is not None) or "none"
+    console.print(
+        f"open-set gate: kNN similarity (mean of {gate['k']} nearest) >="
+        f" {gate['dog_threshold']:.3f} for a known breed, < {gate['not_dog_threshold']:.3f}"
+        " for not a dog; head top-probability"
+        f" floor: {floors}. Calibrated on {figures.get('test_dogs')} held-out test dogs"
+        f" ({figures.get('test_dogs_above_dog_threshold', 0):.1%} above the dog threshold);"
+        " simulated unknown breeds (each breed left out in turn) not called dog:"
+        f" {figures.get('simulated_unknown_breeds_not_called_dog') or 0:.1%}",
+        highlight=False, soft_wrap=True)
+
+
+def print_gate_evaluation(result: Any, root: Path) -> None:
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    table = Table(title=f"open-set gate on photo sets (head {result.head or 'none'}; AUROC and"
+                  " FPR at 95% dog recall against the held-out test dogs)")
+    for col in ("set", "should be", "images", "kNN AUROC", "kNN FPR@95", "head AUROC",
+                "head FPR@95", "dog", "unknown_breed", "not_a_dog"):
+        table.add_column(col, overflow="fold")
+    for row in result.rows:
+        table.add_row(row["set"], row["kind"], str(row["images"]), number(row["knn_auroc"]),
+                      share(row["knn_fpr_at_95"]), number(row["head_auroc"]),
+                      share(row["head_fpr_at_95"]), share(row["dog"]),
+                      share(row["unknown_breed"]), share(row["not_a_dog"]))
+    console.print(table)
+    console.print("written: " + ", ".join(str(root / f) for f in result.files.values()))

@@ -163,6 +163,9 @@ class Prediction:
 
     ranked: list[tuple[str, float]]
     threshold: float = NOT_SURE_BELOW
+    verdict: str | None = None  # the open-set gate's: dog, unknown_breed, not_a_dog
+    why: str = ""
+    known_breeds: int = 0
 
     @property
     def breed(self) -> str:
@@ -181,6 +184,20 @@ class Prediction:
 
         return pd.DataFrame(self.ranked, columns=["breed", "probability"])
 
+    @property
+    def names_a_breed(self) -> bool:
+        """False when the gate says it is no dog, or none of the bundle's breeds."""
+        return self.verdict in (None, "dog")
+
+    @property
+    def headline(self) -> str:
+        """What the app says instead of a breed, for the gate's two refusals."""
+        if self.verdict == "not_a_dog":
+            return "This doesn't look like a dog"
+        if self.verdict == "unknown_breed":
+            return f"A dog, but not one of the {self.known_breeds} breeds I know"
+        return ""
+
 
 def predict(predictor: Any, vector: np.ndarray, k: int = TOP_BREEDS,
             threshold: float = NOT_SURE_BELOW) -> Prediction | None:
@@ -188,6 +205,23 @@ def predict(predictor: Any, vector: np.ndarray, k: int = TOP_BREEDS,
     if predictor is None:
         return None
     return Prediction(predictor.predict_top_k(np.atleast_2d(vector), k)[0], threshold)
+
+
+def judge(prediction: Prediction | None, ctx: Any, vector: np.ndarray) -> Prediction | None:
+    """The open-set gate's verdict on one query, written into its prediction (which keeps the
+    ranked breeds for reference). Without a gate or a head, nothing changes."""
+    gate = getattr(ctx, "gate", None)
+    if prediction is None or gate is None:
+        return prediction
+    from classify.gate import knn_from_neighbours
+
+    hits = ctx.index.search(np.atleast_2d(vector), gate.k)[0]
+    knn = float(knn_from_neighbours([[h.score for h in hits]], gate.k)[0])
+    head = ctx.predictor.name if ctx.predictor is not None else None
+    prediction.verdict = gate.verdict(knn, prediction.probability, head)
+    prediction.why = gate.explain(prediction.verdict, knn, prediction.probability, head)
+    prediction.known_breeds = gate.known_breeds or len(ctx.predictor.classes)
+    return prediction
 
 
 # ---- browsing --------------------------------------------------------------------------------
@@ -295,6 +329,57 @@ def head_summary(metrics: dict[str, Any]) -> str:
             f" {metrics.get('test_images')} test images")
 
 
+def interval_caption(metrics: dict[str, Any], key: str) -> str:
+    """'95% CI 89.5%–97.7% (Wilson)' for a stored top-1/top-5, or ''."""
+    from classify.intervals import accuracy_interval, format_interval
+
+    shown = format_interval(accuracy_interval(metrics, key))
+    return f"{shown} (Wilson)" if shown else ""
+
+
+def gate_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """The open-set gate's thresholds and the figures behind them, for the report page."""
+    gate = manifest.get("gate")
+    if not gate:
+        return [("open-set gate", "none (needs labelled train and test rows)")]
+    figures = gate.get("figures") or {}
+    rows = [
+        ("signal", f"kNN similarity: mean cosine similarity to the {gate.get('k')} nearest"
+                   " photos of the bundle"),
+        ("dog: at least", f"{gate.get('dog_threshold'):.3f} (keeps"
+                          f" {percent(figures.get('test_dogs_above_dog_threshold'))} of"
+                          f" {figures.get('test_dogs')} held-out test dogs)"),
+        ("not a dog: below", f"{gate.get('not_dog_threshold'):.3f} (each breed left out in"
+                             " turn: 95% of those dogs stay above)"),
+    ]
+    for head, record in (gate.get("heads") or {}).items():
+        floor = record.get("top_probability_floor")
+        rows.append((f"{head} head: top probability floor",
+                     "-" if floor is None else f"{floor:.1%} (below: unknown breed)"))
+    rows.append(("simulated unknown breeds not called dog",
+                 percent(figures.get("simulated_unknown_breeds_not_called_dog"))))
+    return rows
+
+
+def gate_dev_table(bundle: Bundle) -> Any:
+    """report/gate_dev.csv (from `evaluate --not-dogs/--unknown-breeds`), or None."""
+    import pandas as pd
+
+    path = bundle.report_dir / "gate_dev.csv"
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError):
+        return None
+
+
+def leakage_note(bundle: Bundle) -> str | None:
+    from classify.leakage import leakage_warning
+
+    return leakage_warning(bundle)
+
+
 def manifest_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     """The manifest as (name, value) rows a person can read: the one formatter that `info`,
     `build-index`'s summary and the app's report and sidebar all show."""
@@ -326,7 +411,11 @@ def manifest_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append((f"head {name}: test top-1 / top-5", head_summary(head.get("metrics") or {})))
     best = (manifest.get("comparison") or {}).get("best")
     if best:
-        rows.append(("best head", best))
+        by = (manifest.get("comparison") or {}).get("by", "test top1")
+        rows.append(("best head", f"{best} (by {by})"))
+    gate = manifest.get("gate")
+    rows.append(("open-set gate", f"kNN >= {gate['dog_threshold']:.3f} dog, <"
+                 f" {gate['not_dog_threshold']:.3f} not a dog" if gate else "none"))
     rows += [
         ("created", str(manifest.get("created_at"))),
         ("versions", ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items())),

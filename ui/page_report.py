@@ -8,6 +8,9 @@ from ui import core, widgets
 ctx = widgets.context()
 ref = widgets.bundle_ref()
 st.title("Report")
+leakage = core.leakage_note(ctx.bundle)
+if leakage:
+    st.warning(leakage, icon=":material/warning:")
 heads = widgets.reports(ref)
 if not heads:
     st.info("This bundle has no breed head (its source was unlabelled or had no test split).")
@@ -21,6 +24,12 @@ for head in heads:
     a.metric("Top-1 accuracy", f"{m['top1']:.1%}")
     b.metric("Top-5 accuracy", f"{m['top5']:.1%}")
     c.metric("Test images", f"{m['test_images']:,}")
+    a.caption(core.interval_caption(m, "top1"))
+    b.caption(core.interval_caption(m, "top5"))
+    validation = (ctx.bundle.manifest.get("heads", {}).get(head.name, {}).get("validation")
+                  or {}).get("top1")
+    if validation is not None:
+        c.caption(f"validation top-1 {validation:.1%} (chooses the serving head)")
     table_col, plot_col = st.columns(2)
     with table_col:
         st.subheader("Per breed")
@@ -42,6 +51,18 @@ for head in heads:
             st.image(str(head.confusion_png), width="stretch")
         else:
             st.write("No confusion-matrix image in the bundle.")
+
+st.header("Open-set gate")
+st.caption("Before naming a breed the app checks that the photo looks like this bundle's dogs."
+           " Thresholds come from the bundle's own held-out photos.")
+st.dataframe(pd.DataFrame(core.gate_facts(ctx.bundle.manifest), columns=["", "value"]),
+             hide_index=True, width="stretch")
+dev = core.gate_dev_table(ctx.bundle)
+if dev is not None:
+    st.subheader("Measured on other photos")
+    st.caption("From `embed-dogs evaluate --not-dogs … --unknown-breeds …`: AUROC and"
+               " false-positive rate at 95% dog recall, and the verdicts' shares.")
+    st.dataframe(dev, hide_index=True, width="stretch")
 
 st.header("Bundle")
 facts = pd.DataFrame(core.manifest_facts(ctx.bundle.manifest), columns=["", "value"])

@@ -21,6 +21,7 @@ DEFAULT_K = 12
 MAX_K = 48
 GALLERY_COLUMNS = 4
 PERSISTENT_WIDGETS = {GALLERY_K: DEFAULT_K, GALLERY_FILTER: "all"}
+LOOKALIKE_TOGGLE = "show_lookalikes"
 
 
 # ---- loading, once per bundle version -------------------------------------------------------
@@ -181,11 +182,14 @@ def prediction_block(ctx: Any, query: core.Query) -> core.Prediction | None:
     """Top breeds as a bar chart, with an honest "not sure" under the threshold."""
     import altair as alt
 
-    prediction = core.predict(ctx.predictor, query.vector)
+    prediction = core.judge(core.predict(ctx.predictor, query.vector), ctx, query.vector)
     if prediction is None:
         st.info("This bundle has no breed head (its source was unlabelled), so no breed is"
                 " predicted; the look-alikes below still work.")
         return None
+    if not prediction.names_a_breed:
+        gate_refusal(ctx, prediction)
+        return prediction
     if prediction.sure:
         st.success(f"**{pretty(prediction.breed)}** ({prediction.probability:.0%})")
     else:
@@ -205,16 +209,46 @@ def prediction_block(ctx: Any, query: core.Query) -> core.Prediction | None:
     return prediction
 
 
+def gate_refusal(ctx: Any, prediction: core.Prediction) -> None:
+    """"Not a dog" or "a dog, but not a breed I know" instead of a breed; the head's closest
+    breeds only folded away, for reference."""
+    if prediction.verdict == "not_a_dog":
+        st.error(f"**{prediction.headline}.**", icon=":material/block:")
+    else:
+        st.warning(f"**{prediction.headline}.**", icon=":material/help:")
+    st.caption(f"{prediction.why} The breed head always names one of its breeds, so its"
+               " guesses are not shown as an answer.")
+    with st.expander("The head's closest breeds (for reference only)"):
+        st.dataframe(prediction.table().assign(breed=lambda t: t["breed"].map(pretty)),
+                     hide_index=True, width="stretch",
+                     column_config={"probability": st.column_config.NumberColumn(
+                         format="percent")})
+
+
+def lookalikes_hidden(query: core.Query, prediction: core.Prediction | None) -> bool:
+    """After a refusal the look-alikes are dogs that the photo only resembles a little: they
+    stay behind a toggle."""
+    if prediction is None or prediction.names_a_breed:
+        return False
+    key = f"{LOOKALIKE_TOGGLE}_{query.position}_{query.name}"
+    return not st.toggle("Show the closest dataset photos anyway", key=key, value=False)
+
+
 def gallery(ctx: Any, query: core.Query, prediction: core.Prediction | None) -> None:
     """The k nearest dataset images, filterable by breed, each usable as the next query."""
     st.subheader("Look-alikes")
-    breed = prediction.breed if prediction else query.label
+    if lookalikes_hidden(query, prediction):
+        st.caption("Hidden: the photo is not one of this bundle's dogs, so its nearest photos"
+                   " are only distant look-alikes.")
+        return
+    breed = prediction.breed if prediction and prediction.names_a_breed else query.label
     options = list(core.FILTERS) if breed else ["all"]
     if st.session_state.get(GALLERY_FILTER) not in options:
         st.session_state[GALLERY_FILTER] = "all"
     left, right = st.columns([1, 2])
     k = left.slider("How many", 1, MAX_K, key=GALLERY_K)
-    same = core.FILTERS["same"] if prediction else "Same breed as this photo"
+    same = (core.FILTERS["same"] if prediction and prediction.names_a_breed
+            else "Same breed as this photo")
 
     def label(mode: str) -> str:
         return f"{same} ({pretty(breed)})" if mode == "same" else core.FILTERS[mode]

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from classify.breed_head import BreedHead
 from classify.comparison import compare_heads
 from classify.finetune import FinetuneParams, train_finetune_head
+from classify.gate import VERDICTS, Gate, fit_gate
 from classify.heads import load_predictor, train_logreg_head
 from classify.logreg import DEFAULT_C
 from embed.atomic import atomic_path
@@ -117,9 +118,12 @@ def index_bundle(
 
 
 def fit_default_head(bundle: Bundle) -> dict[str, Any]:
-    """The logistic-regression head every labelled build gets, with its test report."""
-    log.info("fitting the logistic-regression breed head")
-    return train_logreg_head(bundle)
+    """The logistic-regression head every labelled build gets, with its test report, and the
+    open-set gate calibrated for it."""
+    log.info("fitting the logistic-regression breed head and the open-set gate")
+    record = train_logreg_head(bundle)
+    fit_gate(bundle)
+    return record
 
 
 def source_root(config: BuildConfig) -> Path | None:
@@ -247,6 +251,7 @@ class QueryContext:
     embedder: Embedder
     index: LookalikeIndex
     predictor: BreedHead | None
+    gate: Gate | None = None  # the open-set gate; None: the bundle has none calibrated
 
 
 def open_for_queries(
@@ -259,7 +264,7 @@ def open_for_queries(
     index = LookalikeIndex(bundle)
     predictor = load_predictor(bundle, head, accepts_images)
     embedder = serving_embedder(bundle, runtime)
-    return QueryContext(bundle, embedder, index, predictor)
+    return QueryContext(bundle, embedder, index, predictor, Gate.from_manifest(bundle.manifest))
 
 
 @dataclass
@@ -268,6 +273,9 @@ class ImageAnswer:
 
     lookalikes: list[dict[str, Any]]
     breeds: list[tuple[str, float]]
+    verdict: str | None = None  # dog, unknown_breed, not_a_dog; None without a gate
+    knn_similarity: float | None = None
+    why: str = ""
 
 
 def look_up_image(ctx: QueryContext, image: str | Path, k: int = 8,
@@ -276,11 +284,16 @@ def look_up_image(ctx: QueryContext, image: str | Path, k: int = 8,
     _, decoded = read_and_decode(str(image), ctx.embedder.image_size)
     inputs = ctx.embedder.inputs_from_pixels(decoded.pixels[None])
     vectors = ctx.embedder.embed_inputs(inputs)
-    hits = [vars(n) for n in ctx.index.search(vectors, k)[0]]
+    found = ctx.index.search(vectors, max(k, ctx.gate.k if ctx.gate else 1))[0]
+    hits = [vars(n) for n in found[:k]]
     breeds: list[tuple[str, float]] = []
-    if ctx.predictor is not None and top_breeds:
-        breeds = ctx.predictor.predict_top_k(vectors, top_breeds, inputs)[0]
-    return ImageAnswer(hits, breeds)
+    if ctx.predictor is not None and (top_breeds or ctx.gate):
+        breeds = ctx.predictor.predict_top_k(vectors, max(top_breeds, 1), inputs)[0]
+    verdict, knn = gate_verdicts(ctx, [[n.score for n in found]], [breeds])
+    why = ctx.gate.explain(verdict[0], knn[0], breeds[0][1] if breeds else None,
+                           ctx.predictor.name if ctx.predictor else None) if ctx.gate else ""
+    return ImageAnswer(hits, breeds[:top_breeds], verdict[0],
+                       None if knn[0] is None else float(knn[0]), why)
 
 
 def train_head(
@@ -290,9 +303,11 @@ def train_head(
     params: FinetuneParams | None = None,
     on_epoch: Callable[[str, int, int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
-    """(Re)train one breed head on the bundle's split, then refresh the head comparison.
+    """(Re)train one breed head on the bundle's split, then refresh the head comparison and
+    re-calibrate the open-set gate.
 
-    Returns {"record": the head's manifest record, "comparison": the comparison section}.
+    Returns {"record": the head's manifest record, "comparison": the comparison section,
+    "gate": the gate section}.
     """
     bundle = Bundle.open(bundle_dir)
     if head == "logreg":
@@ -301,7 +316,8 @@ def train_head(
         record = train_finetune_head(bundle, params or FinetuneParams(), on_epoch)
     else:
         raise BundleError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
-    return {"record": record, "comparison": compare_heads(bundle)}
+    comparison = compare_heads(bundle)
+    return {"record": record, "comparison": comparison, "gate": fit_gate(bundle)}
 
 
 def resolve_inputs(inputs: list[str], stdin: Any = None) -> ImageListing:
@@ -349,8 +365,8 @@ def classify_images(
     on_start: Callable[[int], ProgressCallback | None] | None = None,
     fmt: str = "csv",
 ) -> dict[str, Any]:
-    """One row per photo: top-k breeds, nearest look-alike, or the error; written as CSV or
-    JSON lines to a file (atomically) or to an open text stream (stdout)."""
+    """One row per photo: the gate's verdict, top-k breeds, nearest look-alike, or the error;
+    written as CSV or JSON lines to a file (atomically) or to an open text stream (stdout)."""
     import pandas as pd
 
     items = [ImageItem(i, str(p), None, "none") for i, p in enumerate(photos.paths)]
@@ -360,7 +376,9 @@ def classify_images(
         b = step.batch
         ranked = ctx.predictor.predict_top_k(step.vectors, top_k, b.inputs[b.ok]) if (
             ctx.predictor is not None and len(step.vectors)) else []
-        nearest = ctx.index.search(step.vectors, 1) if len(step.vectors) else []
+        nearest = ctx.index.search(step.vectors, ctx.gate.k if ctx.gate else 1) if len(
+            step.vectors) else []
+        verdicts, _ = gate_verdicts(ctx, [[n.score for n in hits] for hits in nearest], ranked)
         j = 0
         for i, row_id in enumerate(b.row_ids.tolist()):
             row: dict[str, Any] = {"path": items[row_id].ref}
@@ -369,6 +387,7 @@ def classify_images(
                 rows.append(row)
                 continue
             row["error"] = ""
+            row["verdict"] = verdicts[j] or ""
             for rank, (breed, prob) in enumerate(ranked[j] if ranked else [], start=1):
                 row[f"breed_{rank}"] = breed
                 row[f"prob_{rank}"] = round(prob, 6)
@@ -402,8 +421,10 @@ def classify_images(
         out.flush()
         shown = "stdout"
     failed = int((table["error"] != "").sum())
+    verdicts = table["verdict"] if "verdict" in table else pd.Series([], dtype=str)
     return {"images": len(rows), "classified": len(rows) - failed, "failed": failed,
-            "out": shown, "head": ctx.predictor.name if ctx.predictor else None}
+            "out": shown, "head": ctx.predictor.name if ctx.predictor else None,
+            "verdicts": {v: int((verdicts == v).sum()) for v in VERDICTS} if ctx.gate else None}
 
 
 def classify_folder(ctx: QueryContext, folder: str | Path, out_csv: str | Path,
@@ -441,3 +462,112 @@ def verify_bundle(bundle_dir: str | Path) -> VerifyReport:
                 problems.append(str(exc))
     return VerifyReport(problems, len(files), sum(int(r.get("bytes", 0))
                                                    for r in files.values()), rows)
+
+
+# ---- the open-set gate: is it one of the bundle's dogs? --------------------------------------
+def gate_verdicts(
+    ctx: QueryContext, neighbour_scores: list[list[float]],
+    ranked: list[list[tuple[str, float]]],
+) -> tuple[list[str | None], list[float | None]]:
+    """Per query: the gate's verdict and kNN similarity, from its index neighbours' scores
+    (best first) and the head's ranked breeds (may be empty). (None, None) without a gate."""
+    if ctx.gate is None:
+        return [None] * len(neighbour_scores), [None] * len(neighbour_scores)
+    from classify.gate import knn_from_neighbours
+
+    knn = knn_from_neighbours(neighbour_scores, ctx.gate.k)
+    top = [r[0][1] if r else None for r in ranked] if ranked else [None] * len(knn)
+    head = ctx.predictor.name if ctx.predictor else None
+    verdicts = [ctx.gate.verdict(float(s), p, head) for s, p in zip(knn, top, strict=True)]
+    return verdicts, [float(s) for s in knn]
+
+
+@dataclass
+class GateEvaluation:
+    """`evaluate --not-dogs/--unknown-breeds`: one row per photo set, and the files written."""
+
+    rows: list[dict[str, Any]]
+    files: dict[str, str]
+    head: str | None
+
+
+def _score_folder(ctx: QueryContext, folder: Path, batch_size: int) -> Any:
+    """Photos of a folder scored as queries are: kNN over the index, the head's top
+    probability, the verdict."""
+    import numpy as np
+
+    from classify.gate import Scored
+
+    listing = list_images(folder)
+    if not listing.paths:
+        raise SourceError(f"no images found under {folder}")
+    items = [ImageItem(i, str(p), None, "none") for i, p in enumerate(listing.paths)]
+    knn: list[float] = []
+    top: list[float] = []
+    verdicts: list[str] = []
+    for step in ctx.embedder.embedded_batches(items, batch_size):
+        if not len(step.vectors):
+            continue
+        hits = ctx.index.search(step.vectors, ctx.gate.k if ctx.gate else 1)
+        ranked = ctx.predictor.predict_top_k(step.vectors, 1) if ctx.predictor else []
+        v, s = gate_verdicts(ctx, [[n.score for n in row] for row in hits], ranked)
+        verdicts += [x or "" for x in v]
+        knn += [float("nan") if x is None else x for x in s]
+        top += [r[0][1] for r in ranked]
+    return Scored(np.array(knn), np.array(top) if ctx.predictor else None, verdicts)
+
+
+def evaluate_gate(
+    bundle_dir: str | Path, not_dogs: list[Path], unknown_breeds: list[Path],
+    batch_size: int = DEFAULT_BATCH_SIZE, runtime: str | None = None,
+) -> GateEvaluation:
+    """Score folders of photos that are no dogs and dogs of breeds the bundle does not know
+    against its held-out test dogs: AUROC and false-positive rate at 95 % dog recall of each
+    signal, and the gate's verdict shares. Writes report/gate_dev.{json,csv}. The folders
+    only measure the gate; its thresholds come from the bundle's own rows."""
+    import json
+
+    import pandas as pd
+
+    from classify.gate import Scored, dev_report, held_out_scores, top_probability
+    from embed.atomic import atomic_write_text
+
+    ctx = open_for_queries(bundle_dir, runtime=runtime)
+    if ctx.gate is None:
+        raise BundleError(
+            f"bundle {bundle_dir} has no calibrated open-set gate (it needs labelled train and"
+            " test rows); rebuild it, or run `embed-dogs train --head logreg` to calibrate one"
+        )
+    held = held_out_scores(ctx.bundle, ctx.gate.k)
+    assert held is not None  # a gate was calibrated on these rows
+    dog_top = (top_probability(ctx.predictor.predict_proba(held.vectors))
+               if ctx.predictor is not None else None)
+    head = ctx.predictor.name if ctx.predictor else None
+    dogs = Scored(held.knn, dog_top, ctx.gate.verdicts(held.knn, dog_top, head))
+    sets: dict[str, tuple[str, Scored]] = {}
+    for kind, folders in (("not_a_dog", not_dogs), ("unknown_breed", unknown_breeds)):
+        for folder in folders:
+            folder = Path(folder).expanduser()
+            if not folder.is_dir():
+                raise SourceError(f"folder {folder} does not exist")
+            name = f"{folder.name} ({folder})"
+            name += f" as {kind}" if name in sets else ""
+            sets[name] = (kind, _score_folder(ctx, folder, batch_size))
+    rows = dev_report(dogs, sets)
+    report = ctx.bundle.report_dir
+    report.mkdir(parents=True, exist_ok=True)
+    files = {"json": report / "gate_dev.json", "csv": report / "gate_dev.csv"}
+    gate = ctx.bundle.manifest.get("gate") or {}
+    atomic_write_text(files["json"], json.dumps({
+        "head": head, "sets": rows,
+        "thresholds": {k: gate.get(k) for k in ("k", "dog_threshold", "not_dog_threshold")},
+        "top_probability_floor": (gate.get("heads") or {}).get(head or "", {}).get(
+            "top_probability_floor"),
+        "note": "thresholds were calibrated on the bundle's own rows; these photo sets only"
+                " measure the gate. Test dogs are scored against all other rows (themselves"
+                " left out).",
+    }, indent=2, default=float))
+    with atomic_path(files["csv"]) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    return GateEvaluation(rows, {k: str(v.relative_to(ctx.bundle.root)) for k, v in
+                                 files.items()}, head)

@@ -1,0 +1,459 @@
+"""The open-set gate and honest figures: exact verdicts for constructed vectors, thresholds in
+the manifest, re-calibration after train/add/remove, the verdict in every answer, images too
+small to judge, the head chosen on validation, Wilson intervals, the leakage warning; and, on
+the team's real data, the issue's target figures."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from classify.gate import (
+    DOG,
+    NOT_A_DOG,
+    UNKNOWN_BREED,
+    VERDICTS,
+    Gate,
+    auroc,
+    fpr_at_recall,
+    keep_threshold,
+    knn_similarity,
+    round_down,
+)
+from classify.intervals import accuracy_interval, wilson_interval
+from classify.leakage import leakage_warning
+from classify.selection import BY_TEST, BY_VALIDATION, choose_best_head, validation_mask
+from embed.bundle import Bundle
+from tests.conftest import REPO, make_image, shared_path
+from ui import core
+from ui.cli import app
+
+runner = CliRunner()
+DIM = 16
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def axis(i: int) -> np.ndarray:
+    v = np.zeros(DIM, np.float32)
+    v[i] = 1.0
+    return v
+
+
+DOGNESS = 3  # a direction every constructed dog shares
+BREED_AXIS = {"beagle": 0, "chihuahua": 1, "samoyed": 2}
+TRAIN_VECTOR = {b: unit(axis(i) + 0.5 * axis(DOGNESS)) for b, i in BREED_AXIS.items()}
+ORTHOGONAL = axis(15)  # no constructed row uses dimensions 8..15
+UNKNOWN = unit(axis(4) + 0.7 * axis(DOGNESS))  # a new breed direction, but dog-like
+
+
+def constructed(label: str, split: str, nth_test: int) -> np.ndarray:
+    """Train rows of a breed are one vector; test rows lean away from it in unused dims."""
+    if split == "train":
+        return TRAIN_VECTOR[label]
+    return unit(axis(BREED_AXIS[label]) + 0.5 * axis(DOGNESS) + 0.4 * axis(8 + nth_test))
+
+
+@pytest.fixture(scope="module")
+def vector_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle with constructed vectors (3 clusters, 8 spare dimensions) in place of
+    the tiny backbone's, re-indexed and with head and gate fitted again."""
+    from ui.workflows import fit_default_head, index_bundle
+
+    root = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("gate") / "vectors"))
+    bundle = Bundle(root)
+    meta = bundle.metadata()
+    seen: dict[str, int] = {}
+    vectors = []
+    for label, split in zip(meta["label"], meta["split"], strict=True):
+        nth = seen.get(label, 0)
+        if split == "test":
+            seen[label] = nth + 1
+        vectors.append(constructed(label, split, nth))
+    vectors = np.stack(vectors)
+    start = 0
+    for path in bundle.shard_paths():
+        n = len(np.load(path, mmap_mode="r"))
+        np.save(path, vectors[start:start + n])
+        start += n
+    bundle.record_files(*bundle.shard_paths())
+    index_bundle(bundle, "flat")
+    fit_default_head(bundle)
+    return root
+
+
+@pytest.fixture(scope="module")
+def vector_ctx(vector_bundle: Path):
+    from ui.workflows import open_for_queries
+
+    return open_for_queries(vector_bundle)
+
+
+def verdict_of(ctx, vector: np.ndarray) -> str:
+    from ui.workflows import gate_verdicts
+
+    vector = vector[None]
+    hits = ctx.index.search(vector, ctx.gate.k)
+    ranked = ctx.predictor.predict_top_k(vector, 3)
+    return gate_verdicts(ctx, [[h.score for h in row] for row in hits], ranked)[0][0]
+
+
+# ---- exact verdicts and the recorded calibration ---------------------------------------------
+def test_constructed_vectors_get_exact_verdicts(vector_ctx) -> None:
+    assert verdict_of(vector_ctx, TRAIN_VECTOR["samoyed"]) == DOG  # a training row
+    assert verdict_of(vector_ctx, ORTHOGONAL) == NOT_A_DOG  # similarity 0 to every row
+    assert verdict_of(vector_ctx, UNKNOWN) == UNKNOWN_BREED  # dog-like, but no known breed
+
+
+def test_thresholds_and_figures_are_in_the_manifest(vector_bundle: Path) -> None:
+    gate = Bundle.open(vector_bundle).manifest["gate"]
+    query = constructed("beagle", "test", 0)
+    test_to_train = float(TRAIN_VECTOR["beagle"] @ query)
+    # every test row's 5 nearest rows are train rows of its breed: all score test_to_train
+    assert gate["dog_threshold"] == round_down(test_to_train)
+    # without its breed: the 2 other breeds' test rows leaning the same way, then their train
+    # rows; every test row is placed alike, so all score the same
+    other = (2 * float(constructed("chihuahua", "test", 0) @ query)
+             + 3 * float(TRAIN_VECTOR["chihuahua"] @ query)) / 5
+    assert gate["not_dog_threshold"] == pytest.approx(round_down(other), abs=2e-6)
+    assert gate["k"] == 5 and gate["dog_recall_target"] == 0.95
+    assert gate["figures"]["test_dogs"] == 6
+    assert gate["figures"]["test_dogs_above_dog_threshold"] == 1.0
+    assert gate["figures"]["simulated_unknown_breeds_not_called_dog"] == 1.0
+    floor = gate["heads"]["logreg"]["top_probability_floor"]
+    assert 0 < floor <= 1 and gate["heads"]["logreg"]["test_dogs_kept_as_dog"] == 1.0
+    assert "only the bundle's own rows" in gate["how"].lower() or "own rows" in gate["how"]
+
+
+def test_gate_verdict_rules() -> None:
+    gate = Gate(k=5, dog_threshold=0.6, not_dog_threshold=0.4, floors={"logreg": 0.5},
+                known_breeds=10)
+    assert gate.verdict(0.39) == NOT_A_DOG and gate.verdict(float("nan")) == NOT_A_DOG
+    assert gate.verdict(0.4) == UNKNOWN_BREED and gate.verdict(0.599) == UNKNOWN_BREED
+    assert gate.verdict(0.6) == DOG
+    assert gate.verdict(0.9, 0.49, "logreg") == UNKNOWN_BREED  # the head hesitates
+    assert gate.verdict(0.9, 0.49, "finetune") == DOG  # no floor recorded for that head
+    assert gate.verdicts(np.array([0.1, 0.5, 0.7]), np.array([0.9, 0.9, 0.9]), "logreg") == [
+        NOT_A_DOG, UNKNOWN_BREED, DOG]
+    assert "0.35 similar" in gate.explain(NOT_A_DOG, 0.35)
+    assert Gate.from_manifest({"gate": None}) is None
+
+
+def test_keep_threshold_keeps_at_least_the_share_asked() -> None:
+    rng = np.random.default_rng(0)
+    for n in (1, 6, 19, 20, 120, 1001):
+        scores = rng.normal(size=n)
+        t = keep_threshold(scores, 0.95)
+        assert np.mean(scores >= t) >= 0.95
+        assert n < 20 or np.mean(scores > t) < 0.95  # and it is the largest such threshold
+    assert round_down(0.5360279) == 0.536027  # a recorded threshold never rounds up
+
+
+def test_knn_similarity_leaves_out_itself_or_its_breed() -> None:
+    ref = np.stack([axis(0), unit(axis(0) + axis(1)), axis(1)])
+    labels = np.array(["a", "a", "b"])
+    keys = np.array(["h0", "h1", "h2"])
+    assert knn_similarity(ref[:1], ref, 1)[0] == pytest.approx(1.0)
+    assert knn_similarity(ref[:1], ref, 1, keys[:1], keys)[0] == pytest.approx(2 ** -0.5)
+    assert knn_similarity(ref[:1], ref, 1, labels[:1], labels)[0] == pytest.approx(0.0)
+    assert knn_similarity(ref[:1], ref, 2)[0] == pytest.approx((1 + 2 ** -0.5) / 2)
+
+
+def test_auroc_and_fpr_at_recall_known_values() -> None:
+    assert auroc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
+    assert auroc(np.array([0.1]), np.array([0.9])) == 0.0
+    assert auroc(np.array([0.5, 0.5]), np.array([0.5])) == 0.5  # ties count half
+    dogs = np.linspace(0, 1, 101)  # the 95 %-recall threshold is 0.05
+    assert fpr_at_recall(dogs, np.array([0.0, 0.04, 0.05, 0.5])) == 0.5
+
+
+# ---- re-calibration ----------------------------------------------------------------------------
+def test_train_recalibrates_the_gate(vector_bundle: Path, tmp_path: Path) -> None:
+    from ui.workflows import train_head
+
+    copy = Path(shutil.copytree(vector_bundle, tmp_path / "copy"))
+    bundle = Bundle(copy)
+    expected = bundle.manifest["gate"]
+    bundle.update_manifest(gate={**expected, "dog_threshold": 0.123})
+    result = train_head(copy, "logreg", c=0.5)
+    gate = Bundle.open(copy).manifest["gate"]
+    assert result["gate"] == gate and gate["dog_threshold"] == expected["dog_threshold"]
+    assert result["comparison"]["by"] == BY_VALIDATION
+
+
+def test_add_and_remove_recalibrate_the_gate(tiny_bundle: Path, tmp_path: Path) -> None:
+    from ui.workflows import add_to_bundle, remove_from_bundle
+
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
+    before = Bundle.open(copy).manifest["gate"]["figures"]["test_dogs"]
+    more = tmp_path / "more"
+    rng = np.random.default_rng(5)
+    for breed, colour in (("beagle", (200, 120, 60)), ("samoyed", (235, 235, 230))):
+        (more / breed).mkdir(parents=True)
+        for i in range(10):
+            make_image(colour, rng).save(more / breed / f"extra_{i}.jpg", quality=90)
+    add_to_bundle(copy, str(more), runtime="keras")
+    added = Bundle.open(copy).manifest["gate"]["figures"]["test_dogs"]
+    assert added == before + 4  # 20 % of each new breed folder is held out
+    remove_from_bundle(copy, ["beagle/extra_*.jpg"])
+    assert Bundle.open(copy).manifest["gate"]["figures"]["test_dogs"] == before + 2
+
+
+# ---- the verdict everywhere the answer shows ---------------------------------------------------
+def _png(size: tuple[int, int], colour=(120, 90, 60)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_classify_csv_has_verdicts_and_refuses_tiny_images(tiny_bundle: Path, dataset: Path,
+                                                           tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(next((dataset / "samoyed").glob("*.jpg")), photos / "dog.jpg")
+    (photos / "pixel.png").write_bytes(_png((1, 1)))
+    (photos / "strip.png").write_bytes(_png((300, 31)))
+    out = tmp_path / "p.csv"
+    result = runner.invoke(app, ["classify", str(photos), "--bundle", str(tiny_bundle),
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out, keep_default_na=False)
+    rows = {Path(r["path"]).name: r for _, r in table.iterrows()}
+    assert rows["pixel.png"]["error"] == ("image too small to judge (1x1 pixels; at least 32 on"
+                                          " each side)")
+    assert rows["strip.png"]["error"].startswith("image too small to judge (300x31")
+    assert rows["pixel.png"]["verdict"] == "" and rows["pixel.png"]["breed_1"] == ""
+    assert rows["dog.jpg"]["verdict"] in VERDICTS and rows["dog.jpg"]["breed_1"]
+    assert "1 of 3 images classified, 2 could not be read" in " ".join(result.output.split())
+
+
+def strict_copy(tiny_bundle: Path, tmp_path: Path, dog: float, not_dog: float) -> Path:
+    """A copy of the tiny bundle whose gate thresholds force one verdict."""
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "strict"))
+    bundle = Bundle(copy)
+    bundle.update_manifest(gate={**bundle.manifest["gate"], "dog_threshold": dog,
+                                 "not_dog_threshold": not_dog})
+    return copy
+
+
+def test_search_prints_the_verdict_and_json_carries_it(tiny_bundle: Path, dataset: Path,
+                                                       tmp_path: Path) -> None:
+    image = next((dataset / "samoyed").glob("*.jpg"))
+    strict = strict_copy(tiny_bundle, tmp_path, 1.5, 1.5)  # no similarity reaches 1.5
+    shown = runner.invoke(app, ["search", str(image), "--bundle", str(strict)])
+    assert shown.exit_code == 0, shown.output
+    said = " ".join(shown.output.split())
+    assert "verdict: not_a_dog (this doesn't look like a dog)" in said
+    assert "closest breeds, for reference (logreg head)" in said
+    raw = runner.invoke(app, ["search", str(image), "--bundle", str(strict), "--json"])
+    answer = json.loads(raw.output)
+    assert answer["verdict"] == NOT_A_DOG and len(answer["lookalikes"]) == 8
+    assert answer["why"].startswith("Its nearest photos in the bundle are only")
+
+
+def test_search_refuses_a_tiny_image(tiny_bundle: Path, tmp_path: Path) -> None:
+    (tmp_path / "pixel.png").write_bytes(_png((1, 1)))
+    result = runner.invoke(app, ["search", str(tmp_path / "pixel.png"), "--bundle",
+                                 str(tiny_bundle)])
+    assert result.exit_code == 2 and "too small to judge" in result.output
+
+
+def test_evaluate_with_photo_sets_writes_the_gate_report(vector_bundle: Path, tmp_path: Path
+                                                         ) -> None:
+    copy = Path(shutil.copytree(vector_bundle, tmp_path / "copy"))
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
+            noise / f"{i}.png")
+    result = runner.invoke(app, ["evaluate", "--bundle", str(copy), "--not-dogs", str(noise),
+                                 "--unknown-breeds", str(noise)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "95% CI" in said and "validation top-1" in said
+    assert "serving head: logreg (best validation top1)" in said
+    assert "open-set gate: kNN similarity (mean of 5 nearest)" in said
+    report = json.loads((copy / "report" / "gate_dev.json").read_text())
+    rows = {r["kind"]: r for r in report["sets"]}
+    assert rows["dog"]["images"] == 6 and rows["dog"]["dog"] == 1.0
+    for row in (rows["not_a_dog"], rows["unknown_breed"]):
+        assert 0 <= row["knn_auroc"] <= 1 and 0 <= row["knn_fpr_at_95"] <= 1
+        assert row["head_auroc"] is not None
+        assert sum(row[v] for v in VERDICTS) == pytest.approx(1.0)
+    assert report["thresholds"]["k"] == 5 and report["top_probability_floor"] > 0
+    assert pd.read_csv(copy / "report" / "gate_dev.csv")["images"].tolist() == [6, 4, 4]
+
+
+def test_app_says_not_a_dog_and_hides_lookalikes(tiny_bundle: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    copy = strict_copy(tiny_bundle, tmp_path, 1.5, 1.5)
+    gate = Bundle(copy).manifest["gate"]
+    monkeypatch.setenv(core.BUNDLE_ENV, str(copy))
+    monkeypatch.setenv("EMBED_DOGS_CACHE", str(tmp_path / "cache"))
+    at = AppTest.from_file(str(REPO / "ui" / "app.py"), default_timeout=120).run()
+    at.file_uploader[0].set_value(("cat.jpg", _png((64, 64)), "image/png")).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == ["**This doesn't look like a dog.**"]
+    assert not at.success and not at.warning  # no breed is named
+    assert not [m for m in at.markdown if "· similarity" in m.value]  # look-alikes hidden
+    toggle = at.toggle[0]
+    assert toggle.label == "Show the closest dataset photos anyway" and toggle.value is False
+    toggle.set_value(True).run()
+    assert len([m for m in at.markdown if "· similarity" in m.value]) == 12
+
+    # another folder: the app caches what it loaded per bundle path
+    lenient = Path(shutil.copytree(copy, tmp_path / "lenient"))
+    Bundle(lenient).update_manifest(gate={**gate, "dog_threshold": 1.5,
+                                          "not_dog_threshold": -1.0})
+    monkeypatch.setenv(core.BUNDLE_ENV, str(lenient))
+    at = AppTest.from_file(str(REPO / "ui" / "app.py"), default_timeout=120).run()
+    at.file_uploader[0].set_value(("odd.jpg", _png((64, 64)), "image/png")).run()
+    assert [w.value for w in at.warning] == ["**A dog, but not one of the 3 breeds I know.**"]
+
+
+def test_prediction_headline() -> None:
+    p = core.Prediction([("beagle", 0.9)], verdict=NOT_A_DOG)
+    assert not p.names_a_breed and p.headline == "This doesn't look like a dog"
+    p = core.Prediction([("beagle", 0.9)], verdict=UNKNOWN_BREED, known_breeds=120)
+    assert p.headline == "A dog, but not one of the 120 breeds I know"
+    assert core.Prediction([("beagle", 0.9)], verdict=DOG).names_a_breed
+
+
+# ---- honest head choice and intervals --------------------------------------------------------
+def test_best_head_is_chosen_on_validation_not_test() -> None:
+    heads = {"logreg": {"validation": {"top1": 0.80}, "metrics": {"top1": 0.95}},
+             "finetune": {"validation": {"top1": 0.85}, "metrics": {"top1": 0.90}}}
+    assert choose_best_head(heads) == ("finetune", BY_VALIDATION)
+    del heads["finetune"]["validation"]  # an old record: say that test decided
+    assert choose_best_head(heads) == ("logreg", BY_TEST)
+
+
+def test_load_predictor_and_comparison_use_validation(vector_bundle: Path, tmp_path: Path
+                                                      ) -> None:
+    from classify.comparison import compare_heads
+    from classify.heads import load_predictor
+
+    copy = Path(shutil.copytree(vector_bundle, tmp_path / "copy"))
+    bundle = Bundle(copy)
+    heads = bundle.manifest["heads"]
+    record = heads["logreg"]
+    assert record["validation"]["images"] == 3 and record["validation"]["top1"] == 1.0
+    assert record["metrics"]["top1_ci95"] == list(wilson_interval(6, 6))
+    # a second head that wins on test but loses on validation is not chosen
+    heads["other"] = {**record, "validation": {"top1": 0.5}, "metrics": {"top1": 1.0}}
+    bundle.update_manifest(heads=heads)
+    assert compare_heads(bundle)["best"] == "logreg"
+    assert load_predictor(bundle).name == "logreg"
+
+
+def test_validation_slice_is_the_finetune_one() -> None:
+    labels = np.array(["a"] * 10 + ["b"] * 7)
+    mask = validation_mask(labels)
+    assert mask.sum() == 2 + 1  # round(15 %) per breed
+    from embed.sources import stratified_hold_out
+
+    marks = stratified_hold_out(labels.tolist(), 0.15, 0)
+    assert mask.tolist() == [m == "test" for m in marks]
+
+
+@pytest.mark.parametrize(("k", "n", "low", "high"), [
+    (81, 263, 0.2553, 0.3662),  # a worked example of the Wilson score interval
+    (0, 10, 0.0, 0.2775),
+    (10, 10, 0.7225, 1.0),
+    (1, 2, 0.0945, 0.9055),
+    (114, 120, 0.8952, 0.9769),
+])
+def test_wilson_interval_known_values(k: int, n: int, low: float, high: float) -> None:
+    lo, hi = wilson_interval(k, n)
+    assert (round(lo, 4), round(hi, 4)) == (low, high)
+
+
+def test_interval_of_stored_metrics() -> None:
+    assert wilson_interval(0, 0) is None
+    assert accuracy_interval({"top1": 0.95, "test_images": 120}) == wilson_interval(114, 120)
+    assert accuracy_interval({"top1_ci95": [0.1, 0.2], "top1": 0.15}) == (0.1, 0.2)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+# ---- leakage ---------------------------------------------------------------------------------
+def test_leakage_warning(tiny_bundle: Path, tmp_path: Path) -> None:
+    assert leakage_warning(Bundle.open(tiny_bundle)) is None  # random weights, own photos
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
+    bundle = Bundle(copy)
+    backbone = {**bundle.manifest["backbone"], "weights": "imagenet"}
+    bundle.update_manifest(backbone=backbone)
+    assert leakage_warning(bundle) is None  # ImageNet weights, but photos from elsewhere
+    source = {**bundle.manifest["source"], "kind": "tfds", "location": "tfds:stanford_dogs"}
+    bundle.update_manifest(source=source)
+    warning = leakage_warning(bundle)
+    assert warning and warning.startswith("Leakage: Stanford Dogs' images come from ImageNet")
+    assert "test accuracy is optimistic" in warning
+
+
+def test_imagenet_file_names_mark_a_folder_source() -> None:
+    from classify.leakage import imagenet_source
+
+    manifest = {"source": {"kind": "folder", "location": "/x"}}
+    names = [f"/x/beagle/n02088364_{i}.JPEG" for i in range(3)] + ["/x/beagle/mine.jpg"]
+    assert "3 of 4 photos carry ImageNet file names" in imagenet_source(manifest, names)
+    assert imagenet_source(manifest, ["/x/a.jpg", "/x/n0208_1.jpg"]) is None
+
+
+# ---- the issue's targets on the team's data ------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.shared
+def test_dog_tuned_backbone_meets_the_gate_targets(tmp_path: Path) -> None:
+    """Built from woof-sample with the dog-tuned backbone; the dev photos only measure the
+    gate (its thresholds come from the bundle). Measured: test dogs 95.0 % dog; cats 0 %
+    and objects 0 % dog; English springers 78 % unknown_breed."""
+    woof = shared_path("woof-sample")
+    weights = shared_path("weights", "mobilenet_v2_160_dogs_no_top.weights.h5")
+    cats = shared_path("not-dogs-dev", "cat")
+    objects = shared_path("not-dogs-dev", "objects")
+    springers = shared_path("unknown-breed-dev", "english_springer")
+    out = tmp_path / "bundle"
+
+    def cli(*args: object) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ui", *map(str, args)], cwd=REPO,
+                              capture_output=True, text=True, timeout=900, env=dict(os.environ))
+
+    built = cli("build-index", "--source", woof, "--out", out, "--backbone", "mobilenet_v2",
+                "--image-size", "160", "--weights", weights)
+    assert built.returncode == 0, built.stderr[-3000:]
+    run = cli("evaluate", "--bundle", out, "--not-dogs", cats, "--not-dogs", objects,
+              "--unknown-breeds", springers)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Possible leakage" in run.stdout
+    rows = json.loads((out / "report" / "gate_dev.json").read_text())["sets"]
+    dogs = next(r for r in rows if r["kind"] == "dog")
+    not_dogs = [r for r in rows if r["kind"] == "not_a_dog"]
+    unknown = next(r for r in rows if r["kind"] == "unknown_breed")
+    assert dogs["dog"] >= 0.95
+    called_dog = sum(r["dog"] * r["images"] for r in not_dogs) / sum(r["images"]
+                                                                     for r in not_dogs)
+    assert called_dog <= 0.05  # >= 95 % not_a_dog or unknown_breed
+    assert unknown["unknown_breed"] >= 0.60
+    assert all(r["knn_auroc"] >= 0.95 for r in not_dogs)
+
+    csv = tmp_path / "cats.csv"
+    classified = cli("classify", cats, "--bundle", out, "--out", csv)
+    assert classified.returncode == 0, classified.stderr[-3000:]
+    table = pd.read_csv(csv, keep_default_na=False)
+    assert (table["verdict"] != "dog").all() and table["breed_1"].astype(bool).all()
