@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from embed.bundle import Bundle, atomic_path
+from embed.bundle import REBUILD_HINT, Bundle, atomic_path
 from embed.errors import BundleError, IncompatibleBundleError
 from index.choice import DEFAULT_MEMORY_BUDGET, POINTS_PER_CENTROID, IndexChoice, choose_index
 
@@ -217,6 +217,63 @@ def build_bundle_index(
     index, choice, recall = _build(shards, n, choice)
     _save(bundle, index)
     return _record(choice, index, recall)
+
+
+def _layout(factory: str) -> str:
+    """The factory without its list count: what decides the bytes a vector."""
+    return factory.split(",", 1)[1] if factory.startswith("IVF") else factory
+
+
+def extend_bundle_index(
+    bundle: Bundle, new_vectors: Iterable[np.ndarray],
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+) -> dict[str, Any]:
+    """Add new vectors to the bundle's saved index; returns the manifest's index record with
+    "rebuilt" added.
+
+    The new vectors must already be the bundle's last rows (`add` writes their shards first).
+    They are added to the saved index in place when the ladder picks the same layout for the
+    new total (an IVF index keeps its lists unless the ladder wants over 4 times as many);
+    otherwise the index is rebuilt from all shards. A requested kind stays requested; an
+    `auto` one climbs the ladder. Recall is measured again over all rows; the index is saved
+    atomically.
+    """
+    info = bundle.manifest.get("index") or {}
+    if not info or not bundle.index_path.is_file():
+        raise BundleError(f"bundle {bundle.root} has no index to extend; run"
+                          " `embed-dogs build-index` to make one")
+    shards = bundle.iter_embedding_shards
+    n, old = count_rows(shards), int(info["rows"])
+    kind = info["kind"] if str(info.get("reason", "")).startswith("requested") else "auto"
+    choice = choose_index(kind, n, int(bundle.manifest["backbone"]["dim"]), memory_budget)
+    in_place = (choice.kind == info["kind"] and _layout(choice.factory) == _layout(info["factory"])
+                and choice.params.get("nlist", 0) <= 4 * info["params"].get("nlist", 0))
+    if not in_place:
+        _check_total(bundle, old + count_rows(lambda: new_vectors), n)
+        index, choice, recall = _build(shards, n, choice)
+    else:
+        index = read_bundle_index(bundle, mmap=False)
+        if index.ntotal != old:
+            raise IncompatibleBundleError(f"index.faiss of {bundle.root} has {index.ntotal} rows,"
+                                          f" the manifest recorded {old}; rebuild the bundle")
+        stream_shards(lambda: new_vectors, index, info["kind"])
+        _check_total(bundle, int(index.ntotal), n)
+        params = {**info["params"], "bytes": choice.params["bytes"]}
+        choice = IndexChoice(info["kind"], info["factory"], params, choice.reason)
+        apply_search_params(index, choice.kind, choice.params)
+        k = min(RECALL_K, n)
+        (queries,) = gather_rows(shards, sample_positions(n, min(RECALL_QUERIES, n)))
+        truth = stream_shards(shards, queries=queries, k=k)
+        choice, recall = _measure(index, choice, queries, truth, k)
+    _save(bundle, index)
+    return {**_record(choice, index, recall), "rebuilt": not in_place}
+
+
+def _check_total(bundle: Bundle, rows: int, n: int) -> None:
+    if rows != n:
+        raise BundleError(f"the index of {bundle.root} would hold {rows} rows but its shards hold"
+                          f" {n}: write the new vectors as shards first;"
+                          f" {REBUILD_HINT.format(root=bundle.root)}")
 
 
 def read_bundle_index(bundle: Bundle, mmap: bool = True) -> Any:

@@ -26,6 +26,7 @@ from index.lookalikes import (
     apply_search_params,
     build_bundle_index,
     build_faiss_index,
+    extend_bundle_index,
     recall_at_k,
 )
 
@@ -367,3 +368,43 @@ def test_index_of_another_dimension_is_incompatible(tmp_path: Path) -> None:
                                                       " 16-d ones"):
         LookalikeIndex(bundle)
 
+
+# ---- extending a saved index ----------------------------------------------------------------
+def test_extend_adds_in_place_while_the_ladder_keeps_the_kind(tmp_path: Path) -> None:
+    vectors = _unit(900, 32, seed=7)
+    bundle = _shard_bundle(tmp_path, vectors[:600], rows_per_shard=250)
+    bundle.update_manifest(index=build_bundle_index(bundle, "auto", "1G"))
+    before = bundle.manifest["index"]
+    _append(bundle, vectors[600:], rows_per_shard=250)
+    new_shards = [np.load(bundle.inside(s["file"]))
+                  for s in bundle.manifest["embeddings"]["shards"][3:]]
+    assert sum(map(len, new_shards)) == 300  # 600 = 250 + 250 + 100: the shards after them
+    record = extend_bundle_index(bundle, new_shards, "1G")
+    assert set(record) == RECORD_KEYS | {"rebuilt"} and record["rebuilt"] is False
+    assert (record["factory"], record["rows"], record["recall@10"]) == ("Flat", 900, 1.0)
+    assert record["params"]["bytes"] == 900 * 32 * 4 > before["params"]["bytes"]
+    bundle.update_manifest(index=record)
+    hits = LookalikeIndex(bundle).search(vectors[[5, 650, 899]], k=1)
+    assert [row[0].position for row in hits] == [5, 650, 899]
+
+
+def test_extend_rebuilds_when_the_kind_must_change(tmp_path: Path) -> None:
+    vectors = _unit(1000, 32, seed=8)
+    bundle = _shard_bundle(tmp_path, vectors[:600], rows_per_shard=300)
+    bundle.update_manifest(index=build_bundle_index(bundle, "auto", "100K"))
+    assert bundle.manifest["index"]["factory"] == "Flat"  # 75K of vectors
+    _append(bundle, vectors[600:], rows_per_shard=300)
+    record = extend_bundle_index(bundle, [vectors[600:]], "100K")  # flat would need 125K
+    assert record["rebuilt"] is True and record["factory"] == "IVF25,SQ8"
+    assert record["rows"] == 1000 and record["params"]["bytes"] <= 100 * 1024
+    assert faiss.read_index(str(bundle.index_path)).ntotal == 1000
+
+
+def test_extend_refuses_vectors_that_are_not_in_the_shards(tmp_path: Path) -> None:
+    vectors = _unit(400, 16, seed=9)
+    bundle = _shard_bundle(tmp_path, vectors, rows_per_shard=200)
+    bundle.update_manifest(index=build_bundle_index(bundle, "flat", "1G"))
+    saved = bundle.index_path.read_bytes()
+    with pytest.raises(BundleError, match="would hold 450 rows but its shards hold 400"):
+        extend_bundle_index(bundle, [_unit(50, 16)], "1G")
+    assert bundle.index_path.read_bytes() == saved  # nothing half-done was saved
