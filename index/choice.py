@@ -47,7 +47,7 @@ def parse_budget(text: str | int) -> int:
 
 
 def format_bytes(n: int) -> str:
-    """Bytes as the budget option reads them, rounded up: 1288490189 -> '1.2G'."""
+    """Bytes as the budget option reads them, rounded up: 5 MiB + 1 byte -> '5.1M'."""
     for unit in ("T", "G", "M", "K"):
         if n >= _UNITS[unit]:
             value = math.ceil(n / _UNITS[unit] * 10) / 10
@@ -59,7 +59,7 @@ def format_bytes(n: int) -> str:
 class IndexChoice:
     kind: str  # flat | hnsw | ivf
     factory: str  # FAISS index_factory string
-    params: dict[str, Any]  # search parameters, "bytes" (the estimate) and, for ivf, "nlist"
+    params: dict[str, Any]  # search parameters, "bytes" (the estimate); ivf: nlist, train_rows
     reason: str
 
     def describe(self) -> dict[str, Any]:
@@ -95,8 +95,8 @@ def ivf_lists(n: int) -> int:
     """About sqrt(n) lists, a power of two, at least 39 training points per list.
 
     Training (k-means on the sample) and adding (assigning every vector) cost about
-    rows * lists * dim each: at the usual 4 * sqrt(n) lists a 1M x 1280 build takes about four
-    times as long on a laptop's cores; a query scans longer lists instead (nprobe is tuned)."""
+    rows * lists * dim each, so the usual 4 * sqrt(n) lists cost four times as much on a
+    laptop's cores; a query scans longer lists instead (and the build tunes nprobe)."""
     lists = 2 ** round(math.log2(max(math.sqrt(n), 1)))
     return max(1, min(lists, n // POINTS_PER_CENTROID))
 

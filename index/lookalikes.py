@@ -25,6 +25,7 @@ RECALL_QUERIES = 1000
 RECALL_TARGET = 0.9  # an IVF build doubles nprobe until recall@10 reaches this ...
 MAX_NPROBE = 256  # ... or it searches this many lists
 ADD_BATCH = 16_384  # rows added to an HNSW graph at a time
+ENCODER_ROWS = 32_768  # PQ: 128 rows for each of its 256 centroids; SQ: each dim's range
 SEED = 0
 
 Shards = Callable[[], Iterable[np.ndarray]]  # a fresh pass over float32 blocks in row order
@@ -127,14 +128,25 @@ def new_faiss_index(dim: int, choice: IndexChoice) -> Any:
     return index
 
 
-def train_faiss_index(index: Any, sample: np.ndarray) -> None:
-    """Train on the sample; k-means is told that a sample under 39 rows a list is deliberate."""
+def train_faiss_index(index: Any, sample: list[np.ndarray]) -> None:
+    """Train on `sample` (a one-array list, emptied here so the rows can be freed early).
+
+    IVF: k-means for the lists on the whole sample (told that under 39 rows a list is
+    deliberate), then the codes on at most ENCODER_ROWS of it: FAISS copies the encoder's
+    training rows as residuals, and SQ once more transposed."""
+    rows = sample.pop()
     if index.is_trained:
         return
-    ivf = _faiss().try_extract_index_ivf(index)
-    if ivf is not None:
-        ivf.cp.min_points_per_centroid = min(POINTS_PER_CENTROID, len(sample) // ivf.nlist)
-    index.train(sample)
+    faiss = _faiss()
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        index.train(rows)
+        return
+    ivf.cp.min_points_per_centroid = min(POINTS_PER_CENTROID, len(rows) // ivf.nlist)
+    faiss.Clustering(ivf.d, ivf.nlist, ivf.cp).train(rows, ivf.quantizer)
+    step = -(-len(rows) // ENCODER_ROWS)
+    rows = np.ascontiguousarray(rows[::step]) if step > 1 else rows
+    index.train(rows)  # the lists' quantizer is trained: only the codes are
 
 
 def apply_search_params(index: Any, kind: str, params: dict[str, Any]) -> None:
@@ -158,9 +170,8 @@ def _build(shards: Shards, n: int, choice: IndexChoice, measure: bool = True,
     query_at = sample_positions(n, min(RECALL_QUERIES, n)) if measure else np.arange(0)
     train_at = np.arange(0) if index.is_trained else sample_positions(
         n, choice.params.get("train_rows", n), SEED + 1)
-    queries, sample = gather_rows(shards, query_at, train_at)
+    queries, *sample = gather_rows(shards, query_at, train_at)
     train_faiss_index(index, sample)
-    del sample
     truth = stream_shards(shards, index, choice.kind, queries if measure else None, k)
     apply_search_params(index, choice.kind, choice.params)
     if truth is None:
