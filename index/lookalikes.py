@@ -57,18 +57,20 @@ def sample_positions(n: int, size: int, seed: int = SEED) -> np.ndarray:
 
 
 def gather_rows(shards: Shards, *positions: np.ndarray) -> list[np.ndarray]:
-    """The rows at each sorted array of positions, copied out of the shards in one pass."""
-    parts: list[list[np.ndarray]] = [[] for _ in positions]
-    start, dim = 0, 0
+    """The rows at each sorted array of positions, copied out of the shards in one pass
+    straight into their final arrays."""
+    out: list[np.ndarray | None] = [None] * len(positions)
+    start = 0
     for shard in shards():
-        stop, dim = start + len(shard), shard.shape[1]
-        for wanted, out in zip(positions, parts, strict=True):
+        stop = start + len(shard)
+        for i, wanted in enumerate(positions):
+            if out[i] is None:
+                out[i] = np.empty((len(wanted), shard.shape[1]), np.float32)
             lo, hi = np.searchsorted(wanted, [start, stop])
             if hi > lo:
-                out.append(np.asarray(shard[wanted[lo:hi] - start], dtype=np.float32))
+                out[i][lo:hi] = shard[wanted[lo:hi] - start]
         start = stop
-    return [np.ascontiguousarray(np.concatenate(out)) if out else np.zeros((0, dim), np.float32)
-            for out in parts]
+    return [rows if rows is not None else np.zeros((0, 0), np.float32) for rows in out]
 
 
 def stream_shards(shards: Shards, index: Any = None, kind: str = "flat",
