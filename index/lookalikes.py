@@ -1,20 +1,34 @@
-"""Build, save, load and query the FAISS index of a bundle."""
+"""Build, save, load and query the FAISS index of a bundle.
+
+Building streams over the memory-mapped shards in row order, so it holds the index, two
+seeded samples (recall queries, IVF's training rows) and one shard, never the whole
+collection: the row count comes from the shards' shapes, one pass gathers the samples, and one
+pass adds every shard while taking the queries' exact top-k for the recall check.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from embed.bundle import Bundle, atomic_path
+from embed.bundle import REBUILD_HINT, Bundle, atomic_path
 from embed.errors import BundleError, IncompatibleBundleError
-from index.choice import DEFAULT_MEMORY_BUDGET, IndexChoice, choose_index
+from index.choice import DEFAULT_MEMORY_BUDGET, POINTS_PER_CENTROID, IndexChoice, choose_index
 
 RECALL_K = 10
 BREED_FILTERS = ("all", "same", "other")
 RECALL_QUERIES = 1000
+RECALL_TARGET = 0.9  # an IVF build doubles nprobe until recall@10 reaches this ...
+MAX_NPROBE = 256  # ... or it searches this many lists
+ADD_BATCH = 16_384  # rows added to an HNSW graph at a time
+ENCODER_ROWS = 32_768  # PQ: 128 rows for each of its 256 centroids; SQ: each dim's range
 SEED = 0
+
+Shards = Callable[[], Iterable[np.ndarray]]  # a fresh pass over float32 blocks in row order
 
 
 def _faiss() -> Any:
@@ -23,18 +37,118 @@ def _faiss() -> Any:
     return faiss
 
 
-def build_faiss_index(vectors: np.ndarray, choice: IndexChoice) -> Any:
-    """An inner-product index (cosine over unit vectors) built from the factory string."""
+# ---- passes over shards ---------------------------------------------------------------------
+def in_memory(vectors: np.ndarray) -> Shards:
+    """One array as a single shard."""
+    block = np.ascontiguousarray(vectors, dtype=np.float32)
+    return lambda: [block]
+
+
+def count_rows(shards: Shards) -> int:
+    """Rows from the shards' shapes: only their headers are read."""
+    return sum(len(shard) for shard in shards())
+
+
+def sample_positions(n: int, size: int, seed: int = SEED) -> np.ndarray:
+    """`size` distinct seeded row positions, sorted; every row, in order, when size >= n."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def gather_rows(shards: Shards, *positions: np.ndarray) -> list[np.ndarray]:
+    """The rows at each sorted array of positions, copied out of the shards in one pass
+    straight into their final arrays."""
+    out: list[np.ndarray | None] = [None] * len(positions)
+    start = 0
+    for shard in shards():
+        stop = start + len(shard)
+        for i, wanted in enumerate(positions):
+            if out[i] is None:
+                out[i] = np.empty((len(wanted), shard.shape[1]), np.float32)
+            lo, hi = np.searchsorted(wanted, [start, stop])
+            if hi > lo:
+                out[i][lo:hi] = shard[wanted[lo:hi] - start]
+        start = stop
+    return [rows if rows is not None else np.zeros((0, 0), np.float32) for rows in out]
+
+
+def stream_shards(shards: Shards, index: Any = None, kind: str = "flat",
+                  queries: np.ndarray | None = None, k: int = RECALL_K,
+                  skip: int = 0) -> np.ndarray | None:
+    """One pass: add every row after the first `skip` to `index` (HNSW in batches) and, given
+    `queries`, return their exact top-k positions over all rows, merged shard by shard."""
     faiss = _faiss()
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    index = faiss.index_factory(vectors.shape[1], choice.factory, faiss.METRIC_INNER_PRODUCT)
+    heap = None if queries is None else faiss.ResultHeap(len(queries), k, keep_max=True)
+    start = 0
+    for shard in shards():
+        rows = len(shard)
+        if heap is not None and rows:
+            scores, ids = faiss.knn(queries, shard, min(k, rows),
+                                    metric=faiss.METRIC_INNER_PRODUCT)
+            heap.add_result(scores, ids + start)
+        if index is not None:
+            step = ADD_BATCH if kind == "hnsw" else max(rows, 1)
+            for lo in range(max(skip - start, 0), rows, step):
+                index.add(np.ascontiguousarray(shard[lo:lo + step], dtype=np.float32))
+        start += rows
+    if heap is None:
+        return None
+    heap.finalize()
+    return heap.I
+
+
+def recall_of(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of the exact top-k neighbours found."""
+    hits = sum(len(set(t) & set(f)) for t, f in zip(truth, found, strict=True))
+    return hits / max(truth.size, 1)
+
+
+def recall_at_k(index: Any, vectors: np.ndarray | Shards, k: int = RECALL_K,
+                n_queries: int = RECALL_QUERIES, seed: int = SEED) -> float:
+    """Share of the exact top-k neighbours the index finds, on a seeded sample of the rows.
+
+    `vectors` is an array, or a function giving a pass over shards (the exact top-k is then
+    taken shard by shard: only one shard and the queries are in memory)."""
+    shards = vectors if callable(vectors) else in_memory(vectors)
+    n = count_rows(shards)
+    if n == 0:
+        return 1.0
+    k = min(k, n)
+    (queries,) = gather_rows(shards, sample_positions(n, min(n_queries, n), seed))
+    truth = stream_shards(shards, queries=queries, k=k)
+    return recall_of(index.search(queries, k)[1], truth)
+
+
+# ---- building -------------------------------------------------------------------------------
+def new_faiss_index(dim: int, choice: IndexChoice) -> Any:
+    """An empty inner-product index (cosine over unit vectors) from the factory string."""
+    faiss = _faiss()
+    index = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
     if choice.kind == "hnsw":
         index.hnsw.efConstruction = choice.params["efConstruction"]
-    if not index.is_trained:
-        index.train(vectors)
-    index.add(vectors)
-    apply_search_params(index, choice.kind, choice.params)
     return index
+
+
+def train_faiss_index(index: Any, sample: list[np.ndarray]) -> None:
+    """Train on `sample` (a one-array list, emptied here so the rows can be freed early).
+
+    IVF: k-means for the lists on the whole sample (told that under 39 rows a list is
+    deliberate), then the codes on at most ENCODER_ROWS of it: FAISS copies the encoder's
+    training rows as residuals, and SQ once more transposed."""
+    rows = sample.pop()
+    if index.is_trained:
+        return
+    faiss = _faiss()
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None:
+        index.train(rows)
+        return
+    ivf.cp.min_points_per_centroid = min(POINTS_PER_CENTROID, len(rows) // ivf.nlist)
+    faiss.Clustering(ivf.d, ivf.nlist, ivf.cp).train(rows, ivf.quantizer)
+    step = -(-len(rows) // ENCODER_ROWS)
+    rows = np.ascontiguousarray(rows[::step]) if step > 1 else rows
+    index.train(rows)  # the lists' quantizer is trained: only the codes are
 
 
 def apply_search_params(index: Any, kind: str, params: dict[str, Any]) -> None:
@@ -45,45 +159,166 @@ def apply_search_params(index: Any, kind: str, params: dict[str, Any]) -> None:
         faiss.extract_index_ivf(index).nprobe = params["nprobe"]
 
 
-def recall_at_k(index: Any, vectors: np.ndarray, k: int = RECALL_K,
-                n_queries: int = RECALL_QUERIES, seed: int = SEED) -> float:
-    """Share of the exact top-k neighbours the index finds, on a sample of the vectors."""
-    faiss = _faiss()
-    n = len(vectors)
-    if n == 0:
-        return 1.0
-    k = min(k, n)
-    rng = np.random.default_rng(seed)
-    sample = rng.choice(n, size=min(n_queries, n), replace=False)
-    queries = np.ascontiguousarray(vectors[sample], dtype=np.float32)
-    base = np.ascontiguousarray(vectors, dtype=np.float32)
-    _, truth = faiss.knn(queries, base, k, metric=faiss.METRIC_INNER_PRODUCT)
-    _, found = index.search(queries, k)
-    hits = sum(len(set(t) & set(f)) for t, f in zip(truth, found, strict=True))
-    return hits / (len(queries) * k)
+def build_faiss_index(vectors: np.ndarray, choice: IndexChoice) -> Any:
+    """An index of in-memory vectors, built as a bundle's is (tests, small collections)."""
+    return _build(in_memory(vectors), len(vectors), choice, measure=False)[0]
+
+
+def _build(shards: Shards, n: int, choice: IndexChoice, measure: bool = True,
+           ) -> tuple[Any, IndexChoice, float]:
+    """Train on a seeded sample, add shard by shard; measure recall, tuning IVF's nprobe."""
+    index = new_faiss_index(_dim(shards), choice)
+    k = min(RECALL_K, n)
+    query_at = sample_positions(n, min(RECALL_QUERIES, n)) if measure else np.arange(0)
+    train_at = np.arange(0) if index.is_trained else sample_positions(
+        n, choice.params.get("train_rows", n), SEED + 1)
+    queries, *sample = gather_rows(shards, query_at, train_at)
+    train_faiss_index(index, sample)
+    truth = stream_shards(shards, index, choice.kind, queries if measure else None, k)
+    apply_search_params(index, choice.kind, choice.params)
+    if truth is None:
+        return index, choice, float("nan")
+    return (index, *_measure(index, choice, queries, truth, k))
+
+
+def _dim(shards: Shards) -> int:
+    return next(int(shard.shape[1]) for shard in shards())
+
+
+def _measure(index: Any, choice: IndexChoice, queries: np.ndarray, truth: np.ndarray,
+             k: int) -> tuple[IndexChoice, float]:
+    """Recall@k against exact search; an IVF index searches twice as many lists until it
+    reaches RECALL_TARGET (or MAX_NPROBE), and records the nprobe it settled on."""
+    recall = recall_of(index.search(queries, k)[1], truth)
+    if choice.kind != "ivf":
+        return choice, recall
+    ivf = _faiss().extract_index_ivf(index)
+    most = min(ivf.nlist, MAX_NPROBE)
+    while recall < RECALL_TARGET and ivf.nprobe < most:
+        ivf.nprobe = min(ivf.nprobe * 2, most)
+        recall = recall_of(index.search(queries, k)[1], truth)
+    params = {**choice.params, "nprobe": int(ivf.nprobe)}
+    return IndexChoice(choice.kind, choice.factory, params, choice.reason), recall
+
+
+def _record(choice: IndexChoice, index: Any, recall: float) -> dict[str, Any]:
+    return {
+        **choice.describe(),
+        "metric": "inner_product",
+        "rows": int(index.ntotal),
+        "dim": int(index.d),
+        f"recall@{RECALL_K}": round(recall, 4),
+        "recall_queries": int(min(RECALL_QUERIES, index.ntotal)),
+    }
+
+
+def _save(bundle: Bundle, index: Any) -> None:
+    with atomic_path(bundle.index_path) as tmp:
+        _faiss().write_index(index, str(tmp))
 
 
 def build_bundle_index(
     bundle: Bundle, kind: str = "auto", memory_budget: int | str = DEFAULT_MEMORY_BUDGET
 ) -> dict[str, Any]:
-    """Build the bundle's index, measure recall@10 against exact search, save it atomically."""
-    faiss = _faiss()
-    vectors = bundle.embeddings()
-    if len(vectors) == 0:
+    """Build the bundle's index from its shards, measure recall@10 against exact search and
+    save it atomically; returns the manifest's index record."""
+    shards = bundle.iter_embedding_shards
+    n = count_rows(shards)
+    if n == 0:
         raise BundleError("no embeddings to index: every input was skipped (see skipped.csv)")
-    choice = choose_index(kind, len(vectors), vectors.shape[1], memory_budget)
-    index = build_faiss_index(vectors, choice)
-    recall = recall_at_k(index, vectors)
-    with atomic_path(bundle.index_path) as tmp:
-        faiss.write_index(index, str(tmp))
-    return {
-        **choice.describe(),
-        "metric": "inner_product",
-        "rows": int(index.ntotal),
-        "dim": int(vectors.shape[1]),
-        f"recall@{RECALL_K}": round(recall, 4),
-        "recall_queries": int(min(RECALL_QUERIES, len(vectors))),
-    }
+    choice = choose_index(kind, n, int(bundle.manifest["backbone"]["dim"]), memory_budget)
+    index, choice, recall = _build(shards, n, choice)
+    _save(bundle, index)
+    return _record(choice, index, recall)
+
+
+def _layout(factory: str) -> str:
+    """The factory without its list count: what decides the bytes a vector."""
+    return factory.split(",", 1)[1] if factory.startswith("IVF") else factory
+
+
+def extend_bundle_index(
+    bundle: Bundle, new_vectors: Iterable[np.ndarray],
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+) -> dict[str, Any]:
+    """Add new vectors to the bundle's saved index; returns the manifest's index record with
+    "rebuilt" added.
+
+    The new vectors must already be the bundle's last rows (`add` writes their shards first).
+    They are added to the saved index in place when the ladder picks the same layout for the
+    new total (an IVF index keeps its lists unless the ladder wants over 4 times as many);
+    otherwise the index is rebuilt from all shards. A requested kind stays requested; an
+    `auto` one climbs the ladder. Recall is measured again over all rows; the index is saved
+    atomically.
+    """
+    info = bundle.manifest.get("index") or {}
+    if not info or not bundle.index_path.is_file():
+        raise BundleError(f"bundle {bundle.root} has no index to extend; run"
+                          " `embed-dogs build-index` to make one")
+    shards = bundle.iter_embedding_shards
+    n, old = count_rows(shards), int(info["rows"])
+    kind = info["kind"] if str(info.get("reason", "")).startswith("requested") else "auto"
+    choice = choose_index(kind, n, int(bundle.manifest["backbone"]["dim"]), memory_budget)
+    in_place = (choice.kind == info["kind"] and _layout(choice.factory) == _layout(info["factory"])
+                and choice.params.get("nlist", 0) <= 4 * info["params"].get("nlist", 0))
+    if not in_place:
+        _check_total(bundle, old + count_rows(lambda: new_vectors), n)
+        index, choice, recall = _build(shards, n, choice)
+    else:
+        index = read_bundle_index(bundle, mmap=False)
+        if index.ntotal != old:
+            raise IncompatibleBundleError(f"index.faiss of {bundle.root} has {index.ntotal} rows,"
+                                          f" the manifest recorded {old}; rebuild the bundle")
+        stream_shards(lambda: new_vectors, index, info["kind"])
+        _check_total(bundle, int(index.ntotal), n)
+        params = {**info["params"], "bytes": choice.params["bytes"]}
+        choice = IndexChoice(info["kind"], info["factory"], params, choice.reason)
+        apply_search_params(index, choice.kind, choice.params)
+        k = min(RECALL_K, n)
+        (queries,) = gather_rows(shards, sample_positions(n, min(RECALL_QUERIES, n)))
+        truth = stream_shards(shards, queries=queries, k=k)
+        choice, recall = _measure(index, choice, queries, truth, k)
+    _save(bundle, index)
+    return {**_record(choice, index, recall), "rebuilt": not in_place}
+
+
+def _check_total(bundle: Bundle, rows: int, n: int) -> None:
+    if rows != n:
+        raise BundleError(f"the index of {bundle.root} would hold {rows} rows but its shards hold"
+                          f" {n}: write the new vectors as shards first;"
+                          f" {REBUILD_HINT.format(root=bundle.root)}")
+
+
+def read_bundle_index(bundle: Bundle, mmap: bool = True) -> Any:
+    """The saved index; an IVF index's lists memory-mapped (read-only) when `mmap`.
+
+    A file FAISS cannot read, or an index of another dimension than the backbone's, is an
+    error that says what to do, not a traceback."""
+    faiss = _faiss()
+    kind = (bundle.manifest.get("index") or {}).get("kind")
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap and kind == "ivf" else 0
+    try:
+        index = faiss.read_index(str(bundle.index_path), flags)
+    except (RuntimeError, MemoryError) as exc:
+        raise BundleError(
+            f"{bundle.index_path.name} of {bundle.root} cannot be read ({_faiss_error(exc)});"
+            f" run `embed-dogs verify --bundle {bundle.root}` or rebuild the bundle"
+        ) from None
+    dim = int(bundle.manifest["backbone"]["dim"])
+    if index.d != dim:
+        raise IncompatibleBundleError(
+            f"{bundle.index_path.name} of {bundle.root} holds {index.d}-d vectors but the"
+            f" backbone makes {dim}-d ones; rebuild the index with `embed-dogs build-index`"
+        )
+    return index
+
+
+def _faiss_error(exc: BaseException) -> str:
+    """FAISS's own words without its C++ location: 'read error in ...: 1154 != 22784'."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)
+    text = re.sub(r"^Error: '[^']*' failed: ", "", text)
+    return text[:200] or type(exc).__name__
 
 
 @dataclass
@@ -100,7 +335,6 @@ class LookalikeIndex:
     """A loaded index with its metadata: search returns rows a person can read."""
 
     def __init__(self, bundle: Bundle) -> None:
-        faiss = _faiss()
         manifest = bundle.manifest
         if not manifest.get("index") or not bundle.index_path.is_file():
             raise BundleError(
@@ -108,7 +342,7 @@ class LookalikeIndex:
             )
         self.bundle = bundle
         self.info = manifest["index"]
-        self.index = faiss.read_index(str(bundle.index_path))
+        self.index = read_bundle_index(bundle)
         apply_search_params(self.index, self.info["kind"], self.info.get("params", {}))
         self.metadata = bundle.metadata()
         if self.index.ntotal != len(self.metadata):
