@@ -52,6 +52,7 @@ def test_add_then_remove_round_trip(tmp_path: Path) -> None:
     bundle = Bundle.open(out)
     m = bundle.manifest
     assert m["counts"]["embedded"] == 26 and m["index"]["rows"] == 26
+    assert m["index"]["rebuilt"] is False  # the new rows were added to the index in place
     assert [h["op"] for h in m["history"]] == ["add"]
     table = bundle.metadata()
     assert table["row_id"].is_unique and table["row_id"].max() >= 18

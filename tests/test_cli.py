@@ -148,10 +148,14 @@ def test_info_and_evaluate(built: Path) -> None:
          "'fast' is not one of 'auto', 'litert', 'keras'"),
         (["build-index", "--memory-budget", "lots", "--source", "{dataset}"],
          "cannot read memory budget 'lots'"),
+        (["build-index", "--memory-budget", "200", "--source", "{dataset}", "--backbone",
+          TINY, "--weights", "none"], "raise --memory-budget"),
     ],
 )
 def test_expected_failures_are_one_clear_line(args, message, built: Path, dataset: Path,
-                                              tmp_path: Path) -> None:
+                                              tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default --out lands here, never in the checkout
     (tmp_path / "empty").mkdir()
     fill = {"{empty}": str(tmp_path / "empty"), "{dataset}": str(dataset),
             "{bundle}": str(built), "{image}": str(next(dataset.rglob("*.jpg")))}

@@ -60,8 +60,8 @@ from embed.sources import (
     open_source,
 )
 from embed.staging import BundleWriter
-from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET
-from index.lookalikes import LookalikeIndex, build_bundle_index
+from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET, choose_index
+from index.lookalikes import LookalikeIndex, build_bundle_index, extend_bundle_index
 
 DEFAULT_OUT = "dogs-bundle"
 log = logging.getLogger(__name__)
@@ -143,6 +143,8 @@ def build_bundle(
     with BundleWriter(config.out, config.overwrite, source_root(config)) as writer:
         src = open_build_source(config)
         embedder = open_build_embedder(config)
+        # an index that cannot fit the budget is said now, not after hours of embedding
+        choose_index(config.index_kind, len(src.items), embedder.dim, config.memory_budget)
         on_progress = on_source(src) if on_source else None
         bundle, _ = writer.stage(
             resume_key(src, embedder, config.runtime, config.rows_per_shard))
@@ -160,14 +162,26 @@ def build_bundle(
     return BuildResult(target, stats, manifest)
 
 
-def refresh_after_change(bundle: Bundle, event: dict[str, Any]) -> None:
-    """After rows were added or removed: the index again (as it was requested), the
-    logistic-regression head and its report when labelled, the comparison, the history."""
+def refresh_after_change(bundle: Bundle, event: dict[str, Any],
+                         new_shards: list[dict[str, Any]] | None = None) -> None:
+    """After rows were added or removed: the index (extended in place with `new_shards` when
+    the ladder keeps its layout, else rebuilt as it was requested), the logistic-regression
+    head, its report and the gate when labelled, the comparison, the history."""
     import time
 
+    import numpy as np
+
     index = bundle.manifest.get("index") or {}
-    index_bundle(bundle, index.get("requested", DEFAULT_INDEX_KIND),
-                 index.get("memory_budget", DEFAULT_MEMORY_BUDGET))
+    budget = index.get("memory_budget", DEFAULT_MEMORY_BUDGET)
+    if new_shards is not None:
+        log.info("adding the new rows to the FAISS index")
+        vectors = [np.load(bundle.inside(s["file"]), mmap_mode="r") for s in new_shards]
+        record = extend_bundle_index(bundle, vectors, budget)
+        bundle.update_manifest(index={**record, "requested": index.get("requested"),
+                                      "memory_budget": budget})
+        bundle.record_files(bundle.index_path)
+    else:
+        index_bundle(bundle, index.get("requested", DEFAULT_INDEX_KIND), budget)
     splits = bundle.split_arrays()
     if len(set(splits["train"][1])) >= 2:
         fit_default_head(bundle)
@@ -194,10 +208,12 @@ def add_to_bundle(
         src = open_source(source, test_fraction=test_fraction)
         embedder = serving_embedder(staged, runtime)  # the very model the bundle's rows came from
         on_progress = on_source(src) if on_source else None
+        old_shards = len(staged.manifest["embeddings"]["shards"])
         stats = append_source(staged, src, embedder, batch_size, on_progress)
         refresh_after_change(staged, {"op": "add", "source": src.location,
                                       "added": stats.embedded, "skipped": stats.skipped,
-                                      "already_there": stats.reused})
+                                      "already_there": stats.reused},
+                             new_shards=staged.manifest["embeddings"]["shards"][old_shards:])
         writer.commit()
     return stats
 
