@@ -60,14 +60,16 @@ def make_image(colour: tuple[int, int, int], rng: np.random.Generator,
     return Image.fromarray(arr)
 
 
-def write_dataset(root: Path, per_class: int = 10, seed: int = 0) -> Path:
-    """ROOT/<class>/<i>.jpg for each class, deterministic."""
+def write_dataset(root: Path, per_class: int = 10, seed: int = 0,
+                  classes: dict[str, tuple[int, int, int]] | None = None,
+                  name: str = "{i:03d}") -> Path:
+    """ROOT/<class>/<name>.jpg for each class (all of CLASSES by default), deterministic."""
     rng = np.random.default_rng(seed)
-    for name, colour in CLASSES.items():
-        folder = root / name
+    for breed, colour in (classes or CLASSES).items():
+        folder = root / breed
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            make_image(colour, rng).save(folder / f"{i:03d}.jpg", quality=90)
+            make_image(colour, rng).save(folder / f"{name.format(i=i)}.jpg", quality=90)
     return root
 
 
@@ -120,3 +122,15 @@ def shared_path(*parts: str) -> Path:
 def unboxed(output: str) -> str:
     """Click's usage errors as one line: rich draws them in a wrapped box."""
     return " ".join(re.sub(r"[│╭╮╰╯─]", " ", output).split())
+
+
+def private_keras_home(tmp_path: Path) -> Path:
+    """A writable copy of ../shared/data/keras-home: Keras writes keras.json into KERAS_HOME,
+    and nothing may write into ../shared."""
+    import shutil
+
+    home = tmp_path / "keras-home"
+    shutil.copytree(shared_path("keras-home"), home, copy_function=shutil.copyfile)
+    for folder in (home, *(p for p in home.rglob("*") if p.is_dir())):
+        folder.chmod(0o755)  # copytree copies the shared folders' read-only modes
+    return home

@@ -12,7 +12,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from embed.bundle import Bundle
-from tests.conftest import TINY, make_image, write_dataset
+from tests.conftest import TINY, write_dataset
 from ui.cli import app
 
 runner = CliRunner()
@@ -34,12 +34,8 @@ def test_add_then_remove_round_trip(tmp_path: Path) -> None:
     before = Bundle.open(out)
     assert before.manifest["counts"]["embedded"] == 18
 
-    more = tmp_path / "more"
-    rng = np.random.default_rng(9)
-    for breed, colour in (("beagle", (200, 120, 60)), ("samoyed", (235, 235, 230))):
-        (more / breed).mkdir(parents=True)
-        for i in range(4):
-            make_image(colour, rng).save(more / breed / f"new_{i}.jpg", quality=90)
+    more = write_dataset(tmp_path / "more", per_class=4, seed=9, name="new_{i}",
+                         classes={"beagle": (200, 120, 60), "samoyed": (235, 235, 230)})
     shutil.copy(first / "Beagle" / "000.jpg", more / "beagle" / "copy_of_000.jpg")  # known
     (more / "beagle" / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     added = runner.invoke(app, ["add", "--bundle", str(out), "--source", str(more),

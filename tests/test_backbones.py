@@ -1,5 +1,4 @@
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from embed.backbones import (
     weights_sha256,
 )
 from embed.errors import UnknownBackboneError, WeightsUnavailableError
-from tests.conftest import REPO, TINY, shared_path
+from tests.conftest import REPO, TINY, private_keras_home
 
 REQUIRED = ["mobilenet_v2", "mobilenet", "mobilenet_v3_large", "efficientnet_b0",
             "efficientnet_v2_b0", "resnet50"]
@@ -78,20 +77,10 @@ def _run(code: str, keras_home: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def _private_keras_home(tmp_path: Path) -> Path:
-    """A writable copy of ../shared/data/keras-home: Keras writes keras.json into KERAS_HOME,
-    and nothing may write into ../shared."""
-    home = tmp_path / "keras-home"
-    shutil.copytree(shared_path("keras-home"), home, copy_function=shutil.copyfile)
-    for folder in (home, *(p for p in home.rglob("*") if p.is_dir())):
-        folder.chmod(0o755)  # copytree copies the shared folders' read-only modes
-    return home
-
-
 @pytest.mark.shared
 def test_imagenet_weights_load_offline_through_keras_cache(tmp_path: Path) -> None:
     """The real `weights="imagenet"` path: Keras finds its own cache under KERAS_HOME."""
-    home = _private_keras_home(tmp_path)
+    home = private_keras_home(tmp_path)
     code = (
         "from embed.embedder import load_embedder\n"
         "e = load_embedder('mobilenet_025', 'imagenet', runtime='keras')\n"

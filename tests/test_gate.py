@@ -35,7 +35,7 @@ from classify.intervals import accuracy_interval, wilson_interval
 from classify.leakage import leakage_warning
 from classify.selection import BY_TEST, BY_VALIDATION, choose_best_head, validation_mask
 from embed.bundle import Bundle
-from tests.conftest import REPO, make_image, shared_path
+from tests.conftest import REPO, shared_path, write_dataset
 from ui import core
 from ui.cli import app
 
@@ -199,12 +199,8 @@ def test_add_and_remove_recalibrate_the_gate(tiny_bundle: Path, tmp_path: Path) 
 
     copy = Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
     before = Bundle.open(copy).manifest["gate"]["figures"]["test_dogs"]
-    more = tmp_path / "more"
-    rng = np.random.default_rng(5)
-    for breed, colour in (("beagle", (200, 120, 60)), ("samoyed", (235, 235, 230))):
-        (more / breed).mkdir(parents=True)
-        for i in range(10):
-            make_image(colour, rng).save(more / breed / f"extra_{i}.jpg", quality=90)
+    more = write_dataset(tmp_path / "more", per_class=10, seed=5, name="extra_{i}",
+                         classes={"beagle": (200, 120, 60), "samoyed": (235, 235, 230)})
     add_to_bundle(copy, str(more), runtime="keras")
     added = Bundle.open(copy).manifest["gate"]["figures"]["test_dogs"]
     assert added == before + 4  # 20 % of each new breed folder is held out

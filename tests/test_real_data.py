@@ -3,7 +3,6 @@ ImageNet loading path through Keras' cache. Skipped where ../shared/data is abse
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, shared_path
+from tests.conftest import REPO, private_keras_home, shared_path
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared]
 
@@ -21,16 +20,6 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         [sys.executable, "-m", "ui", *map(str, args)], cwd=REPO, capture_output=True,
         text=True, timeout=900, env={**os.environ, **(env or {})},
     )
-
-
-def private_keras_home(tmp_path: Path) -> Path:
-    """A writable copy of ../shared/data/keras-home: Keras writes keras.json into KERAS_HOME,
-    and nothing may write into ../shared."""
-    home = tmp_path / "keras-home"
-    shutil.copytree(shared_path("keras-home"), home, copy_function=shutil.copyfile)
-    for folder in (home, *(p for p in home.rglob("*") if p.is_dir())):
-        folder.chmod(0o755)  # copytree copies the shared folders' read-only modes
-    return home
 
 
 @pytest.fixture(scope="module")
