@@ -85,6 +85,9 @@ def main(
     console.quiet = quiet
     state["quiet"] = quiet
     handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
+    if not verbose:  # tensorflow-datasets' and TensorFlow's Python loggers chatter on stderr
+        for chatty in ("absl", "tensorflow"):
+            logging.getLogger(chatty).setLevel(logging.ERROR)
     for package in ("embed", "index", "classify", "ui"):  # long fixed steps say what they do
         logger = logging.getLogger(package)
         logger.handlers[:] = [handler]
