@@ -467,11 +467,11 @@ class RayEngine:
         shards = [entries[number] for number, _ in plan]
         clear_leftovers(bundle, set(entries))
         shutil.rmtree(bundle.root / INPUTS_DIR, ignore_errors=True)
-        workers = per_worker(list(results.values()))
+        engine = self.describe(list(results.values()), seconds)
         stats = record_build(bundle, source, embedder, shards, seconds, reused,
                              len(source.items) - reused, rows_per_shard, items_per_shard=unit,
-                             engine=self.describe(workers, seconds, len(todo)))
-        self._record_runtime(bundle, embedder, workers)
+                             engine=engine)
+        self._record_runtime(bundle, embedder, engine["per_worker"])
         return stats
 
     def append_source(self, bundle: Bundle, source: Source, embedder: Embedder,
@@ -491,9 +491,8 @@ class RayEngine:
         shards = old + [results[number]["entry"] for number, _ in plan]
         clear_leftovers(bundle, set(range(len(shards))))
         shutil.rmtree(bundle.root / INPUTS_DIR, ignore_errors=True)
-        workers = per_worker(list(results.values()))
         return record_append(bundle, source, items, shards, seconds,
-                             engine=self.describe(workers, seconds, len(plan)))
+                             engine=self.describe(list(results.values()), seconds))
 
     # ---- the pipeline ---------------------------------------------------------------------
     def _run(self, spec: WorkerSpec, bundle: Bundle, numbers: list[int],
@@ -537,18 +536,23 @@ class RayEngine:
                               " rerun the same command to continue")
         return results, time.perf_counter() - started
 
-    def describe(self, workers: list[dict[str, Any]], seconds: float, shards: int
-                 ) -> dict[str, Any]:
-        """The manifest's record of the engine: cluster size and per-worker throughput."""
+    def describe(self, results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+        """The manifest's record of the engine: the cluster's size, the pipeline's wall time
+        (actor start-up included) and busy span (first shard started to last one written),
+        and each worker's shards, images/s and parity."""
         cluster = self.cluster()
-        items = sum(w["items"] for w in workers)
+        items = sum(int(r["entry"]["items"]) for r in results)
+        span = (max(r["started"] + r["seconds"] for r in results)
+                - min(r["started"] for r in results)) if results else 0.0
         return {
             "name": self.name, "address": cluster.address, "nodes": cluster.nodes,
             "cluster_cpus": cluster.cpus, "workers": cluster.workers,
             "cpus_per_worker": cluster.cpus_per_worker, "threads_per_worker": cluster.threads,
-            "shards_run": shards, "pipeline_seconds": round(seconds, 3),
+            "shards_run": len(results), "pipeline_seconds": round(seconds, 3),
             "images_per_second": round(items / seconds, 2) if seconds > 0 else 0.0,
-            "per_worker": workers,
+            "busy_span_seconds": round(span, 3),
+            "steady_images_per_second": round(items / span, 2) if span > 0 else 0.0,
+            "per_worker": per_worker(results),
         }
 
     def _record_runtime(self, bundle: Bundle, embedder: Embedder,

@@ -101,13 +101,14 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return with_bad_files(tmp_path_factory.mktemp("ray-photos") / "dogs")
 
 
-def build(source: str, out: Path, engine: str = "local", backbone: str = TINY, **kwargs):
+def build(source: str, out: Path, engine: str = "local", backbone: str = TINY,
+          on_source=None, **kwargs):
     from ui.workflows import BuildConfig, build_bundle
 
     settings = {"batch_size": 4, "runtime": "litert", "rows_per_shard": 8, **kwargs}
     return build_bundle(BuildConfig(
         source=source, out=out, backbone=backbone, weights="none", engine=engine,
-        workers=2 if engine == "ray" else None, **settings))
+        workers=2 if engine == "ray" else None, **settings), on_source=on_source)
 
 
 @pytest.fixture(scope="module")
@@ -190,6 +191,32 @@ def test_cli_build_and_add_on_a_cluster_it_starts(tmp_path: Path, photos: Path,
     order = [position[sha] for sha in mine["sha256"]]
     cosines = np.einsum("ij,ij->i", bundle.embeddings(), local_bundle.embeddings()[order])
     assert cosines.min() >= 0.9999 and len(set(mine["row_id"])) == 60
+
+
+@pytest.mark.slow
+def test_an_interrupted_ray_build_resumes_from_its_complete_shards(
+        photos: Path, local_bundle: Bundle, tmp_path: Path) -> None:
+    """Ctrl-C after the first shard came back: the engine stops the cluster it started, the
+    staging bundle keeps the complete shards, and the same command reuses them."""
+    out = tmp_path / "resumed"
+    reported: list[int] = []
+
+    def interrupt_after_one_shard(source):
+        def advance(n: int) -> None:
+            reported.append(n)
+            raise KeyboardInterrupt
+
+        return advance
+
+    with pytest.raises(KeyboardInterrupt):
+        build(str(photos), out, engine="ray", on_source=interrupt_after_one_shard)
+    staging = out.with_name(f".{out.name}.partial")
+    kept = list((staging / "embeddings").glob("part-*.rows.parquet"))
+    assert kept and not out.exists()
+    result = build(str(photos), out, engine="ray")
+    assert result.stats.reused >= reported[0] and result.stats.reused % 8 in (0, 62 % 8)
+    assert result.stats.reused + result.stats.processed == 62
+    assert_same(compare(local_bundle, Bundle.open(out)))
 
 
 @pytest.mark.slow
