@@ -546,7 +546,8 @@ class RayEngine:
                 - min(r["started"] for r in results)) if results else 0.0
         return {
             "name": self.name, "address": cluster.address, "nodes": cluster.nodes,
-            "cluster_cpus": cluster.cpus, "workers": cluster.workers,
+            "cluster_cpus": cluster.cpus,
+            "workers": min(cluster.workers, len(results)),  # never more actors than shards
             "cpus_per_worker": cluster.cpus_per_worker, "threads_per_worker": cluster.threads,
             "shards_run": len(results), "pipeline_seconds": round(seconds, 3),
             "images_per_second": round(items / seconds, 2) if seconds > 0 else 0.0,

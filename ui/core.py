@@ -302,9 +302,12 @@ def engine_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         return []
     workers = engine.get("per_worker") or []
     rates = ", ".join(f"{w.get('images_per_second')}" for w in workers)
-    return [("engine", f"ray at {engine.get('address')}: {engine.get('workers')} workers on"
+    steady = engine.get("steady_images_per_second")
+    n = engine.get("workers")
+    return [("engine", f"ray at {engine.get('address')}: {n} worker{'' if n == 1 else 's'} on"
                        f" {engine.get('nodes')} node(s), {engine.get('cluster_cpus')} CPUs;"
-                       f" {engine.get('images_per_second')} images/s"
+                       f" {engine.get('images_per_second')} images/s with start-up"
+                       + (f", {steady} once running" if steady else "")
                        + (f" (per worker: {rates})" if rates else ""))]
 
 
