@@ -386,6 +386,8 @@ class RayEngine:
 
     # ---- the cluster ----------------------------------------------------------------------
     def __enter__(self) -> RayEngine:
+        if self.options.address is not None:
+            self.cluster()  # joining fails fast, before any model loads
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
