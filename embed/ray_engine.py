@@ -99,7 +99,8 @@ class RayOptions:
 
 @dataclass(frozen=True)
 class Cluster:
-    address: str
+    address: str  # as asked: "local", "auto" or HOST:PORT
+    gcs_address: str | None  # the cluster's own address, as Ray reports it
     nodes: int
     cpus: int
     workers: int
@@ -415,8 +416,8 @@ class RayEngine:
                 "log_to_driver": verbose,
             }
             try:
-                if address is None:
-                    ray.init(num_cpus=cpu_cores(), **kwargs)
+                if address is None:  # "local": a new cluster, even where `ray start` runs one
+                    ray.init(address="local", num_cpus=cpu_cores(), **kwargs)
                 else:
                     ray.init(address=address, **kwargs)
             except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError
@@ -434,7 +435,8 @@ class RayEngine:
         nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
         workers = self.options.workers or max(1, cpus // CORES_PER_WORKER)
         share = cpus // workers if workers <= cpus else cpus / workers
-        self._cluster = Cluster(address or "local", nodes, cpus, workers, share,
+        gcs = getattr(ray.get_runtime_context(), "gcs_address", None)
+        self._cluster = Cluster(address or "local", gcs, nodes, cpus, workers, share,
                                 max(1, int(share)))
         return self._cluster
 
@@ -547,7 +549,8 @@ class RayEngine:
         span = (max(r["started"] + r["seconds"] for r in results)
                 - min(r["started"] for r in results)) if results else 0.0
         return {
-            "name": self.name, "address": cluster.address, "nodes": cluster.nodes,
+            "name": self.name, "address": cluster.address,
+            "cluster_address": cluster.gcs_address, "nodes": cluster.nodes,
             "cluster_cpus": cluster.cpus,
             "workers": min(cluster.workers, len(results)),  # never more actors than shards
             "cpus_per_worker": cluster.cpus_per_worker, "threads_per_worker": cluster.threads,
