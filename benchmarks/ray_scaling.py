@@ -14,6 +14,10 @@ the same CPUs. Per run it reports:
 - start s: Ray only: the pipeline's wall time before its first shard started (actors
   starting, importing TensorFlow, loading the model), a fixed cost a run pays once however
   many photos it embeds. Starting the local cluster itself counts only in total s.
+- CPU s per 1000 img: CPU time of the embedding (every thread of the local process, or of
+  the Ray actors during their shards plus the driver meanwhile; Ray's own daemons are not
+  counted). Other jobs on a shared machine barely change it, unlike wall time, so its
+  overhead column is the steadier measure of what Ray costs at equal work.
 - total s: the whole build-index, listing and model load to the head's report.
 
 Then it checks that each Ray bundle equals the local one (rows, cosine per row), and projects
@@ -65,6 +69,8 @@ def run(args: argparse.Namespace, out: Path, engine: str, workers: int | None
            "images": stats.processed, "embed_s": stats.seconds,
            "rate": stats.images_per_second, "total_s": total, "bundle": result.bundle,
            "runtime": manifest["backbone"]["runtime"]["name"]}
+    cpu = float(record.get("cpu_seconds", 0.0)) + float(record.get("driver_cpu_seconds", 0.0))
+    row["cpu_per_k"] = 1000 * cpu / max(1, stats.processed)
     if engine == "ray":
         row.update(busy_s=record["busy_span_seconds"],
                    steady=record["steady_images_per_second"],
@@ -126,15 +132,19 @@ def main() -> None:
     local_rate = rows[0]["steady"]
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print()
+    local_cpu = rows[0]["cpu_per_k"]
     print("| engine | workers x threads | images | embed s | img/s | busy s | steady img/s |"
-          " overhead vs local | start s | per-worker img/s | total s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          " overhead (steady img/s) | CPU s per 1000 img | overhead (CPU) | start s |"
+          " per-worker img/s | total s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        overhead = "-" if r["engine"] == "local" else f"{1 - r['steady'] / local_rate:+.1%}"
+        local = r["engine"] == "local"
+        overhead = "-" if local else f"{1 - r['steady'] / local_rate:+.1%}"
+        cpu_overhead = "-" if local else f"{r['cpu_per_k'] / local_cpu - 1:+.1%}"
         print(f"| {r['engine']} | {r['workers']} x {r['threads']} | {r['images']} |"
               f" {r['embed_s']:.1f} | {r['rate']:.1f} | {r['busy_s']:.1f} | {r['steady']:.1f} |"
-              f" {overhead} | {r['start_s']:.1f} | {', '.join(map(str, r['per_worker']))} |"
-              f" {r['total_s']:.1f} |")
+              f" {overhead} | {r['cpu_per_k']:.1f} | {cpu_overhead} | {r['start_s']:.1f} |"
+              f" {', '.join(map(str, r['per_worker']))} | {r['total_s']:.1f} |")
     print()
     for workers, line in checks:
         print(f"equality, local vs ray {workers} worker(s): {line}")

@@ -15,6 +15,7 @@ it on exit) with three calls the build steps use: `resume_key`, `embed_source_in
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -82,12 +83,15 @@ class LocalEngine:
     def embed_source_into(self, bundle: Bundle, source: Source, embedder: Embedder,
                           batch_size: int, rows_per_shard: int,
                           on_progress: ProgressCallback | None = None) -> EmbedStats:
+        cpu = time.process_time()
         stats = embed_source_into(bundle, source, embedder, batch_size, rows_per_shard,
                                   on_progress)
+        cpu = time.process_time() - cpu  # every thread: decoding, LiteRT, the writer
         save_serving_model(embedder, bundle)  # after the parity check passed on batch one
         embeddings = dict(bundle.manifest["embeddings"])
         embeddings["engine"] = {"name": self.name, "workers": 1, "cluster_cpus": cpu_cores(),
-                                "images_per_second": round(stats.images_per_second, 2)}
+                                "images_per_second": round(stats.images_per_second, 2),
+                                "cpu_seconds": round(cpu, 3)}
         bundle.update_manifest(embeddings=embeddings)
         return stats
 

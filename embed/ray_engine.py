@@ -321,13 +321,14 @@ class ShardEmbedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = []
         for number, path in zip(batch["shard"], batch["inputs"], strict=True):
-            started, wall = time.perf_counter(), time.time()
+            started, wall, cpu = time.perf_counter(), time.time(), time.process_time()
             entry = embed_shard(self.bundle, int(number), str(path), self.embedder,
                                 self.spec.batch_size, self.spec.source_root)
             runtime = self.embedder.runtime
             results.append(json.dumps({
                 "shard": int(number), "entry": entry, "worker": self.worker, "node": self.node,
                 "seconds": time.perf_counter() - started, "started": wall,
+                "cpu_seconds": time.process_time() - cpu,  # every thread of the actor
                 "init_seconds": self.init_seconds, "runtime": runtime.name,
                 "parity": getattr(runtime, "parity_", None),
                 "fallback_reason": getattr(runtime, "error_", None),
@@ -341,16 +342,19 @@ def per_worker(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in sorted(results, key=lambda r: r["started"]):
         w = workers.setdefault(r["worker"], {
             "worker": r["worker"], "node": r["node"], "shards": 0, "items": 0,
-            "busy_seconds": 0.0, "init_seconds": round(r["init_seconds"], 2),
+            "busy_seconds": 0.0, "cpu_seconds": 0.0,
+            "init_seconds": round(r["init_seconds"], 2),
             "runtime": r["runtime"], "parity": r["parity"],
             "fallback_reason": r.get("fallback_reason")})
         w["shards"] += 1
         w["items"] += int(r["entry"]["items"])
         w["busy_seconds"] += float(r["seconds"])
+        w["cpu_seconds"] += float(r.get("cpu_seconds", 0.0))
         if r["parity"] is not None:
             w["parity"] = r["parity"]
     for w in workers.values():
         w["busy_seconds"] = round(w["busy_seconds"], 3)
+        w["cpu_seconds"] = round(w["cpu_seconds"], 3)
         w["images_per_second"] = round(w["items"] / w["busy_seconds"], 2) if (
             w["busy_seconds"] > 0) else 0.0
     return list(workers.values())
@@ -384,6 +388,7 @@ class RayEngine:
         import_ray()  # refuse at once, before any model loads
         self._cluster: Cluster | None = None
         self._started = False
+        self._driver_cpu = 0.0
 
     # ---- the cluster ----------------------------------------------------------------------
     def __enter__(self) -> RayEngine:
@@ -521,7 +526,7 @@ class RayEngine:
             runtime_env={"env_vars": worker_env(spec)},
         )
         results: dict[int, dict[str, Any]] = {}
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         try:
             for row in pipeline.iter_rows():
                 result = json.loads(row["result"])
@@ -538,6 +543,7 @@ class RayEngine:
         if missing:
             raise EngineError(f"the Ray pipeline returned no result for shards {missing};"
                               " rerun the same command to continue")
+        self._driver_cpu = time.process_time() - cpu
         return results, time.perf_counter() - started
 
     def describe(self, results: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
@@ -558,6 +564,9 @@ class RayEngine:
             "images_per_second": round(items / seconds, 2) if seconds > 0 else 0.0,
             "busy_span_seconds": round(span, 3),
             "steady_images_per_second": round(items / span, 2) if span > 0 else 0.0,
+            # CPU time of the workers' shards (all their threads) and of this driver meanwhile
+            "cpu_seconds": round(sum(float(r.get("cpu_seconds", 0.0)) for r in results), 3),
+            "driver_cpu_seconds": round(self._driver_cpu, 3),
             "per_worker": per_worker(results),
         }
 
