@@ -145,17 +145,25 @@ def embed_source_into(
     writer = ShardWriter(bundle, embedder.dim, rows_per_shard, shards=done)
     encoded = encoded_images(source).skip(reused) if source.kind == "tfds" else None
     seconds = embed_items(bundle, writer, todo, embedder, batch_size, encoded, on_progress)
-    metadata, skipped = write_tables(bundle, writer.shards, rejected_table(source))
-    stats = EmbedStats(len(metadata), len(skipped), seconds, len(writer.shards), reused,
-                       len(todo))
+    return record_build(bundle, source, embedder, writer.shards, seconds, reused, len(todo),
+                        rows_per_shard)
+
+
+def record_build(bundle: Bundle, source: Source, embedder: Embedder,
+                 shards: list[dict[str, Any]], seconds: float, reused: int, processed: int,
+                 rows_per_shard: int, **embeddings: Any) -> EmbedStats:
+    """metadata.parquet and skipped.csv from the shards, and the manifest's counts and
+    embeddings section (`embeddings` adds to it), whichever engine wrote the shards."""
+    metadata, skipped = write_tables(bundle, shards, rejected_table(source))
+    stats = EmbedStats(len(metadata), len(skipped), seconds, len(shards), reused, processed)
     bundle.update_manifest(
         backbone=embedder.identity(),  # the runtime now records its parity figures
         counts={"images": len(source.items), "embedded": stats.embedded,
                 "skipped": stats.skipped},
-        embeddings={"shards": writer.shards, "rows_per_shard": rows_per_shard,
+        embeddings={"shards": shards, "rows_per_shard": rows_per_shard,
                     "dtype": "float32", "normalised": "l2",
                     "images_per_second": round(stats.images_per_second, 2),
-                    "reused_items": reused},
+                    "reused_items": reused, **embeddings},
     )
     return stats
 
@@ -181,32 +189,46 @@ def append_source(
 ) -> EmbedStats:
     """Embed the items of `source` whose content the bundle does not hold yet, as new shards
     after the existing ones (row ids continue); rewrites metadata and skipped rows."""
-    import pandas as pd
-
-    known, next_id = known_rows(bundle)
-    fresh = [item for item in source.items if item.sha256 is None or item.sha256 not in known]
-    items = [ImageItem(next_id + i, item.ref, item.label, item.split, item.sha256)
-             for i, item in enumerate(fresh)]
-    manifest = bundle.manifest
-    embeddings = dict(manifest["embeddings"])
+    items = new_items(bundle, source)
+    embeddings = bundle.manifest["embeddings"]
     writer = ShardWriter(bundle, embedder.dim, int(embeddings["rows_per_shard"]),
                          shards=embeddings["shards"])
     if on_progress and len(source.items) > len(items):
         on_progress(len(source.items) - len(items))
     seconds = embed_items(bundle, writer, items, embedder, batch_size, None, on_progress)
+    return record_append(bundle, source, items, writer.shards, seconds)
+
+
+def new_items(bundle: Bundle, source: Source) -> list[ImageItem]:
+    """The items of `source` whose content the bundle does not hold yet, with the row ids
+    they get: after every row id the bundle has used."""
+    known, next_id = known_rows(bundle)
+    fresh = [item for item in source.items if item.sha256 is None or item.sha256 not in known]
+    return [ImageItem(next_id + i, item.ref, item.label, item.split, item.sha256)
+            for i, item in enumerate(fresh)]
+
+
+def record_append(bundle: Bundle, source: Source, items: list[ImageItem],
+                  shards: list[dict[str, Any]], seconds: float, **embeddings: Any
+                  ) -> EmbedStats:
+    """After `items` were embedded into `shards` (the old ones first): metadata, skipped rows
+    (folder entries rejected earlier kept) and the manifest's counts and shard list."""
+    import pandas as pd
+
+    manifest = bundle.manifest
     old = pd.read_csv(bundle.skipped_path) if bundle.skipped_path.is_file() else None
     rejected = rejected_table(source)
     if old is not None and len(old):
         earlier = old[pd.to_numeric(old["row_id"], errors="coerce").isna()]
         rejected = pd.concat([earlier, rejected], ignore_index=True).drop_duplicates("path")
-    metadata, skipped = write_tables(bundle, writer.shards, rejected)
+    metadata, skipped = write_tables(bundle, shards, rejected)
     counts = dict(manifest.get("counts") or {})
     counts.update(images=int(counts.get("images", 0)) + len(items), embedded=len(metadata),
                   skipped=len(skipped))
-    embeddings["shards"] = writer.shards
-    bundle.update_manifest(counts=counts, embeddings=embeddings)
+    bundle.update_manifest(counts=counts, embeddings={**manifest["embeddings"],
+                                                      "shards": shards, **embeddings})
     added = len(metadata) - int(manifest["counts"]["embedded"])
-    return EmbedStats(added, len(items) - added, seconds, len(writer.shards),
+    return EmbedStats(added, len(items) - added, seconds, len(shards),
                       len(source.items) - len(items), len(items))
 
 

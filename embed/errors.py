@@ -23,3 +23,7 @@ class BundleError(EmbedDogsError):
 
 class IncompatibleBundleError(BundleError):
     pass
+
+
+class EngineError(EmbedDogsError):
+    """The embedding engine cannot run: Ray not installed, or no cluster at the address."""

@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from embed.backbones import DEFAULT_BACKBONE, WEIGHTS_HELP
+from embed.engines import DEFAULT_ENGINE, ENGINE_CHOICES
 from embed.environment import VERBOSE_ENV
 from embed.errors import EmbedDogsError
 from embed.pipeline import DEFAULT_BATCH_SIZE
@@ -132,6 +133,7 @@ def choices(name: str, values: tuple[str, ...]) -> Any:
 RuntimeChoice = choices("RuntimeChoice", RUNTIME_CHOICES)
 IndexChoice = choices("IndexChoice", INDEX_KINDS)
 HeadChoice = choices("HeadChoice", HEADS)
+EngineChoice = choices("EngineChoice", ENGINE_CHOICES)
 
 
 def plain(value: Any) -> Any:
@@ -157,6 +159,15 @@ RuntimeOpt = Annotated[
     RuntimeChoice | None,
     typer.Option(help="Inference runtime (default: what the bundle was built with)."),
 ]
+EngineOpt = Annotated[EngineChoice, typer.Option(
+    help="Where the embedding runs: this process, or a Ray cluster (pip install"
+    " 'embed-dogs[ray]').")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    help="ray: the cluster to join ('auto': the one `ray start` runs on this machine;"
+    " default: start a local one on this machine's cores).")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    min=1, help="ray: embedding actors, each loads the model once (default: one per 2"
+    " cores of the cluster).")]
 
 
 @contextmanager
@@ -230,6 +241,9 @@ def build_index(
         help="Embed with the fine-tuned backbone of this bundle's finetune head (replaces"
         " --backbone/--weights/--image-size).")
     ] = None,
+    engine: EngineOpt = DEFAULT_ENGINE,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Embed every image of a source into a bundle, build its FAISS index and breed head."""
     config = BuildConfig(
@@ -237,6 +251,7 @@ def build_index(
         batch_size=batch_size, index_kind=plain(index), memory_budget=memory_budget,
         runtime=plain(runtime),
         test_fraction=test_fraction, overwrite=overwrite, backbone_from=backbone_from,
+        engine=plain(engine), ray_address=ray_address, workers=workers,
     )
     with clear_errors(), progress_bar("embedding") as start:
         from ui.workflows import build_bundle
@@ -253,8 +268,8 @@ def build_index(
     if source.get("duplicates"):
         table.add_row("duplicates", f"{source['duplicates']} files repeat another file's"
                       " content; each group stays in one split")
-    shown = ("backbone", "fine-tuned from", "runtime", "index", "recall@10 vs exact search",
-             "open-set gate")
+    shown = ("backbone", "fine-tuned from", "runtime", "engine", "index",
+             "recall@10 vs exact search", "open-set gate")
     for name, value in manifest_facts(result.manifest):
         if name in shown or name.startswith("head "):
             table.add_row(name, value)
@@ -271,14 +286,19 @@ def add(
         DEFAULT_BATCH_SIZE
     ),
     runtime: RuntimeOpt = None,
+    engine: EngineOpt = DEFAULT_ENGINE,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
 ) -> None:
     """Add the photos of a folder that the bundle does not hold yet (by content), then update
     its index, breed head and report."""
     with clear_errors(), progress_bar("adding") as start:
+        from embed.engines import make_engine
         from ui.workflows import add_to_bundle
 
+        runner = make_engine(plain(engine), ray_address, workers)
         stats = add_to_bundle(bundle, source, batch_size, plain(runtime),
-                              on_source=lambda src: start(len(src.items)))
+                              on_source=lambda src: start(len(src.items)), engine=runner)
     console.print(f"added {stats.embedded} images to {bundle}"
                   + (f", {stats.skipped} could not be used (see skipped.csv)"
                      if stats.skipped else "")

@@ -380,6 +380,22 @@ def leakage_note(bundle: Bundle) -> str | None:
     return leakage_warning(bundle)
 
 
+def engine_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """The engine that wrote the shards, when a Ray cluster did: its size and speed."""
+    engine = (manifest.get("embeddings") or {}).get("engine") or {}
+    if engine.get("name") != "ray":
+        return []
+    workers = engine.get("per_worker") or []
+    rates = ", ".join(f"{w.get('images_per_second')}" for w in workers)
+    steady = engine.get("steady_images_per_second")
+    n = engine.get("workers")
+    return [("engine", f"ray at {engine.get('address')}: {n} worker{'' if n == 1 else 's'} on"
+                       f" {engine.get('nodes')} node(s), {engine.get('cluster_cpus')} CPUs;"
+                       f" {engine.get('images_per_second')} images/s with start-up"
+                       + (f", {steady} once running" if steady else "")
+                       + (f" (per worker: {rates})" if rates else ""))]
+
+
 def manifest_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     """The manifest as (name, value) rows a person can read: the one formatter that `info`,
     `build-index`'s summary and the app's report and sidebar all show."""
@@ -401,6 +417,7 @@ def manifest_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         ("runtime", str(runtime.get("name", "-")) + (
             f" (parity with Keras: mean cosine {parity['mean_cosine']:.5f})"
             if parity.get("mean_cosine") is not None else "")),
+        *engine_facts(manifest),
         ("source", f"{src.get('kind')} {src.get('location')}"),
         ("splits", ", ".join(f"{k} {v}" for k, v in (src.get("splits") or {}).items()) or "-"),
         ("images", ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"),

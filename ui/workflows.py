@@ -5,8 +5,9 @@ every package below it stays ignorant of the others: `classify` and `index` buil
 and nothing points up (the import contracts in pyproject.toml keep it so).
 
 A build is a short sequence of steps that benchmarks and tests reuse one by one:
-`open_build_source` -> `open_build_embedder` -> `embed_source_into` (embed.build) ->
-`index_bundle` -> `fit_default_head`; `build_bundle` runs them inside a staged bundle.
+`open_build_source` -> `open_build_embedder` -> the engine's `embed_source_into`
+(embed.engines: this process, or a Ray cluster) -> `index_bundle` -> `fit_default_head`;
+`build_bundle` runs them inside a staged bundle.
 """
 
 from __future__ import annotations
@@ -29,10 +30,7 @@ from embed.build import (
     DEFAULT_ROWS_PER_SHARD,
     EmbedStats,
     ProgressCallback,
-    append_source,
-    embed_source_into,
     remove_rows,
-    resume_key,
 )
 from embed.bundle import Bundle, new_manifest
 from embed.embedder import (
@@ -40,10 +38,10 @@ from embed.embedder import (
     finetuned_lineage,
     load_embedder,
     load_finetuned_embedder,
-    save_serving_model,
     save_serving_weights,
     serving_embedder,
 )
+from embed.engines import DEFAULT_ENGINE, Engine, make_engine
 from embed.errors import BundleError, SourceError
 from embed.images import read_and_decode
 from embed.pipeline import DEFAULT_BATCH_SIZE
@@ -85,6 +83,9 @@ class BuildConfig:
     overwrite: bool = False
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
     backbone_from: Path | None = None  # embed with this bundle's fine-tuned backbone
+    engine: str = DEFAULT_ENGINE  # "local", or "ray": the embedding stage on a Ray cluster
+    ray_address: str | None = None  # ray: None starts a local cluster; "auto" joins one
+    workers: int | None = None  # ray: actors (None: one per 2 cores of the cluster)
 
 
 @dataclass
@@ -126,6 +127,11 @@ def fit_default_head(bundle: Bundle) -> dict[str, Any]:
     return record
 
 
+def build_engine(config: BuildConfig) -> Engine:
+    """The engine that runs the embedding stage (`ray` refuses at once without Ray)."""
+    return make_engine(config.engine, config.ray_address, config.workers)
+
+
 def source_root(config: BuildConfig) -> Path | None:
     """The folder a build reads photos from (None for tfds): --out must stay clear of it."""
     return None if config.source.startswith("tfds:") else Path(config.source)
@@ -140,20 +146,20 @@ def build_bundle(
     same source, backbone and settings is continued from its last complete shard.
     `on_source` is called once the source is listed and may return a progress callback.
     """
-    with BundleWriter(config.out, config.overwrite, source_root(config)) as writer:
+    engine = build_engine(config)
+    with BundleWriter(config.out, config.overwrite, source_root(config)) as writer, engine:
         src = open_build_source(config)
         embedder = open_build_embedder(config)
         # an index that cannot fit the budget is said now, not after hours of embedding
         choose_index(config.index_kind, len(src.items), embedder.dim, config.memory_budget)
         on_progress = on_source(src) if on_source else None
         bundle, _ = writer.stage(
-            resume_key(src, embedder, config.runtime, config.rows_per_shard))
+            engine.resume_key(src, embedder, config.runtime, config.rows_per_shard))
         bundle.write_manifest(new_manifest(embedder.identity(), src.describe()))
         save_serving_weights(embedder, bundle)
-        stats = embed_source_into(
+        stats = engine.embed_source_into(  # leaves the serving model in the bundle too
             bundle, src, embedder, config.batch_size, config.rows_per_shard, on_progress
         )
-        save_serving_model(embedder, bundle)
         index_bundle(bundle, config.index_kind, config.memory_budget)
         if src.labelled and stats.embedded:
             fit_default_head(bundle)
@@ -196,12 +202,14 @@ def add_to_bundle(
     bundle_dir: str | Path, source: str, batch_size: int = DEFAULT_BATCH_SIZE,
     runtime: str | None = None,
     on_source: Callable[[Source], ProgressCallback | None] | None = None,
+    engine: Engine | None = None,
 ) -> EmbedStats:
     """Embed only the photos of `source` whose content is not in the bundle yet, append them
     as new shards, then refresh index, head and report. The bundle in place is replaced only
-    when everything succeeded."""
+    when everything succeeded. `engine` runs the embedding (default: this process)."""
     current = Bundle.open(bundle_dir)
-    with BundleWriter(current.root, overwrite=True) as writer:
+    engine = engine or make_engine()
+    with BundleWriter(current.root, overwrite=True) as writer, engine:
         staged = writer.stage_copy()
         test_fraction = (staged.manifest.get("source") or {}).get("test_fraction",
                                                                   DEFAULT_TEST_FRACTION)
@@ -209,7 +217,7 @@ def add_to_bundle(
         embedder = serving_embedder(staged, runtime)  # the very model the bundle's rows came from
         on_progress = on_source(src) if on_source else None
         old_shards = len(staged.manifest["embeddings"]["shards"])
-        stats = append_source(staged, src, embedder, batch_size, on_progress)
+        stats = engine.append_source(staged, src, embedder, batch_size, on_progress)
         refresh_after_change(staged, {"op": "add", "source": src.location,
                                       "added": stats.embedded, "skipped": stats.skipped,
                                       "already_there": stats.reused},
