@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from embed.bundle import BACKBONE_IDENTITY, SCHEMA_VERSION, Bundle
 from embed.embedder import Embedder
-from embed.pipeline import DEFAULT_BATCH_SIZE, ImageBatch
+from embed.pipeline import DEFAULT_BATCH_SIZE, ImageBatch, iter_payload_batches
+from embed.quantise import pick_samples, sample_identity
 from embed.shards import ShardWriter, complete_shards, merged_tables
 from embed.sources import ImageItem, Source, encoded_images
 
 ProgressCallback = Callable[[int], None]  # called with the number of items just processed
 DEFAULT_ROWS_PER_SHARD = 4096
+TFDS_SAMPLE_POOL = 3000  # int8 samples of a tfds source come from its first items (a stream)
 
 
 @dataclass
@@ -31,9 +35,11 @@ class EmbedStats:
     shards: int
     reused: int = 0  # items an interrupted build had already done
     processed: int = 0  # items read in this run
+    fixed: dict[str, float] = field(default_factory=dict)  # one-time costs, seconds
 
     @property
     def images_per_second(self) -> float:
+        """Steady state: items read per second of the embedding loop, one-time costs apart."""
         return self.processed / self.seconds if self.seconds > 0 else 0.0
 
 
@@ -101,6 +107,73 @@ def embed_items(
     return time.perf_counter() - start
 
 
+def load_payloads(source: Source, items: list[ImageItem]) -> list[bytes | None]:
+    """The encoded bytes of `items` (None where unreadable): read from their files, or
+    streamed from a tfds source up to the last one needed."""
+    if source.kind != "tfds":
+        out: list[bytes | None] = []
+        for item in items:
+            try:
+                out.append(Path(item.ref).read_bytes())
+            except OSError:
+                out.append(None)
+        return out
+    position = {it.row_id: i for i, it in enumerate(source.items)}
+    wanted = {position[item.row_id]: k for k, item in enumerate(items)}
+    found: list[bytes | None] = [None] * len(items)
+    for i, data in enumerate(encoded_images(source).take(max(wanted, default=-1) + 1)
+                             .as_numpy_iterator()):
+        if i in wanted:
+            found[wanted[i]] = bytes(data)
+    return found
+
+
+def prepare_runtime(source: Source, embedder: Embedder, batch_size: int = DEFAULT_BATCH_SIZE
+                    ) -> dict[str, float]:
+    """The runtime's one-time work, done before the embedding loop so that the loop's
+    images/s is the steady state: the parity check against Keras on the first batch, and for
+    int8 the calibration (a seeded sample of the source's images) and the task check (another
+    seeded sample, embedded with both models). Returns the one-time costs in seconds:
+    start-up, conversion, parity, int8 conversion, int8 check."""
+    runtime = embedder.runtime
+    config = embedder.reader_config(batch_size)
+
+    def batches(items: list[ImageItem], payloads: list[bytes | None]
+                ) -> Iterator[tuple[np.ndarray, list[str | None]]]:
+        kept = [(it, p) for it, p in zip(items, payloads, strict=True) if p is not None]
+        labels = {it.row_id: it.label for it, _ in kept}
+        for batch in iter_payload_batches([it.row_id for it, _ in kept],
+                                          [p for _, p in kept], config):
+            ids = batch.row_ids[batch.ok].tolist()
+            yield batch.inputs[batch.ok], [labels[i] for i in ids]
+
+    checked = getattr(runtime, "float_", runtime)  # the float LiteRT model under int8
+    if getattr(checked, "parity_", 0) is None and source.items:  # LiteRT, not checked yet
+        first = source.items[:batch_size]
+        for inputs, _ in batches(first, load_payloads(source, first)):
+            if len(inputs):
+                checked.embed(inputs)  # its first batch runs the parity check against Keras
+                break
+    calibrate = getattr(runtime, "calibrate", None)
+    if calibrate is not None and source.items:
+        pool = source.items[:TFDS_SAMPLE_POOL] if source.kind == "tfds" else source.items
+        samples = pick_samples(pool)
+        calibration = load_payloads(source, samples.calibration)
+        check = load_payloads(source, samples.check)
+        digests = [hashlib.sha256(p).hexdigest() for p in calibration if p is not None]
+        check_id = sample_identity(
+            [hashlib.sha256(p).hexdigest() if p is not None else "-" for p in check],
+            config.image_size, config.preprocessing, [it.label for it in samples.check])
+        calibrate(lambda: (x for x, _ in batches(samples.calibration, calibration)),
+                  sample_identity(digests, config.image_size, config.preprocessing),
+                  batches(samples.check, check), len(digests), check_id)
+    seconds = dict(getattr(getattr(runtime, "float_", runtime), "seconds_", {}))
+    seconds.update(getattr(runtime, "seconds_", {}) if hasattr(runtime, "float_") else {})
+    start_up = embedder.load_seconds - seconds.get("conversion", 0.0)
+    return {"start-up": round(max(start_up, 0.0), 2),
+            **{k: round(v, 2) for k, v in seconds.items()}}
+
+
 def write_tables(bundle: Bundle, shards: list[dict[str, Any]], rejected: Any) -> tuple[Any, Any]:
     """metadata.parquet and skipped.csv from the shards' rows plus `rejected` (folder entries
     that never became items); records them and the shards in the manifest's file list."""
@@ -135,6 +208,7 @@ def embed_source_into(
 ) -> EmbedStats:
     """Run reader -> mapper -> writer over every item not yet in a complete shard; bad files
     go to skipped.csv. Records counts, shards, files and the runtime's parity figures."""
+    fixed = prepare_runtime(source, embedder, batch_size)
     done = complete_shards(bundle, embedder.dim)
     watermark = max((s["last_row_id"] for s in done if s["last_row_id"] is not None),
                     default=-1)
@@ -146,16 +220,20 @@ def embed_source_into(
     encoded = encoded_images(source).skip(reused) if source.kind == "tfds" else None
     seconds = embed_items(bundle, writer, todo, embedder, batch_size, encoded, on_progress)
     return record_build(bundle, source, embedder, writer.shards, seconds, reused, len(todo),
-                        rows_per_shard)
+                        rows_per_shard, fixed)
 
 
 def record_build(bundle: Bundle, source: Source, embedder: Embedder,
                  shards: list[dict[str, Any]], seconds: float, reused: int, processed: int,
-                 rows_per_shard: int, **embeddings: Any) -> EmbedStats:
+                 rows_per_shard: int, fixed: dict[str, float] | None = None,
+                 **embeddings: Any) -> EmbedStats:
     """metadata.parquet and skipped.csv from the shards, and the manifest's counts and
-    embeddings section (`embeddings` adds to it), whichever engine wrote the shards."""
+    embeddings section (`embeddings` adds to it), whichever engine wrote the shards.
+    `fixed`: one-time costs (conversion, calibration, parity), seconds."""
+    fixed = dict(fixed or {})
     metadata, skipped = write_tables(bundle, shards, rejected_table(source))
-    stats = EmbedStats(len(metadata), len(skipped), seconds, len(shards), reused, processed)
+    stats = EmbedStats(len(metadata), len(skipped), seconds, len(shards), reused, processed,
+                       fixed)
     bundle.update_manifest(
         backbone=embedder.identity(),  # the runtime now records its parity figures
         counts={"images": len(source.items), "embedded": stats.embedded,
@@ -163,7 +241,7 @@ def record_build(bundle: Bundle, source: Source, embedder: Embedder,
         embeddings={"shards": shards, "rows_per_shard": rows_per_shard,
                     "dtype": "float32", "normalised": "l2",
                     "images_per_second": round(stats.images_per_second, 2),
-                    "reused_items": reused, **embeddings},
+                    "fixed_seconds": fixed, "reused_items": reused, **embeddings},
     )
     return stats
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +47,7 @@ class Embedder:
     """A backbone ready to embed: its spec, size, weights identity and runtime.
 
     `model` is the Keras model, or None for a serving embedder that runs the bundle's own
-    `.tflite` without TensorFlow (then `dim` comes from the manifest and the reader decodes
-    with a thread pool instead of tf.data).
+    `.tflite` without TensorFlow (then `dim` comes from the manifest).
     """
 
     spec: BackboneSpec
@@ -60,6 +60,7 @@ class Embedder:
     weights_file: str | None = None  # the copy inside the bundle, once saved there
     serving_model: str | None = None  # the bundle's .tflite, once saved there
     dim: int = 0
+    load_seconds: float = 0.0  # building the model and its runtime (start-up, conversion)
 
     def __post_init__(self) -> None:
         if not self.dim:
@@ -105,8 +106,7 @@ class Embedder:
         encoded: Any = None,
     ) -> Iterator[EmbeddedBatch]:
         """Read, decode and embed items with this backbone's size and preprocessing."""
-        return iter_embedded_batches(items, self.reader_config(batch_size), self.runtime, encoded,
-                                     tensorflow=self.model is not None)
+        return iter_embedded_batches(items, self.reader_config(batch_size), self.runtime, encoded)
 
     def embed_image_bytes(self, data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         """One encoded image -> one unit vector (raises ImageDecodeError on bad input, and on
@@ -122,6 +122,7 @@ def load_embedder(
     runtime: str = "auto",
 ) -> Embedder:
     """Build the named backbone; weights `imagenet` (Keras cache), a path, or `none`."""
+    start = time.perf_counter()
     spec = get_backbone(backbone)
     weights = normalise_weights_arg(weights)
     size = resolve_image_size(spec, image_size, weights)
@@ -131,7 +132,8 @@ def load_embedder(
     rt = make_runtime(
         model, runtime, cache_key=f"{spec.name}-{size}-{digest[:16]}"
     )
-    return Embedder(spec, size, weights, model, rt, digest)
+    return Embedder(spec, size, weights, model, rt, digest,
+                    load_seconds=time.perf_counter() - start)
 
 
 def finetuned_lineage(bundle_dir: str | Path) -> dict[str, Any]:
@@ -170,9 +172,10 @@ def save_serving_weights(embedder: Embedder, bundle: Bundle) -> None:
 
 def save_serving_model(embedder: Embedder, bundle: Bundle) -> None:
     """Copy the LiteRT model that produced the vectors into the bundle (when LiteRT did, after
-    its parity check), so queries embed with exactly it and without TensorFlow."""
+    its parity check; the int8 model when it passed its task check), so queries embed with
+    exactly it and without TensorFlow."""
     source = getattr(embedder.runtime, "cache_file", None)
-    if embedder.runtime.name != "litert" or source is None:
+    if not embedder.runtime.name.startswith("litert") or source is None:
         return
     path = bundle.root / SERVING_MODEL
     with atomic_path(path, suffix=".tflite") as tmp:
@@ -189,7 +192,7 @@ def serving_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
     recorded = bundle.manifest["backbone"]
     kind = runtime or os.environ.get("EMBED_DOGS_RUNTIME") or "auto"
     relative = recorded.get("serving_model")
-    if kind not in ("auto", "litert") or not relative:
+    if kind not in ("auto", "litert", "litert-int8") or not relative:
         return embedder_for_bundle(bundle, runtime)
     path = bundle.inside(relative)
     expected = (bundle.manifest.get("files") or {}).get(relative, {}).get("sha256")
@@ -199,7 +202,8 @@ def serving_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
             f" run `embed-dogs verify --bundle {bundle.root}` or rebuild the bundle"
         )
     spec = get_backbone(recorded["name"])
-    rt = BundledLiteRTRuntime(path, parity=(recorded.get("runtime") or {}).get("parity"))
+    built = recorded.get("runtime") or {}
+    rt = BundledLiteRTRuntime(path, parity=built.get("parity"), name=built.get("name", "litert"))
     return Embedder(spec, int(recorded["image_size"]), recorded.get("weights"), None, rt,
                     str(recorded["weights_sha256"]), dict(recorded.get("lineage") or {}),
                     recorded.get("weights_file"), relative, int(recorded["dim"]))
@@ -230,6 +234,7 @@ def bundle_backbone(bundle: Bundle) -> tuple[BackboneSpec, Any]:
 
 def load_finetuned_embedder(lineage: dict[str, Any], runtime: str = "auto") -> Embedder:
     """An embedder whose backbone is the fine-tuned one of another bundle's finetune head."""
+    start = time.perf_counter()
     base = lineage["base_backbone"]
     spec = get_backbone(base["name"])
     model = load_finetuned_backbone(
@@ -239,7 +244,8 @@ def load_finetuned_embedder(lineage: dict[str, Any], runtime: str = "auto") -> E
     size = int(base["image_size"])
     rt = make_runtime(model, runtime, cache_key=f"{spec.name}-{size}-{digest[:16]}")
     weights = f"finetuned:{lineage['head_file']}"
-    return Embedder(spec, size, weights, model, rt, digest, lineage=dict(lineage))
+    return Embedder(spec, size, weights, model, rt, digest, lineage=dict(lineage),
+                    load_seconds=time.perf_counter() - start)
 
 
 def embedder_for_bundle(bundle: Bundle, runtime: str | None = None) -> Embedder:

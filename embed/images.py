@@ -1,13 +1,22 @@
 """Decoding one image file into RGB pixels, the way a person would expect it to look.
 
-PIL handles every format we accept (including webp and the first frame of a gif), EXIF
-rotation, CMYK, greyscale, alpha and 16-bit images. Failures raise :class:`ImageDecodeError`
-with a reason that ends up in `skipped.csv`.
+JPEGs in YCbCr or greyscale (nearly every photo) go through libjpeg-turbo (simplejpeg), which
+decodes straight at the smallest DCT scale M/8 that still covers the input size (the scaled
+inverse DCT filters as it shrinks, so it does not alias), then PIL's box filter does the
+rest. Everything else goes through PIL, which handles every format we accept (including
+webp and the first frame of a gif), CMYK, greyscale, alpha and 16-bit images. EXIF rotation
+is applied either way. Failures raise :class:`ImageDecodeError` with a reason that ends up in
+`skipped.csv`.
+
+Measured with `benchmarks/decode_compare.py` (CPU time per image, woof-sample): at 160 px
+0.98 ms against 1.37 for PIL's draft + bilinear (decoder v2), at 224 px 2.4 against 3.3;
+`tf.io.decode_jpeg` with `ratio` plus `tf.image.resize` took 3.1 and 3.7 ms.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +32,12 @@ _EXIF_ORIENTATION = 0x0112
 # Bump whenever decoding changes the pixels it returns (resampling, draft scale, colour
 # handling): vectors embedded by another decoder version are not comparable, so bundles record
 # it and query-time embedding refuses a mismatch.
-DECODER_VERSION = 2  # 1: draft at twice the input size; 2: draft at the input size
+DECODER_VERSION = 3
+# 1: PIL draft at twice the input size; 2: PIL draft (1/2, 1/4, 1/8) at the input size, then
+# PIL's antialiased bilinear resize; 3: JPEGs by libjpeg-turbo (simplejpeg) at the smallest
+# M/8 DCT scale covering the input size, then PIL's box (area-averaging) filter where both
+# sides shrink (antialiased bilinear where a side grows, and for every other image).
+JPEG_COLOURSPACES = ("YCbCr", "Gray")  # decoded by libjpeg-turbo; others (CMYK, YCCK) by PIL
 
 
 class ImageDecodeError(ValueError):
@@ -53,10 +67,103 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def jpeg_orientation(data: bytes) -> int:
+    """The EXIF orientation (1-8) of a JPEG, read from its APP1 segment without decoding; 1
+    when there is none or it cannot be read."""
+    try:
+        i = 2
+        while i + 4 <= len(data) and data[i] == 0xFF:
+            marker = data[i + 1]
+            if marker in (0xD9, 0xDA):  # end of image, start of scan: no EXIF before pixels
+                return 1
+            if marker == 0xFF or marker == 0x01 or 0xD0 <= marker <= 0xD7:
+                i += 1 if marker == 0xFF else 2  # fill byte or marker without a length
+                continue
+            length = int.from_bytes(data[i + 2:i + 4], "big")
+            if marker == 0xE1 and data[i + 4:i + 10] == b"Exif\0\0":
+                tiff = i + 10
+                order = "<" if data[tiff:tiff + 2] == b"II" else ">"
+                (ifd,) = struct.unpack_from(order + "I", data, tiff + 4)
+                (count,) = struct.unpack_from(order + "H", data, tiff + ifd)
+                for k in range(count):
+                    entry = tiff + ifd + 2 + 12 * k
+                    tag, kind = struct.unpack_from(order + "HH", data, entry)
+                    if tag == _EXIF_ORIENTATION and kind == 3:
+                        (value,) = struct.unpack_from(order + "H", data, entry + 8)
+                        return value if 1 <= value <= 8 else 1
+                return 1
+            i += 2 + length
+    except (struct.error, IndexError):
+        pass
+    return 1
+
+
+def _oriented(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation to decoded pixels, as `ImageOps.exif_transpose` does."""
+    if orientation == 2:
+        return pixels[:, ::-1]
+    if orientation == 3:
+        return pixels[::-1, ::-1]
+    if orientation == 4:
+        return pixels[::-1]
+    if orientation == 5:
+        return pixels.transpose(1, 0, 2)
+    if orientation == 6:
+        return np.rot90(pixels, -1)
+    if orientation == 7:
+        return pixels[::-1, ::-1].transpose(1, 0, 2)
+    if orientation == 8:
+        return np.rot90(pixels, 1)
+    return pixels
+
+
+def _resized(img: Image.Image, size: int, shrink_filter: Image.Resampling) -> np.ndarray:
+    if img.size != (size, size):
+        shrinking = img.width >= size and img.height >= size
+        img = img.resize((size, size), shrink_filter if shrinking else Image.Resampling.BILINEAR,
+                         reducing_gap=None)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _decode_jpeg_turbo(data: bytes, size: int, max_pixels: int) -> DecodedImage | None:
+    """libjpeg-turbo at the smallest DCT scale M/8 that covers size x size; None when the
+    file is for PIL (not a JPEG, or a colour space libjpeg-turbo does not convert to RGB)."""
+    import simplejpeg
+
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    try:
+        height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None  # PIL decides what is wrong with it
+    if colourspace not in JPEG_COLOURSPACES:
+        return None
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"image too large ({width}x{height} pixels, limit {max_pixels:,})")
+    side = min(size, width, height)  # never ask for more than the image has
+    try:
+        # the smallest scale M/8 (M = 1..8) that keeps both sides at least `side`
+        pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=side, min_width=side)
+    except ValueError as exc:
+        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
+    orientation = jpeg_orientation(data)
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width  # rotated by a quarter turn
+    pixels = np.ascontiguousarray(_oriented(pixels, orientation))
+    # DCT scaling did the heavy reduction without aliasing; what is left (at most 2x, mostly
+    # under 1.4x) is done by area averaging, cheaper than the bilinear filter at that ratio
+    return DecodedImage(_resized(Image.fromarray(pixels, "RGB"), size, Image.Resampling.BOX),
+                        width, height)
+
+
 def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     """Decode, apply EXIF orientation, convert to RGB and resize to (size, size)."""
     if not data:
         raise ImageDecodeError("empty file")
+    fast = _decode_jpeg_turbo(data, size, max_pixels)
+    if fast is not None:
+        return fast
     try:
         img = Image.open(io.BytesIO(data))
         if img.width * img.height > max_pixels:  # read from the header, before decoding
@@ -73,14 +180,11 @@ def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> Decode
             )
         img.seek(0)  # first frame of an animation
         if img.format == "JPEG":
-            # Decode at the smallest DCT scale (1/2, 1/4, 1/8) that still covers size x size:
-            # that scaling averages blocks, so it does not alias, and it is nearly free, while
-            # PIL's antialiased resize of the full image cost more than LiteRT at 160 px.
+            # A JPEG libjpeg-turbo left to PIL (CMYK, YCCK): decode at the smallest DCT scale
+            # (1/2, 1/4, 1/8) that still covers size x size.
             img.draft("RGB", (size, size))
         img = ImageOps.exif_transpose(img)
-        img = to_rgb(img)
-        img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-        pixels = np.asarray(img, dtype=np.uint8)
+        pixels = _resized(to_rgb(img), size, Image.Resampling.BILINEAR)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:

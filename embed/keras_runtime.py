@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -19,20 +20,23 @@ class KerasRuntime:
     """
 
     name = "keras"
+    concurrency = 1  # TensorFlow already spreads one call over every core
 
     def __init__(self, model: Any, max_rows: int = KERAS_MAX_ROWS) -> None:
         self.model = model
         self.max_rows = max_rows
+        self._lock = threading.Lock()  # callers from several threads take turns
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) == 0:
             return np.zeros((0, self.model.output_shape[-1]), np.float32)
         batch = np.asarray(batch, dtype=np.float32)
         step = self.max_rows or len(batch)
-        parts = [
-            np.asarray(self.model.predict_on_batch(batch[i : i + step]), dtype=np.float32)
-            for i in range(0, len(batch), step)
-        ]
+        with self._lock:
+            parts = [
+                np.asarray(self.model.predict_on_batch(batch[i : i + step]), dtype=np.float32)
+                for i in range(0, len(batch), step)
+            ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def describe(self) -> dict[str, Any]:

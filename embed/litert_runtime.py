@@ -7,19 +7,25 @@ Keras on the first real batch; otherwise every batch goes to Keras and the manif
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import queue
 import re
 import threading
+import time
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from embed.atomic import atomic_path
-from embed.environment import cache_dir, quiet_native_output, threads_from_env
+from embed import quantise
+from embed.atomic import atomic_path, atomic_write_text
+from embed.environment import cache_dir, cpu_cores, quiet_native_output
 from embed.keras_runtime import KerasRuntime
+from embed.quantise import export_int8, task_check
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +35,9 @@ MIN_MIN_COSINE = 0.995
 # Rows per Keras call in the parity check (and after a fall-back): the check runs once, and
 # small slices keep TensorFlow's activation memory, which it never returns, small.
 PARITY_ROWS = 8
-# Rows per LiteRT invoke (see LiteRTRuntime._run).
-LITERT_MAX_ROWS = 8
+# Rows per LiteRT invoke (see TFLiteModel.run): one single-threaded interpreter runs 4 rows
+# as fast per image as 8 or 32, with half the arena of 8.
+LITERT_MAX_ROWS = 4
 
 
 def default_cache_dir() -> Path:
@@ -39,12 +46,23 @@ def default_cache_dir() -> Path:
 
 
 def default_num_threads() -> int:
-    """LiteRT threads: env EMBED_DOGS_LITERT_THREADS, else every core this process may use.
+    """Threads per LiteRT interpreter: env EMBED_DOGS_LITERT_THREADS, else 1 (see
+    `default_replicas`: one single-threaded interpreter per core)."""
+    value = os.environ.get("EMBED_DOGS_LITERT_THREADS")
+    return max(1, int(value)) if value else 1
 
-    XNNPACK scales almost linearly here (MobileNetV2 224: 91 img/s on 1 thread, 168 on 2), so
-    it gets every core; tf.data's decoding shares them (see `embed.pipeline.pipeline_options`).
+
+def default_replicas() -> int:
+    """Interpreters per model: env EMBED_DOGS_LITERT_REPLICAS, else one per usable core.
+
+    Measured on 2 cores (MobileNetV2 160, benchmarks/embed_throughput.py): one interpreter
+    with 2 XNNPACK threads is the fastest on tensors alone, but once decoding shares the
+    cores its threads wait for each other at every layer whenever a decode preempts one of
+    them; two single-threaded interpreters, each decoding and then embedding its own batch,
+    never wait, and ran the whole pipeline 10-20 % faster.
     """
-    return threads_from_env("EMBED_DOGS_LITERT_THREADS")
+    value = os.environ.get("EMBED_DOGS_LITERT_REPLICAS")
+    return max(1, int(value)) if value else cpu_cores()
 
 
 def model_cache_key(model: Any) -> str:
@@ -76,47 +94,64 @@ def export_litert(model: Any, path: Path) -> Path:
     return path
 
 
-class TFLiteModel:
-    """One LiteRT interpreter over a `.tflite` file (XNNPACK), safe to share between threads.
+class _Slot:
+    """One interpreter and the batch size its arena is planned for."""
 
-    An interpreter runs one call at a time, so the set-input / invoke / get-output sequence
-    holds a lock: concurrent app sessions queue instead of corrupting each other's tensors.
-    Batches of up to ``max_rows`` run as they are; larger ones in slices of that size.
+    def __init__(self, interpreter: Any) -> None:
+        self.interpreter = interpreter
+        (inp,) = interpreter.get_input_details()
+        (out,) = interpreter.get_output_details()
+        self.input_index = inp["index"]
+        self.output_index = out["index"]
+        self.input_shape = tuple(int(d) for d in inp["shape"][1:])
+        self.dim = int(out["shape"][-1])
+        self.batch_size: int | None = None
+
+    def invoke(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) != self.batch_size:
+            # Re-planning memory is costly: do it only when the batch size changes.
+            self.interpreter.resize_tensor_input(self.input_index, list(rows.shape))
+            with quiet_native_output():
+                self.interpreter.allocate_tensors()
+            self.batch_size = len(rows)
+        self.interpreter.set_tensor(self.input_index, rows)
+        self.interpreter.invoke()  # releases the GIL
+        return self.interpreter.get_tensor(self.output_index)  # a copy
+
+
+class TFLiteModel:
+    """LiteRT interpreters over one `.tflite` file (XNNPACK), safe to share between threads.
+
+    An interpreter runs one call at a time, so each call borrows one of ``replicas``
+    interpreters (``num_threads`` threads each) and gives it back: concurrent callers (the
+    pipeline's workers, app sessions) run side by side on different interpreters, or queue
+    when all are busy, and never corrupt each other's tensors. Batches of up to ``max_rows``
+    run as they are; larger ones in slices of that size.
     """
 
     def __init__(self, path: str | os.PathLike[str], num_threads: int | None = None,
-                 max_rows: int = LITERT_MAX_ROWS) -> None:
+                 max_rows: int = LITERT_MAX_ROWS, replicas: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         self.path = Path(path)
         self.num_threads = num_threads or default_num_threads()
         self.max_rows = max_rows
+        self.replicas = max(1, replicas)
+        slots = []
         with quiet_native_output():  # XNNPACK announces itself on stderr
-            # BUILTIN applies the default delegate, XNNPACK, to every op it supports.
-            self._interpreter = Interpreter(
-                model_path=str(self.path),
-                num_threads=self.num_threads,
-                experimental_op_resolver_type=OpResolverType.BUILTIN,
-            )
-        (inp,) = self._interpreter.get_input_details()
-        (out,) = self._interpreter.get_output_details()
-        self._input_index = inp["index"]
-        self._output_index = out["index"]
-        self.input_shape = tuple(int(d) for d in inp["shape"][1:])
-        self.dim = int(out["shape"][-1])
-        self._batch_size: int | None = None
-        self._lock = threading.Lock()
-
-    def _invoke(self, rows: np.ndarray) -> np.ndarray:
-        if len(rows) != self._batch_size:
-            # Re-planning memory is costly: do it only when the batch size changes.
-            self._interpreter.resize_tensor_input(self._input_index, list(rows.shape))
-            with quiet_native_output():
-                self._interpreter.allocate_tensors()
-            self._batch_size = len(rows)
-        self._interpreter.set_tensor(self._input_index, rows)
-        self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output_index)  # a copy
+            for _ in range(self.replicas):
+                # BUILTIN applies the default delegate, XNNPACK, to every op it supports.
+                slots.append(_Slot(Interpreter(
+                    model_path=str(self.path),
+                    num_threads=self.num_threads,
+                    experimental_op_resolver_type=OpResolverType.BUILTIN,
+                )))
+        self.input_shape = slots[0].input_shape
+        self.dim = slots[0].dim
+        self._slots = tuple(slots)
+        self._free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
+        for slot in slots:
+            self._free.put(slot)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Raw outputs for a float32 batch.
@@ -130,40 +165,49 @@ class TFLiteModel:
             return np.zeros((0, self.dim), np.float32)
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         step = self.max_rows
-        with self._lock:
+        slot = self._free.get()  # blocks while every interpreter is busy
+        try:
             if not step or len(batch) <= step:
-                return self._invoke(batch)
+                return slot.invoke(batch)
             parts = []
             for i in range(0, len(batch), step):
                 rows = batch[i : i + step]
                 if len(rows) < step:
                     pad = np.zeros((step - len(rows), *rows.shape[1:]), np.float32)
-                    parts.append(self._invoke(np.concatenate([rows, pad]))[: len(rows)])
+                    parts.append(slot.invoke(np.concatenate([rows, pad]))[: len(rows)])
                 else:
-                    parts.append(self._invoke(rows))
+                    parts.append(slot.invoke(rows))
             return np.concatenate(parts)
+        finally:
+            self._free.put(slot)
 
 
 class BundledLiteRTRuntime:
     """The serving runtime: the `.tflite` a bundle carries, run without TensorFlow or Keras.
 
-    It was checked against Keras when the bundle was built (its parity figures are in the
-    manifest) and its sha256 is checked on loading, so queries trust it as it is.
+    It was checked when the bundle was built (against Keras, and for int8 on the task; the
+    figures are in the manifest) and its sha256 is checked on loading, so queries trust it
+    as it is. ``name`` is the recorded runtime (``litert`` or ``litert-int8``).
     """
 
-    name = "litert"
-
     def __init__(self, path: str | os.PathLike[str], parity: dict[str, Any] | None = None,
-                 num_threads: int | None = None) -> None:
-        self.model_ = TFLiteModel(path, num_threads)
+                 num_threads: int | None = None, name: str = "litert",
+                 replicas: int | None = None) -> None:
+        self.model_ = TFLiteModel(path, num_threads, replicas=replicas or default_replicas())
         self.parity = parity
+        self.name = name
+
+    @property
+    def concurrency(self) -> int:
+        return self.model_.replicas
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         return self.model_.run(batch)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "requested": "litert", "parity": self.parity,
-                "num_threads": self.model_.num_threads, "model_file": str(self.model_.path)}
+        return {"name": self.name, "requested": self.name, "parity": self.parity,
+                "num_threads": self.model_.num_threads, "replicas": self.model_.replicas,
+                "model_file": str(self.model_.path)}
 
 
 class LiteRTRuntime:
@@ -171,12 +215,14 @@ class LiteRTRuntime:
 
     Parameters are stored as given; state learned at run time ends in ``_``:
     ``converted_`` (this instance exported the model), ``parity_`` (first-batch agreement),
-    ``fell_back_`` (Keras produces the vectors).
+    ``fell_back_`` (Keras produces the vectors), ``seconds_`` (one-time costs: conversion,
+    parity check).
 
     ``requested`` is what the user asked for (``auto`` or ``litert``), kept for the manifest.
     ``tflite_path`` runs that file instead of the cached export (tests use it to force a
     parity failure); ``min_mean_cosine``/``min_min_cosine`` set the parity bound; ``max_rows``
-    is the most rows one invoke runs (larger batches run in slices).
+    is the most rows one invoke runs (larger batches run in slices); ``replicas`` interpreters
+    of ``num_threads`` threads each serve concurrent calls (see `default_replicas`).
     """
 
     def __init__(
@@ -191,6 +237,7 @@ class LiteRTRuntime:
         min_min_cosine: float = MIN_MIN_COSINE,
         requested: str = "litert",
         max_rows: int = LITERT_MAX_ROWS,
+        replicas: int | None = None,
     ) -> None:
         self.model = model
         self.requested = requested
@@ -198,6 +245,7 @@ class LiteRTRuntime:
         self.cache_key = cache_key or model_cache_key(model)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.num_threads = num_threads or default_num_threads()
+        self.replicas = replicas or default_replicas()
         self.max_rows = max_rows
         self.min_mean_cosine = min_mean_cosine
         self.min_min_cosine = min_min_cosine
@@ -206,6 +254,8 @@ class LiteRTRuntime:
         self.parity_: dict[str, Any] | None = None
         self.fell_back_ = False
         self.error_: str | None = None
+        self.seconds_: dict[str, float] = {}
+        self._parity_lock = threading.Lock()
 
         self.tflite_path = tflite_path
         if tflite_path is not None:
@@ -218,10 +268,18 @@ class LiteRTRuntime:
         except Exception as exc:  # conversion or loading failed: Keras still works
             self._fall_back(f"LiteRT unavailable for {self.cache_key}: {exc}")
 
+    @property
+    def concurrency(self) -> int:
+        """How many embed calls run side by side (the pipeline runs that many workers)."""
+        return 1 if self.fell_back_ else self.replicas
+
     def _convert(self) -> None:
         log.info("converting the backbone to LiteRT (once per backbone and weights, cached in"
                  " %s; takes 10-40 s)", self.cache_file.parent)
+        start = time.perf_counter()
         export_litert(self.model, self.cache_file)
+        self.seconds_["conversion"] = self.seconds_.get("conversion", 0.0) + (
+            time.perf_counter() - start)
         self.converted_ = True
 
     def _load(self) -> None:
@@ -238,7 +296,8 @@ class LiteRTRuntime:
             self._open()
 
     def _open(self) -> None:
-        self._model = TFLiteModel(self.cache_file, self.num_threads, self.max_rows)
+        self._model = TFLiteModel(self.cache_file, self.num_threads, self.max_rows,
+                                  self.replicas)
 
     def _fall_back(self, reason: str) -> None:
         warnings.warn(f"{reason}; falling back to the Keras runtime", RuntimeWarning, stacklevel=3)
@@ -247,42 +306,209 @@ class LiteRTRuntime:
         self.name = "keras"
         self.error_ = reason
 
+    def _check(self, batch: np.ndarray) -> np.ndarray:
+        """The first batch: run both engines, record the agreement, fall back if it fails."""
+        start = time.perf_counter()
+        out = self._model.run(batch)
+        reference = self.keras_.embed(batch)
+        cos = row_cosines(out, reference)
+        mean, low = float(cos.mean()), float(cos.min())
+        passed = mean >= self.min_mean_cosine and low >= self.min_min_cosine
+        self.parity_ = {
+            "mean_cosine": mean,
+            "min_cosine": low,
+            "passed": passed,
+            "rows": len(cos),
+        }
+        self.seconds_["parity"] = time.perf_counter() - start
+        if not passed:
+            self._fall_back(
+                f"LiteRT output disagrees with Keras on the first batch (cosine mean {mean:.5f}"
+                f" < {self.min_mean_cosine} or min {low:.5f} < {self.min_min_cosine})"
+            )
+            return reference
+        return out
+
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """Raw features for a preprocessed float32 batch; the first batch also checks parity."""
+        """Raw features for a preprocessed float32 batch; the first batch also checks parity
+        (concurrent callers wait for that check)."""
+        if self.parity_ is None and not self.fell_back_ and len(batch):
+            with self._parity_lock:
+                if self.parity_ is None and not self.fell_back_:
+                    return self._check(batch)
         if self.fell_back_:
             return self.keras_.embed(batch)
         if len(batch) == 0:
             return np.zeros((0, self._model.dim), np.float32)
-        out = self._model.run(batch)
-        if self.parity_ is None:
-            reference = self.keras_.embed(batch)
-            cos = row_cosines(out, reference)
-            mean, low = float(cos.mean()), float(cos.min())
-            passed = mean >= self.min_mean_cosine and low >= self.min_min_cosine
-            self.parity_ = {
-                "mean_cosine": mean,
-                "min_cosine": low,
-                "passed": passed,
-                "rows": len(cos),
-            }
-            if not passed:
-                self._fall_back(
-                    f"LiteRT output disagrees with Keras on the first batch (cosine mean {mean:.5f}"
-                    f" < {self.min_mean_cosine} or min {low:.5f} < {self.min_min_cosine})"
-                )
-                return reference
-        return out
+        return self._model.run(batch)
 
     def describe(self) -> dict[str, Any]:
         """What goes into the manifest: who produced the vectors, and why it was trusted."""
         d: dict[str, Any] = {
             "name": self.name,
             "requested": self.requested,
+            "precision": "float32",
             "parity": self.parity_,
             "num_threads": self.num_threads,
+            "replicas": self.replicas,
             "cache_file": str(self.cache_file),
             "cache_key": self.cache_key,
         }
         if self.error_:
             d["fallback_reason"] = self.error_
         return d
+
+
+class LiteRTInt8Runtime:
+    """A full-integer (int8) LiteRT model, calibrated on the build's own images and trusted
+    only after it passes the task check against float32 (see `embed.quantise`).
+
+    Until `calibrate` has run, and whenever the check fails, the float32 LiteRT runtime
+    (``float_``, itself checked against Keras) produces the vectors. ``max_top1_drop`` and
+    ``min_overlap`` are the task bounds (default: `embed.quantise`'s). State learned at run
+    time: ``int8_`` (the figures of the task check, None before `calibrate`),
+    ``use_int8_``, ``seconds_`` (one-time costs).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        cache_key: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        num_threads: int | None = None,
+        replicas: int | None = None,
+        requested: str = "litert-int8",
+        max_rows: int = LITERT_MAX_ROWS,
+        max_top1_drop: float | None = None,
+        min_overlap: float | None = None,
+    ) -> None:
+        self.model = model
+        self.requested = requested
+        # None: the bounds of embed.quantise, read now (tests loosen or tighten them there)
+        self.max_top1_drop = quantise.MAX_TOP1_DROP if max_top1_drop is None else max_top1_drop
+        self.min_overlap = quantise.MIN_OVERLAP if min_overlap is None else min_overlap
+        self.float_ = LiteRTRuntime(model, cache_key=cache_key, cache_dir=cache_dir,
+                                    num_threads=num_threads, requested=requested,
+                                    max_rows=max_rows, replicas=replicas)
+        self.int8_: dict[str, Any] | None = None
+        self.use_int8_ = False
+        self.seconds_: dict[str, float] = {}
+        self._int8_model: TFLiteModel | None = None
+        self._parity_before = 0.0
+        self.int8_file: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return "litert-int8" if self.use_int8_ else self.float_.name
+
+    @property
+    def concurrency(self) -> int:
+        return self.float_.replicas if self.use_int8_ else self.float_.concurrency
+
+    @property
+    def cache_file(self) -> Path:
+        """The `.tflite` that produces the vectors (the bundle's serving model)."""
+        return self.int8_file if self.use_int8_ and self.int8_file else self.float_.cache_file
+
+    def int8_path(self, calibration_id: str) -> Path:
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.float_.cache_key)
+        return self.float_.cache_dir / f"{safe}-int8-{calibration_id[:16]}.tflite"
+
+    def calibrate(
+        self,
+        calibration: Callable[[], Iterator[np.ndarray]],
+        calibration_id: str,
+        check: Iterable[tuple[np.ndarray, Sequence[str | None]]],
+        calibration_rows: int | None = None,
+        check_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Quantise (or reuse the cached int8 model for this calibration sample), embed the
+        check batches with both models, judge int8 on the task and choose.
+
+        `calibration()` yields preprocessed input batches; `calibration_id` names them
+        (`embed.quantise.sample_identity`); `check` yields (inputs, labels) batches, and
+        `check_id`, when given, names them so that the verdict is cached beside the int8
+        model (the same model judged on the same sample needs no second look).
+        Returns the figures that go into the manifest under ``int8``.
+        """
+        start = time.perf_counter()
+        self._parity_before = self.float_.seconds_.get("parity", 0.0)
+        figures: dict[str, Any] = {"calibration": {"sha256": calibration_id,
+                                                   "rows": calibration_rows}}
+        try:
+            path = self.int8_path(calibration_id)
+            figures["cache_file"] = str(path)
+            if not path.is_file():
+                log.info("quantising the backbone to int8 (once per backbone, weights and"
+                         " calibration sample, cached in %s)", path.parent)
+                converting = time.perf_counter()
+                export_int8(self.model, path, calibration)
+                self.seconds_["int8 conversion"] = time.perf_counter() - converting
+                figures["converted"] = True
+            self._int8_model = TFLiteModel(path, self.float_.num_threads, self.float_.max_rows,
+                                           self.float_.replicas)
+            self.int8_file = path
+        except Exception as exc:  # conversion failed: float32 still works
+            figures.update(passed=False, reason=f"int8 conversion failed: {exc}")
+            return self._decide(figures, start)
+        bounds = f"{self.max_top1_drop}-{self.min_overlap}"
+        verdict = (path.with_name(f"{path.stem}.check-{check_id[:16]}-{bounds}.json")
+                   if check_id else None)
+        if verdict is not None and verdict.is_file() and not self.float_.fell_back_:
+            try:
+                figures.update(json.loads(verdict.read_text())["figures"], check_cached=True)
+                return self._decide(figures, start)
+            except (OSError, ValueError, KeyError):
+                pass  # judge again
+        reference, candidate, labels = [], [], []
+        for inputs, batch_labels in check:
+            if not len(inputs):
+                continue
+            reference.append(l2_rows(self.float_.embed(inputs)))
+            candidate.append(l2_rows(self._int8_model.run(inputs)))
+            labels.extend(batch_labels)
+        if self.float_.fell_back_:
+            figures.update(passed=False, reason="the float32 LiteRT model failed its parity"
+                           " check against Keras, so int8 was not judged")
+        elif not reference:
+            figures.update(passed=False, reason="no readable image to judge int8 on")
+        else:
+            judged = task_check(np.concatenate(reference), np.concatenate(candidate), labels,
+                                self.max_top1_drop, self.min_overlap)
+            figures.update(judged)
+            if verdict is not None:
+                atomic_write_text(verdict, json.dumps({"figures": judged}))
+        return self._decide(figures, start)
+
+    def _decide(self, figures: dict[str, Any], start: float) -> dict[str, Any]:
+        self.use_int8_ = bool(figures.get("passed"))
+        self.int8_ = figures
+        # what the check itself took: not the conversion, not the float model's parity check
+        self.seconds_["int8 check"] = (time.perf_counter() - start
+                                       - self.seconds_.get("int8 conversion", 0.0)
+                                       - self.float_.seconds_.get("parity", 0.0)
+                                       + self._parity_before)
+        if not self.use_int8_:
+            reason = f"int8 model not used ({figures.get('reason')}); embedding with float32"
+            warnings.warn(reason, RuntimeWarning, stacklevel=3)
+            log.warning("%s", reason)
+        return figures
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        if self.use_int8_ and self._int8_model is not None:
+            return self._int8_model.run(batch)
+        return self.float_.embed(batch)
+
+    def describe(self) -> dict[str, Any]:
+        d = self.float_.describe()
+        d.update(name=self.name, requested=self.requested,
+                 precision="int8" if self.use_int8_ else "float32",
+                 cache_file=str(self.cache_file),
+                 int8=self.int8_ or {"passed": None, "reason": "not calibrated"})
+        return d
+
+
+def l2_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

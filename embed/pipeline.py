@@ -162,35 +162,106 @@ def iter_image_batches(
         )
 
 
+def preprocess_pixels(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 RGB (N, size, size, 3) -> the backbone's float32 inputs, in as few passes over
+    memory as numpy allows (the same numbers as `preprocess` on float pixels)."""
+    out = np.empty(pixels.shape, np.float32)
+    if mode == "tf":
+        np.divide(pixels, np.float32(127.5), out=out)
+        np.subtract(out, np.float32(1.0), out=out)
+        return out
+    out[...] = pixels
+    return np.asarray(preprocess(out, mode), np.float32)
+
+
+Payload = str | bytes  # a file path, or encoded image bytes (tfds)
+
+
+def read_batch(row_ids: Sequence[int], payloads: Sequence[Payload], config: ReaderConfig
+               ) -> ImageBatch:
+    """The reader's work for one batch: read and decode every image (bad ones become not-ok
+    rows with a reason), then preprocess them into one float32 array. Runs in a worker
+    thread: file reads, hashing, decoding and resizing release the GIL."""
+    size = config.image_size
+    n = len(payloads)
+    pixels = np.zeros((n, size, size, 3), np.uint8)
+    ok = np.zeros(n, bool)
+    reasons, digests = [""] * n, [""] * n
+    widths, heights = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    for i, payload in enumerate(payloads):
+        data: bytes | None = payload if isinstance(payload, bytes) else None
+        try:
+            if data is None:
+                data, image = read_and_decode(str(payload), size)
+            else:
+                image = decode_image(data, size)
+        except ImageDecodeError as exc:
+            reasons[i] = str(exc)
+            digests[i] = hashlib.sha256(data).hexdigest() if data else ""
+            continue
+        digests[i] = hashlib.sha256(data).hexdigest()
+        pixels[i] = image.pixels
+        ok[i] = True
+        widths[i], heights[i] = image.width, image.height
+    return ImageBatch(
+        row_ids=np.asarray(row_ids, np.int64),
+        inputs=preprocess_pixels(pixels, config.preprocessing),
+        ok=ok, reasons=reasons, sha256=digests, widths=widths, heights=heights,
+    )
+
+
+def _chunks(items: Sequence[ImageItem], step: int, encoded: Any
+            ) -> Iterator[tuple[list[int], list[Payload]]]:
+    """(row ids, payloads) per batch: file paths, or the next encoded images of `encoded`."""
+    stream = encoded.as_numpy_iterator() if encoded is not None else None
+    for start in range(0, len(items), step):
+        chunk = items[start:start + step]
+        if stream is None:
+            payloads: list[Payload] = [item.ref for item in chunk]
+        else:
+            payloads = [bytes(next(stream)) for _ in chunk]
+        yield [item.row_id for item in chunk], payloads
+
+
+def _ordered(pool: Any, work: Callable[[Any], Any], tasks: Iterator[Any], ahead: int
+             ) -> Iterator[Any]:
+    """`work` over `tasks` in the pool, results in task order, at most `ahead` in flight (so
+    memory holds a few batches, never the whole collection)."""
+    from collections import deque
+
+    pending: deque = deque()
+    for task in tasks:
+        pending.append(pool.submit(work, task))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
 def iter_image_batches_threads(
-    items: Sequence[ImageItem], config: ReaderConfig
+    items: Sequence[ImageItem], config: ReaderConfig, encoded: Any = None
 ) -> Iterator[ImageBatch]:
-    """The same reader without TensorFlow: PIL decodes in a thread pool (it releases the GIL),
-    a few batches ahead, for query commands that must not pay TensorFlow's import (6 s)."""
-    from concurrent.futures import ThreadPoolExecutor
+    """The reader without TensorFlow's pipeline: batches decoded in a thread pool (decoding
+    releases the GIL), a few batches ahead, in order."""
+    return iter_read_batches(_chunks(items, config.batch_size, encoded), config)
 
-    size = np.int32(config.image_size)
+
+def iter_payload_batches(row_ids: Sequence[int], payloads: Sequence[Payload],
+                         config: ReaderConfig) -> Iterator[ImageBatch]:
+    """The threaded reader over payloads already at hand (paths or encoded bytes)."""
     step = config.batch_size
+    return iter_read_batches(((list(row_ids[i:i + step]), list(payloads[i:i + step]))
+                              for i in range(0, len(payloads), step)), config)
 
-    def decode_batch(start: int) -> list[tuple]:
-        return [_decode_path(item.ref.encode(), size) for item in items[start:start + step]]
+
+def iter_read_batches(chunks: Iterator[tuple[list[int], list[Payload]]], config: ReaderConfig
+                      ) -> Iterator[ImageBatch]:
+    from concurrent.futures import ThreadPoolExecutor
 
     threads = config.threads or decode_threads()
     with ThreadPoolExecutor(threads) as pool:
-        starts = range(0, len(items), step)
-        # each batch is one task; map keeps order and runs up to `threads` batches ahead
-        for start, decoded in zip(starts, pool.map(decode_batch, starts), strict=True):
-            pixels, ok, reasons, digests, widths, heights = zip(*decoded, strict=True)
-            inputs = preprocess(np.stack(pixels).astype(np.float32), config.preprocessing)
-            yield ImageBatch(
-                row_ids=np.array([item.row_id for item in items[start:start + step]], np.int64),
-                inputs=np.asarray(inputs, np.float32),
-                ok=np.array(ok, bool),
-                reasons=[r.decode() for r in reasons],
-                sha256=[d.decode() for d in digests],
-                widths=np.array(widths, np.int32),
-                heights=np.array(heights, np.int32),
-            )
+        yield from _ordered(pool, lambda chunk: read_batch(*chunk, config), chunks,
+                            threads + PREFETCH)
 
 
 def embed_batch(runtime: Runtime, inputs: np.ndarray) -> np.ndarray:
@@ -206,13 +277,32 @@ class EmbeddedBatch:
 
 def iter_embedded_batches(
     items: Sequence[ImageItem], config: ReaderConfig, runtime: Runtime, encoded: Any = None,
-    tensorflow: bool = True,
 ) -> Iterator[EmbeddedBatch]:
-    """Reader + mapper: batches with the vectors of their usable rows. `tensorflow=False`
-    reads with a thread pool instead of tf.data (files only, no tfds `encoded`)."""
-    batches = (iter_image_batches(items, config, encoded) if tensorflow
-               else iter_image_batches_threads(items, config))
-    for batch in batches:
+    """Reader + mapper, in order: batches with the vectors of their usable rows.
+
+    A runtime that serves concurrent calls (``runtime.concurrency`` > 1: LiteRT with one
+    interpreter per core) gets that many workers, each reading, decoding and embedding whole
+    batches: every core runs decode then invoke on its own batch, with nothing to wait for in
+    between. Otherwise (Keras) a thread pool decodes ahead while this thread embeds.
+    `encoded` (tfds) is a tf.data.Dataset of encoded images in item order; files are read in
+    the workers.
+    """
+    if not items:
+        return
+    workers = max(1, int(getattr(runtime, "concurrency", 1)))
+    chunks = _chunks(items, config.batch_size, encoded)
+
+    def mapped(batch: ImageBatch) -> EmbeddedBatch:
         good = batch.inputs if batch.ok.all() else batch.inputs[batch.ok]
         vectors = embed_batch(runtime, good) if len(good) else np.zeros((0, 0), np.float32)
-        yield EmbeddedBatch(batch, vectors)
+        return EmbeddedBatch(batch, vectors)
+
+    if workers == 1:
+        for batch in iter_image_batches_threads(items, config, encoded):
+            yield mapped(batch)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        yield from _ordered(pool, lambda chunk: mapped(read_batch(*chunk, config)), chunks,
+                            workers + 1)

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from embed.keras_runtime import KerasRuntime
-from embed.litert_runtime import LiteRTRuntime
+from embed.litert_runtime import LiteRTInt8Runtime, LiteRTRuntime
 
 
 class Runtime(Protocol):
@@ -27,7 +27,7 @@ class Runtime(Protocol):
         ...
 
 
-RUNTIME_CHOICES = ("auto", "litert", "keras")
+RUNTIME_CHOICES = ("auto", "litert", "litert-int8", "keras")
 DEFAULT_RUNTIME = "auto"
 
 
@@ -49,13 +49,18 @@ def make_runtime(
 ) -> Runtime:
     """Build a runtime for a Keras backbone.
 
-    ``auto`` picks LiteRT (XNNPACK) on CPU and Keras when a GPU is visible. ``cache_key``
-    should name backbone, image size and weights sha256 so the converted model is reused.
+    ``auto`` picks LiteRT (XNNPACK) on CPU and Keras when a GPU is visible. ``litert-int8``
+    is the full-integer model, used once `calibrate` has judged it on the build's images
+    (float32 LiteRT until then). ``cache_key`` should name backbone, image size and weights
+    sha256 so the converted model is reused.
     """
     if kind not in RUNTIME_CHOICES:
         raise ValueError(f"unknown runtime {kind!r}; choose one of {', '.join(RUNTIME_CHOICES)}")
     if kind == "keras" or (kind == "auto" and gpu_visible()):
         return KerasRuntime(model)
+    if kind == "litert-int8":
+        return LiteRTInt8Runtime(model, cache_key=cache_key, cache_dir=cache_dir,
+                                 num_threads=num_threads, requested=kind)
     return LiteRTRuntime(
         model,
         cache_key=cache_key,

@@ -145,7 +145,7 @@ def test_info_and_evaluate(built: Path) -> None:
         (["build-index", "--index", "annoy", "--source", "{dataset}"],
          "'annoy' is not one of 'auto', 'flat', 'hnsw', 'ivf'"),
         (["build-index", "--runtime", "fast", "--source", "{dataset}"],
-         "'fast' is not one of 'auto', 'litert', 'keras'"),
+         "'fast' is not one of 'auto', 'litert', 'litert-int8', 'keras'"),
         (["build-index", "--memory-budget", "lots", "--source", "{dataset}"],
          "cannot read memory budget 'lots'"),
         (["build-index", "--memory-budget", "200", "--source", "{dataset}", "--backbone",

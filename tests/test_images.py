@@ -144,3 +144,82 @@ def test_thumbnail_shows_the_pixels_the_model_sees(tmp_path: Path) -> None:
         shown = np.asarray(img.convert("RGB"), np.int16)
     assert int(embedded[0, 0, 0]) == 77
     assert np.abs(shown - 77).max() <= 2  # JPEG rounding only
+
+
+def _photo(w: int = 400, h: int = 300, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    arr = np.clip(rng.normal(128, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+    return _encode(Image.fromarray(arr), "JPEG", quality=90)
+
+
+def test_jpegs_are_decoded_by_libjpeg_turbo_at_reduced_dct_scale(monkeypatch) -> None:
+    import simplejpeg
+
+    calls = []
+    real = simplejpeg.decode_jpeg
+
+    def spy(data, colorspace="RGB", **kw):
+        out = real(data, colorspace, **kw)
+        calls.append((kw, out.shape))
+        return out
+
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", spy)
+    out = decode_image(_photo(400, 300), 100)
+    assert out.pixels.shape == (100, 100, 3) and (out.width, out.height) == (400, 300)
+    # the smallest M/8 scale keeping both sides >= 100: 3/8 of 400x300 is 150x113
+    assert calls == [({"min_height": 100, "min_width": 100}, (113, 150, 3))]
+
+
+def test_decoder_keeps_pil_for_what_libjpeg_turbo_does_not_convert() -> None:
+    from embed.images import _decode_jpeg_turbo
+
+    cmyk = _encode(Image.new("CMYK", (12, 12), (0, 255, 255, 0)), "JPEG")
+    assert _decode_jpeg_turbo(cmyk, 8, MAX_PIXELS) is None  # PIL converts CMYK
+    assert _decode_jpeg_turbo(_encode(Image.new("RGB", (9, 9)), "PNG"), 8, MAX_PIXELS) is None
+    grey = _decode_jpeg_turbo(_encode(Image.new("L", (20, 20), 90), "JPEG"), 8, MAX_PIXELS)
+    assert grey is not None and np.abs(grey.pixels.astype(int) - 90).max() <= 2
+
+
+def test_decoded_pixels_stay_close_to_the_previous_decoder() -> None:
+    """Version 3 changes pixels (DCT scale M/8, box filter) only a little from version 2
+    (PIL draft 1/2^k, bilinear): mean difference a few levels of 255."""
+    from embed.images import DECODER_VERSION
+
+    assert DECODER_VERSION == 3
+    y, x = np.mgrid[0:480, 0:640]
+    smooth = np.stack([128 + 100 * np.sin(x / 23), 128 + 100 * np.cos(y / 17),
+                       128 + 60 * np.sin((x + y) / 41)], axis=-1).astype(np.uint8)
+    data = _encode(Image.fromarray(smooth), "JPEG", quality=90)  # a photo-like, smooth image
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (160, 160))
+    v2 = np.asarray(img.convert("RGB").resize((160, 160), Image.Resampling.BILINEAR,
+                                              reducing_gap=None), np.int16)
+    v3 = decode_image(data, 160).pixels.astype(np.int16)
+    assert np.abs(v3 - v2).mean() < 3
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_read_without_pil_matches_pil(orientation: int) -> None:
+    from PIL import ImageOps
+
+    from embed.images import jpeg_orientation
+
+    rng = np.random.default_rng(orientation)
+    arr = rng.integers(0, 255, (30, 50, 3), np.uint8)
+    arr[:6, :12] = 255  # a corner that shows which way round it is
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(Image.fromarray(arr), "JPEG", quality=95, exif=exif.tobytes())
+    assert jpeg_orientation(data) == orientation
+    out = decode_image(data, 64)
+    want = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
+                      .resize((64, 64), Image.Resampling.BILINEAR, reducing_gap=None))
+    assert np.array_equal(out.pixels, want)  # decoded at full scale: the same pixels as PIL
+    assert (out.width, out.height) == ((30, 50) if orientation >= 5 else (50, 30))
+
+
+def test_orientation_of_a_jpeg_without_exif_is_one() -> None:
+    from embed.images import jpeg_orientation
+
+    assert jpeg_orientation(_photo(20, 10)) == 1
+    assert jpeg_orientation(b"\xff\xd8\xff\xe1\x00") == 1  # cut short: no crash

@@ -13,9 +13,11 @@ pytest.importorskip("ai_edge_litert")
 
 from embed import runtimes  # noqa: E402
 from embed.litert_runtime import (  # noqa: E402
+    LiteRTInt8Runtime,
     LiteRTRuntime,
     default_cache_dir,
     default_num_threads,
+    default_replicas,
     export_litert,
     row_cosines,
 )
@@ -63,7 +65,7 @@ def test_keras_runtime_is_the_default(model: keras.Model) -> None:
 
 
 def test_unknown_runtime_names_the_choices(model: keras.Model) -> None:
-    with pytest.raises(ValueError, match="auto, litert, keras"):
+    with pytest.raises(ValueError, match="auto, litert, litert-int8, keras"):
         make_runtime(model, "onnx")
 
 
@@ -77,7 +79,8 @@ def test_auto_picks_litert_on_cpu_and_keras_on_gpu(
     if expected == "litert":
         assert isinstance(rt, LiteRTRuntime)
         assert rt.describe()["requested"] == "auto"
-        assert rt.num_threads == default_num_threads()
+        assert rt.num_threads == default_num_threads() == 1
+        assert rt.replicas == default_replicas()
 
 
 def test_litert_matches_keras_within_the_parity_bound(
@@ -98,7 +101,7 @@ def test_describe_reports_parity_threads_and_cache_file(
     runtime.embed(images(3))
     d = runtime.describe()
     assert d["name"] == "litert" and d["requested"] == "litert"
-    assert d["num_threads"] == 2
+    assert d["num_threads"] == 2 and d["precision"] == "float32"
     assert d["cache_file"] == str(cache / "tiny-32-abc.tflite")
     assert d["parity"]["passed"] is True
     assert d["parity"]["mean_cosine"] >= 0.999 and d["parity"]["min_cosine"] >= 0.995
@@ -200,7 +203,7 @@ def test_large_batches_run_in_fixed_slices(model: keras.Model, cache: Path) -> N
     batch = images(11, seed=3)
     got = rt.embed(batch)  # slices of 4, 4 and 3 padded to 4
     assert got.shape == (11, 16)
-    assert rt._model._batch_size == 4  # the arena was planned for 4 rows only
+    assert {s.batch_size for s in rt._model._slots} - {None} == {4}  # planned for 4 rows only
     np.testing.assert_allclose(got, np.asarray(model(batch)), rtol=1e-3, atol=1e-4)
     assert rt.parity_["rows"] == 11 and rt.parity_["passed"]
 
@@ -212,3 +215,108 @@ def test_keras_runtime_slices_match_calling_the_model(model: keras.Model, max_ro
     assert got.dtype == np.float32 and got.shape == (7, 16)
     np.testing.assert_allclose(got, np.asarray(model(batch, training=False)), rtol=1e-5, atol=1e-6)
     assert KerasRuntime(model).embed(batch[:0]).shape == (0, 16)
+
+
+def labelled_images(per_class: int = 12, size: int = 32, seed: int = 5
+                    ) -> tuple[np.ndarray, list[str]]:
+    """Three classes of preprocessed images, each around its own colour."""
+    rng = np.random.default_rng(seed)
+    colours = np.array([[0.8, -0.6, -0.6], [-0.6, 0.8, -0.6], [-0.6, -0.6, 0.8]], np.float32)
+    x = np.concatenate([np.clip(c + rng.normal(0, 0.3, (per_class, size, size, 3)), -1, 1)
+                        for c in colours]).astype(np.float32)
+    return x, [f"class{k}" for k in range(3) for _ in range(per_class)]
+
+
+def calibrate(rt: LiteRTInt8Runtime, check_id: str | None = None) -> dict:
+    x, labels = labelled_images()
+    return rt.calibrate(lambda: iter([x[::3]]), "calib-sample-1", [(x[:18], labels[:18]),
+                        (x[18:], labels[18:])], 12, check_id)
+
+
+def test_int8_converts_judges_and_embeds_with_int8(model: keras.Model, tmp_path: Path) -> None:
+    rt = LiteRTInt8Runtime(model, cache_key="tiny-32-abc", cache_dir=tmp_path,
+                           max_top1_drop=1.0, min_overlap=0.0)
+    assert rt.name == "litert" and rt.describe()["int8"]["reason"] == "not calibrated"
+    figures = calibrate(rt)
+    assert figures["passed"] and figures["converted"] and figures["rows"] == 36
+    assert rt.name == "litert-int8" and rt.use_int8_
+    assert rt.cache_file == tmp_path / "tiny-32-abc-int8-calib-sample-1.tflite"
+    from ai_edge_litert.interpreter import Interpreter
+
+    kinds = {t["dtype"] for t in Interpreter(str(rt.cache_file)).get_tensor_details()}
+    assert np.int8 in kinds  # weights and activations in int8; float32 only in and out
+    batch = images(5)
+    got = rt.embed(batch)
+    assert got.shape == (5, 16) and not np.array_equal(got, rt.float_.embed(batch))
+    assert row_cosines(got, np.asarray(model(batch))).mean() > 0.9  # close, not equal
+    d = rt.describe()
+    assert d["name"] == "litert-int8" and d["precision"] == "int8"
+    assert d["requested"] == "litert-int8" and d["parity"]["passed"]
+    assert d["int8"]["top1_float32"] is not None and "overlap_at_10" in d["int8"]
+    assert set(rt.seconds_) == {"int8 conversion", "int8 check"}
+
+
+def test_int8_model_and_verdict_are_cached(model: keras.Model, tmp_path: Path) -> None:
+    first = LiteRTInt8Runtime(model, cache_key="k", cache_dir=tmp_path, max_top1_drop=1.0,
+                              min_overlap=0.0)
+    calibrate(first, check_id="check-sample")
+    again = LiteRTInt8Runtime(model, cache_key="k", cache_dir=tmp_path, max_top1_drop=1.0,
+                              min_overlap=0.0)
+    figures = calibrate(again, check_id="check-sample")
+    assert "converted" not in figures and figures["check_cached"] is True
+    assert figures["overlap_at_10"] == first.int8_["overlap_at_10"]
+    assert again.use_int8_ and "int8 conversion" not in again.seconds_
+    other = LiteRTInt8Runtime(model, cache_key="k", cache_dir=tmp_path, max_top1_drop=1.0,
+                              min_overlap=0.5)  # other bounds: judged again
+    assert "check_cached" not in calibrate(other, check_id="check-sample")
+
+
+def test_int8_failing_the_task_check_falls_back_to_float32(model: keras.Model,
+                                                            tmp_path: Path) -> None:
+    rt = LiteRTInt8Runtime(model, cache_key="k", cache_dir=tmp_path, min_overlap=1.01)
+    with pytest.warns(RuntimeWarning, match="int8 model not used .*overlap@10.*< 1.01"):
+        figures = calibrate(rt)
+    assert figures["passed"] is False
+    assert rt.name == "litert" and rt.cache_file == rt.float_.cache_file
+    batch = images(3)
+    np.testing.assert_array_equal(rt.embed(batch), rt.float_.embed(batch))
+    d = rt.describe()
+    assert d["precision"] == "float32" and d["int8"]["passed"] is False
+    assert "overlap@10" in d["int8"]["reason"]
+    again = LiteRTInt8Runtime(model, cache_key="k", cache_dir=tmp_path, min_overlap=1.01)
+    with pytest.warns(RuntimeWarning):
+        again_figures = calibrate(again)
+    figures.pop("converted")
+    assert again_figures == figures  # the same verdict, deterministically
+
+
+def test_int8_conversion_failure_falls_back(model: keras.Model, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> None:
+        raise RuntimeError("no int8 kernel")
+
+    monkeypatch.setattr("embed.litert_runtime.export_int8", broken)
+    rt = LiteRTInt8Runtime(model, cache_key="k", cache_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match="no int8 kernel"):
+        calibrate(rt)
+    assert rt.name == "litert" and rt.embed(images(2)).shape == (2, 16)
+
+
+def test_make_runtime_builds_the_int8_runtime(model: keras.Model, tmp_path: Path) -> None:
+    rt = make_runtime(model, "litert-int8", cache_key="k", cache_dir=tmp_path)
+    assert isinstance(rt, LiteRTInt8Runtime) and rt.requested == "litert-int8"
+
+
+def test_replicas_serve_concurrent_calls_with_the_serial_answers(
+    model: keras.Model, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    rt = LiteRTRuntime(model, cache_key="k", cache_dir=tmp_path, replicas=3, num_threads=1)
+    assert rt.concurrency == 3 and len(rt._model._slots) == 3
+    batches = [images(4, seed=s) for s in range(12)]
+    serial = [rt.embed(b) for b in batches]
+    with ThreadPoolExecutor(6) as pool:
+        parallel = list(pool.map(rt.embed, batches))
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(a, b)

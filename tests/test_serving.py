@@ -10,9 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from embed.bundle import Bundle
-from tests.conftest import REPO
+from tests.conftest import REPO, TINY
 
 HEAVY = ("tensorflow", "keras", "tf_keras")
 
@@ -88,3 +89,75 @@ def test_concurrent_queries_answer_like_a_serial_run(litert_bundle: Path, datase
     print(f"8 threads x {len(photos)} queries: {sum(len(r) for r in parallel)} answers,"
           " all equal to the serial run")
     assert np.isfinite([s for run in serial for _, s in run]).all()
+
+
+def _build_int8(root: Path, dataset: Path, **bounds: float) -> Path:
+    """The tiny bundle built with `--runtime litert-int8` under the given task bounds."""
+    from ui.workflows import BuildConfig, build_bundle
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EMBED_DOGS_CACHE", str(root / "cache"))
+        for name, value in bounds.items():
+            mp.setattr(f"embed.quantise.{name}", value)
+        build_bundle(BuildConfig(source=str(dataset), out=root / "bundle", backbone=TINY,
+                                 weights="none", batch_size=8, runtime="litert-int8"))
+    return root / "bundle"
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Built with int8 under loose bounds (the tiny random backbone is no dog expert)."""
+    return _build_int8(tmp_path_factory.mktemp("int8"), dataset, MAX_TOP1_DROP=1.0,
+                       MIN_OVERLAP=0.0)
+
+
+def test_int8_bundle_serves_its_int8_model_and_records_the_check(int8_bundle: Path) -> None:
+    from embed.atomic import file_sha256
+
+    manifest = Bundle.open(int8_bundle).manifest
+    runtime = manifest["backbone"]["runtime"]
+    assert runtime["name"] == "litert-int8" and runtime["precision"] == "int8"
+    check = runtime["int8"]
+    assert check["passed"] is True and check["rows"] == 30 and check["labelled_rows"] == 30
+    assert {"top1_float32", "top1_int8", "top1_drop_points", "overlap_at_10",
+            "calibration", "bounds"} <= set(check)
+    assert check["calibration"]["rows"] == 30  # a small source calibrates on its check sample
+    served = int8_bundle / manifest["backbone"]["serving_model"]
+    assert file_sha256(served) == file_sha256(runtime["cache_file"])  # the int8 file
+    assert "int8" in Path(runtime["cache_file"]).name
+    fixed = manifest["embeddings"]["fixed_seconds"]
+    assert {"start-up", "parity", "int8 check"} <= set(fixed)
+
+
+def test_int8_queries_run_without_tensorflow(int8_bundle: Path, dataset: Path) -> None:
+    image = next((dataset / "Beagle").glob("*.jpg"))
+    run, loaded = _run_cli("search", image, "--bundle", int8_bundle, "--json")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert loaded == []
+    run, loaded = _run_cli("info", "--bundle", int8_bundle)
+    assert run.returncode == 0 and loaded == []
+    assert "int8 task check passed" in run.stdout
+
+
+def test_int8_serving_vectors_are_the_stored_ones(int8_bundle: Path) -> None:
+    from ui.workflows import open_for_queries
+
+    ctx = open_for_queries(int8_bundle)
+    assert ctx.embedder.model is None and ctx.embedder.runtime.name == "litert-int8"
+    first = ctx.index.metadata.iloc[0]
+    vector = ctx.embedder.embed_image_bytes(Path(first["path"]).read_bytes())
+    assert float(vector @ ctx.bundle.embeddings()[0]) > 0.99999
+
+
+def test_int8_failing_its_check_builds_with_float32(dataset: Path, tmp_path: Path) -> None:
+    from embed.atomic import file_sha256
+
+    with pytest.warns(RuntimeWarning, match="int8 model not used"):
+        bundle = _build_int8(tmp_path, dataset, MIN_OVERLAP=1.01)
+    manifest = Bundle.open(bundle).manifest
+    runtime = manifest["backbone"]["runtime"]
+    assert runtime["name"] == "litert" and runtime["precision"] == "float32"
+    assert runtime["int8"]["passed"] is False and "overlap@10" in runtime["int8"]["reason"]
+    served = bundle / manifest["backbone"]["serving_model"]
+    assert file_sha256(served) == file_sha256(runtime["cache_file"])
+    assert "int8" not in Path(runtime["cache_file"]).name

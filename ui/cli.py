@@ -231,7 +231,8 @@ def build_index(
         help="Index memory budget for auto, e.g. 2G.", callback=memory_size)
     ] = DEFAULT_MEMORY_BUDGET,
     runtime: Annotated[RuntimeChoice, typer.Option(
-        help="Inference runtime; auto: LiteRT on CPU, Keras on a GPU.")
+        help="Inference runtime; auto: LiteRT float32 on CPU, Keras on a GPU; litert-int8:"
+        " int8, checked on this source's images (float32 when it fails).")
     ] = DEFAULT_RUNTIME,
     test_fraction: Annotated[float, typer.Option(
         min=0.0, max=0.9, help="Hold-out share for folders without their own split.")
@@ -263,12 +264,12 @@ def build_index(
         f" ({stats.reused} items reused from the interrupted build)" if stats.reused else ""))
     table.add_row("skipped", f"{stats.skipped}" + (
         f" (see {result.bundle / 'skipped.csv'})" if stats.skipped else ""))
-    table.add_row("throughput", f"{stats.images_per_second:.1f} images/s")
+    table.add_row("throughput", f"{stats.images_per_second:.1f} images/s (steady state)")
     source = result.manifest.get("source") or {}
     if source.get("duplicates"):
         table.add_row("duplicates", f"{source['duplicates']} files repeat another file's"
                       " content; each group stays in one split")
-    shown = ("backbone", "fine-tuned from", "runtime", "engine", "index",
+    shown = ("backbone", "fine-tuned from", "runtime", "one-time costs", "engine", "index",
              "recall@10 vs exact search", "open-set gate")
     for name, value in manifest_facts(result.manifest):
         if name in shown or name.startswith("head "):

@@ -396,6 +396,19 @@ def engine_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
                        + (f" (per worker: {rates})" if rates else ""))]
 
 
+def int8_summary(runtime: dict[str, Any]) -> str:
+    """The int8 task check in words, when int8 was asked for."""
+    check = runtime.get("int8")
+    if not check:
+        return ""
+    if check.get("passed"):
+        drop = check.get("top1_drop_points")
+        top1 = f"top-1 {-drop:+.1f} points, " if drop is not None else ""
+        return (f"; int8 task check passed: {top1}neighbour overlap@10"
+                f" {check.get('overlap_at_10')} on {check.get('rows')} images")
+    return f"; int8 not used: {check.get('reason')}"
+
+
 def manifest_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     """The manifest as (name, value) rows a person can read: the one formatter that `info`,
     `build-index`'s summary and the app's report and sidebar all show."""
@@ -416,7 +429,7 @@ def manifest_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         ("weights sha256", str(bb.get("weights_sha256", ""))[:16] + "…"),
         ("runtime", str(runtime.get("name", "-")) + (
             f" (parity with Keras: mean cosine {parity['mean_cosine']:.5f})"
-            if parity.get("mean_cosine") is not None else "")),
+            if parity.get("mean_cosine") is not None else "") + int8_summary(runtime)),
         *engine_facts(manifest),
         ("source", f"{src.get('kind')} {src.get('location')}"),
         ("splits", ", ".join(f"{k} {v}" for k, v in (src.get("splits") or {}).items()) or "-"),
@@ -424,6 +437,10 @@ def manifest_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         ("index", f"{idx.get('kind')} ({idx.get('factory')}), metric {idx.get('metric')}"),
         ("recall@10 vs exact search", str(idx.get("recall@10"))),
     ]
+    fixed = (manifest.get("embeddings") or {}).get("fixed_seconds") or {}
+    if fixed:
+        rows.append(("one-time costs", ", ".join(f"{k} {v:.1f} s" for k, v in fixed.items())
+                     + f" (total {sum(fixed.values()):.1f} s, not in images/s)"))
     for name, head in (manifest.get("heads") or {}).items():
         rows.append((f"head {name}: test top-1 / top-5", head_summary(head.get("metrics") or {})))
     best = (manifest.get("comparison") or {}).get("best")

@@ -1,0 +1,145 @@
+"""Decoding one photo to (size, size, 3) uint8, side by side: CPU milliseconds per image.
+
+On a 2-core machine decoding competes with inference for the same cores, so what counts is
+the CPU time a decoder takes, not its wall time: each figure is the thread CPU time per image
+(median of --repeats interleaved passes over the same files, already read into memory), which
+other processes' load barely changes. Also printed: the mean absolute pixel difference from
+the first decoder, and how many images each decoded at reduced DCT scale.
+
+    python benchmarks/decode_compare.py --sizes 160 224
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+DEFAULT_FOLDER = REPO.parent / "shared" / "data" / "woof-sample"
+
+
+def pil_draft(data: bytes, size: int) -> np.ndarray:
+    """DECODER_VERSION 2: PIL, draft (1/2, 1/4, 1/8 DCT scale) covering size, antialiased
+    bilinear resize."""
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (size, size))
+    img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(img)
+
+
+def simplejpeg_pow2(data: bytes, size: int) -> np.ndarray:
+    """libjpeg-turbo through simplejpeg, DCT scale 1/2, 1/4 or 1/8 only (SIMD IDCTs), then
+    PIL's antialiased bilinear resize (the pixels of decoder v2, decoded faster)."""
+    import simplejpeg
+    from PIL import Image
+
+    h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+    factor = 1
+    while factor < 8 and min(h, w) // (factor * 2) >= size:
+        factor *= 2
+    arr = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-h // factor),
+                                 min_width=-(-w // factor))
+    img = Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(img)
+
+
+def simplejpeg_m8_box(data: bytes, size: int) -> np.ndarray:
+    """libjpeg-turbo's smallest M/8 DCT scale covering size (non-power-of-two scales have no
+    SIMD inverse DCT), then PIL's box filter."""
+    import simplejpeg
+    from PIL import Image
+
+    arr = simplejpeg.decode_jpeg(data, "RGB", min_height=size, min_width=size)
+    img = Image.fromarray(arr).resize((size, size), Image.Resampling.BOX)
+    return np.asarray(img)
+
+
+def current(data: bytes, size: int) -> np.ndarray:
+    """The embed.images decoder (DECODER_VERSION 3): libjpeg-turbo at 1/2, 1/4 or 1/8 DCT
+    scale, then PIL's box filter."""
+    from embed.images import decode_image
+
+    return decode_image(data, size).pixels
+
+
+def tf_ratio(data: bytes, size: int) -> np.ndarray:
+    """tf.io.decode_jpeg with `ratio` (1, 2, 4, 8) covering size, tf.image.resize bilinear
+    with antialiasing (eager, one image at a time as a reader would call it)."""
+    import tensorflow as tf
+
+    shape = tf.io.extract_jpeg_shape(data).numpy()
+    ratio = 1
+    while ratio < 8 and min(shape[0], shape[1]) // (ratio * 2) >= size:
+        ratio *= 2
+    img = tf.io.decode_jpeg(data, channels=3, ratio=ratio)
+    img = tf.image.resize(img, (size, size), antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8).numpy()
+
+
+DECODERS: dict[str, Callable[[bytes, int], np.ndarray]] = {
+    "PIL draft + bilinear (decoder v2)": pil_draft,
+    "simplejpeg 1/2^k + bilinear": simplejpeg_pow2,
+    "simplejpeg M/8 + box": simplejpeg_m8_box,
+    "simplejpeg 1/2^k + box (decoder v3)": current,
+    "tf.io.decode_jpeg ratio + tf resize": tf_ratio,
+}
+
+
+def thread_ms(fn: Callable[[bytes, int], np.ndarray], datas: list[bytes], size: int) -> float:
+    start = time.thread_time()
+    for data in datas:
+        fn(data, size)
+    return (time.thread_time() - start) / len(datas) * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
+    p.add_argument("--sizes", type=int, nargs="+", default=[160, 224])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--limit", type=int, default=300, help="images (default 300)")
+    p.add_argument("--skip", default="", help="comma-separated decoder names to leave out")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    files = sorted(f for f in args.folder.rglob("*") if f.suffix.lower() in (".jpg", ".jpeg"))
+    datas = [f.read_bytes() for f in files[: args.limit]]
+    decoders = {k: v for k, v in DECODERS.items() if k not in args.skip.split(",")}
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "?")
+    print(f"{len(datas)} JPEGs from {args.folder}; CPU {cpu}; load {os.getloadavg()[0]:.2f}")
+    for size in args.sizes:
+        reference = [pil_draft(d, size) for d in datas]
+        times: dict[str, list[float]] = {k: [] for k in decoders}
+        for fn in decoders.values():
+            fn(datas[0], size)  # warm-up (imports, TensorFlow's first op)
+        for _ in range(args.repeats):
+            for name, fn in decoders.items():
+                times[name].append(thread_ms(fn, datas, size))
+        base = statistics.median(times[next(iter(decoders))])
+        print(f"\n  {size} px             CPU ms/img   vs first   mean |diff| from v2 (0-255)")
+        for name, fn in decoders.items():
+            ms = statistics.median(times[name])
+            diff = np.mean([np.abs(fn(d, size).astype(np.int16) - r).mean()
+                            for d, r in zip(datas, reference, strict=True)])
+            print(f"  {name:<38} {ms:7.3f}   {ms / base:6.2f}x   {diff:6.2f}")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
