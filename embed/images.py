@@ -125,6 +125,18 @@ def _resized(img: Image.Image, size: int, shrink_filter: Image.Resampling) -> np
     return np.asarray(img, dtype=np.uint8)
 
 
+def check_size(width: int, height: int, max_pixels: int) -> None:
+    """Refuse, from the header and before decoding, images too large to decode safely and
+    too small to judge (`width` x `height` as shown, after EXIF rotation)."""
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"image too large ({width}x{height} pixels, limit {max_pixels:,})")
+    if min(width, height) < MIN_SIDE:
+        raise ImageDecodeError(
+            f"image too small to judge ({width}x{height} pixels; at least {MIN_SIDE} on"
+            " each side)")
+
+
 def _decode_jpeg_turbo(data: bytes, size: int, max_pixels: int) -> DecodedImage | None:
     """libjpeg-turbo at the smallest DCT scale M/8 that covers size x size; None when the
     file is for PIL (not a JPEG, or a colour space libjpeg-turbo does not convert to RGB)."""
@@ -138,16 +150,15 @@ def _decode_jpeg_turbo(data: bytes, size: int, max_pixels: int) -> DecodedImage 
         return None  # PIL decides what is wrong with it
     if colourspace not in JPEG_COLOURSPACES:
         return None
-    if width * height > max_pixels:
-        raise ImageDecodeError(
-            f"image too large ({width}x{height} pixels, limit {max_pixels:,})")
+    orientation = jpeg_orientation(data)
+    check_size(*((height, width) if orientation in (5, 6, 7, 8) else (width, height)),
+               max_pixels)
     side = min(size, width, height)  # never ask for more than the image has
     try:
         # the smallest scale M/8 (M = 1..8) that keeps both sides at least `side`
         pixels = simplejpeg.decode_jpeg(data, "RGB", min_height=side, min_width=side)
     except ValueError as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
-    orientation = jpeg_orientation(data)
     if orientation in (5, 6, 7, 8):
         width, height = height, width  # rotated by a quarter turn
     pixels = np.ascontiguousarray(_oriented(pixels, orientation))
@@ -166,18 +177,10 @@ def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> Decode
         return fast
     try:
         img = Image.open(io.BytesIO(data))
-        if img.width * img.height > max_pixels:  # read from the header, before decoding
-            raise ImageDecodeError(
-                f"image too large ({img.width}x{img.height} pixels, limit {max_pixels:,})"
-            )
         width, height = img.size
         if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
             width, height = height, width  # rotated by a quarter turn
-        if min(width, height) < MIN_SIDE:
-            raise ImageDecodeError(
-                f"image too small to judge ({width}x{height} pixels; at least {MIN_SIDE} on"
-                " each side)"
-            )
+        check_size(width, height, max_pixels)
         img.seek(0)  # first frame of an animation
         if img.format == "JPEG":
             # A JPEG libjpeg-turbo left to PIL (CMYK, YCCK): decode at the smallest DCT scale
