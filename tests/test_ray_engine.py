@@ -239,12 +239,15 @@ def test_ray_build_equals_the_local_build(ray_cluster, photos: Path, local_bundl
     manifest = bundle.manifest
     engine = manifest["embeddings"]["engine"]
     assert engine["name"] == "ray" and engine["workers"] == 2 and engine["nodes"] == 1
-    assert len(engine["per_worker"]) == 2
+    # Ray's actor pool decides which actor takes which shard: under load one actor may take
+    # them all, so the test asserts what is certain: every item was embedded by some worker
+    assert 1 <= len(engine["per_worker"]) <= 2
     assert all(w["images_per_second"] > 0 and w["parity"]["passed"]
                for w in engine["per_worker"])
     assert sum(w["items"] for w in engine["per_worker"]) == 62  # notes.txt is no item
     runtime = manifest["backbone"]["runtime"]
-    assert runtime["name"] == "litert" and runtime["parity"]["workers"] == 2
+    assert runtime["name"] == "litert" and runtime["parity"]["workers"] == len(
+        engine["per_worker"])
     assert manifest["backbone"]["serving_model"] == "backbone/model.tflite"
     shards = manifest["embeddings"]["shards"]
     assert [s["first_row_id"] for s in shards] == list(range(0, 62, 8))  # fixed item ranges
