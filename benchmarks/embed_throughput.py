@@ -1,15 +1,31 @@
-"""Embedding throughput on CPU: the tutorial way against the product's pipeline and runtimes.
+"""Embedding throughput on CPU: the tutorial way against the product's pipeline and runtimes,
+float32 against int8, at one or more input sizes, with int8's accuracy deltas, in one run.
 
 Modes, each run in its own fresh process so that its peak RSS is its own:
-  a  tutorial: keras.utils.load_img + resize, then Keras `model.predict` per batch
-  b  product pipeline (tf.data decode/resize, prefetch) with the Keras runtime
-  c  product pipeline with the LiteRT (XNNPACK) runtime
-  d  bare LiteRT inference on tensors decoded beforehand: the ceiling for c
+  a   tutorial: keras.utils.load_img + resize, then Keras `model.predict` per batch
+  b   product pipeline (threaded reader, decode + resize) with the Keras runtime
+  c   product pipeline with the LiteRT (XNNPACK) float32 runtime
+  d   bare LiteRT float32 on tensors decoded beforehand: the ceiling for c. Two layouts are
+      timed and the faster one is the ceiling: one single-threaded interpreter per core fed
+      concurrently (what the pipeline uses), and one interpreter with a thread per core.
+  c8  product pipeline with the int8 runtime (`--runtime litert-int8`), calibrated and
+      task-checked on the folder exactly as build-index does (embed.build.prepare_runtime)
+  d8  bare LiteRT int8, as d
+  r   the reader alone (read, hash, decode, resize, preprocess; no model): where the time
+      goes besides the invoke
 
-Each figure is the median images/s over --repeats full passes; one warm-up batch (model
-tracing, LiteRT conversion/parity check, tf.data start-up) is excluded.
+Every row also shows the process CPU milliseconds per image: on a machine whose cores the
+model already fills, the end-to-end CPU is the bare model's plus the reader's, and the
+ceiling c/d is roughly invoke / (invoke + reader).
 
-    python benchmarks/embed_throughput.py --backbone mobilenet_v2 --image-size 160 \
+Each figure is the median images/s over --repeats full passes; one warm-up batch and the
+one-time work (conversion, parity check, calibration, task check) are excluded. With the
+c and c8 modes, the accuracy deltas of int8 against float32 on the folder are printed too:
+logistic-regression top-1 (5-fold cross-validation averaged over 3 fold assignments),
+same-breed precision@5 (test-split queries against the train split) and neighbour
+overlap@10.
+
+    python benchmarks/embed_throughput.py --backbone mobilenet_v2 --sizes 160 224 \
         --weights ../shared/data/weights/mobilenet_v2_160_dogs_no_top.weights.h5
 """
 
@@ -36,8 +52,11 @@ DEFAULT_FOLDER = REPO.parent / "shared" / "data" / "woof-sample"
 MODES = {
     "a": "tutorial: load_img + model.predict",
     "b": "pipeline + Keras runtime",
-    "c": "pipeline + LiteRT runtime",
-    "d": "bare LiteRT on decoded tensors",
+    "c": "pipeline + LiteRT float32",
+    "d": "bare LiteRT float32",
+    "c8": "pipeline + LiteRT int8",
+    "d8": "bare LiteRT int8",
+    "r": "reader only (decode, resize)",
 }
 
 
@@ -64,31 +83,53 @@ def _batches(seq: list[Any], size: int) -> list[list[Any]]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
+CPU_MS: list[float] = []  # process CPU ms per image of each timed pass, in this process
+
+
 def _timed_passes(one_pass: Any, repeats: int) -> list[float]:
-    """Seconds per full pass; `one_pass` returns the number of images it embedded."""
+    """Images/s per full pass; `one_pass` returns the number of images it embedded. The
+    process CPU time per image of each pass goes to CPU_MS."""
     rates = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         n = one_pass()
         rates.append(n / (time.perf_counter() - start))
+        CPU_MS.append((time.process_time() - cpu) / max(n, 1) * 1e3)
     return rates
+
+
+def _runtime_for(mode: str) -> str:
+    return {"a": "keras", "b": "keras", "c": "litert", "d": "litert", "r": "keras"}.get(
+        mode, "litert-int8")
 
 
 def run_mode(mode: str, args: dict[str, Any]) -> dict[str, Any]:
     """One mode, start to finish, in the current process."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import keras
 
     from embed.backbones import preprocess
+    from embed.build import prepare_runtime
     from embed.embedder import load_embedder
-    from embed.pipeline import ReaderConfig, iter_embedded_batches, iter_image_batches
+    from embed.environment import cpu_cores
+    from embed.litert_runtime import TFLiteModel
+    from embed.pipeline import ReaderConfig, iter_embedded_batches, iter_image_batches_threads
     from embed.sources import folder_source
 
-    runtime = "litert" if mode in ("c", "d") else "keras"
-    embedder = load_embedder(args["backbone"], args["weights"], args["image_size"], runtime)
-    items = folder_source(args["folder"]).items[: args["limit"]]
+    embedder = load_embedder(args["backbone"], args["weights"], args["image_size"],
+                             _runtime_for(mode))
+    source = folder_source(args["folder"])
+    items = source.items[: args["limit"]]
     size, bs, prep = embedder.image_size, args["batch_size"], embedder.spec.preprocessing
     config = ReaderConfig(size, prep, bs)
     result: dict[str, Any] = {"images": len(items)}
+    runtime = embedder.runtime
+    if mode in ("c8", "d8"):
+        prepare_runtime(source, embedder, bs)  # calibration + task check, as a build does
+        if not runtime.use_int8_ and runtime._int8_model is not None:
+            runtime.use_int8_ = True  # measure int8 anyway; the verdict is printed
+            result["forced_int8"] = True
 
     if mode == "a":
         model = embedder.model
@@ -108,29 +149,60 @@ def run_mode(mode: str, args: dict[str, Any]) -> dict[str, Any]:
         tutorial(paths[:bs])  # warm-up
         result["rates"] = _timed_passes(lambda: tutorial(paths), args["repeats"])
 
-    elif mode in ("b", "c"):
+    elif mode == "r":
+        reader = ReaderConfig(size, prep, bs, threads=cpu_cores())
+
+        def read() -> int:
+            return sum(len(b.row_ids) for b in iter_image_batches_threads(items, reader))
+
+        read()
+        result["rates"] = _timed_passes(read, args["repeats"])
+
+    elif mode in ("b", "c", "c8"):
+        vectors: list[np.ndarray] = []
 
         def pipeline(items: list[Any]) -> int:
+            vectors.clear()
             n = 0
-            for step in iter_embedded_batches(items, config, embedder.runtime):
+            for step in iter_embedded_batches(items, config, runtime):
+                vectors.append(step.vectors)
                 n += len(step.vectors)
             return n
 
         pipeline(items[:bs])  # warm-up; for LiteRT this is the parity-checked first batch
         result["rates"] = _timed_passes(lambda: pipeline(items), args["repeats"])
+        if mode != "b":
+            result["vectors"] = np.concatenate(vectors)
 
-    else:  # d
-        decoded = [b.inputs[b.ok] for b in iter_image_batches(items, config)]
-        embedder.runtime.embed(decoded[0])  # warm-up + parity check
+    else:  # d, d8
+        decoded = [b.inputs[b.ok] for b in iter_image_batches_threads(items, config)]
+        runtime.embed(decoded[0])  # warm-up + parity check
+        total = sum(len(x) for x in decoded)
+        replicas = getattr(runtime, "concurrency", 1)
+        with ThreadPoolExecutor(replicas) as pool:
 
-        def bare() -> int:
+            def concurrent() -> int:
+                list(pool.map(runtime.embed, decoded))
+                return total
+
+            layouts = {f"{replicas}x1": _timed_passes(concurrent, args["repeats"])}
+        wide = TFLiteModel(runtime.cache_file, num_threads=cpu_cores(), max_rows=8)
+        wide.run(decoded[0])
+
+        def one_wide() -> int:
             for inputs in decoded:
-                embedder.runtime.embed(inputs)
-            return sum(len(x) for x in decoded)
+                wide.run(inputs)
+            return total
 
-        result["rates"] = _timed_passes(bare, args["repeats"])
+        layouts[f"1x{cpu_cores()}"] = _timed_passes(one_wide, args["repeats"])
+        result["layouts"] = {k: statistics.median(v) for k, v in layouts.items()}
+        result["rates"] = max(layouts.values(), key=statistics.median)
 
-    result["runtime"] = embedder.runtime.describe()
+    result["cpu_ms"] = statistics.median(CPU_MS)
+    result["runtime"] = runtime.describe()
+    result["fixed"] = {k: round(v, 2) for k, v in (
+        getattr(getattr(runtime, "float_", runtime), "seconds_", {}) | getattr(
+            runtime, "seconds_", {})).items()}
     result["peak_rss_mb"] = peak_rss_mb()
     return result
 
@@ -160,6 +232,42 @@ def _load() -> str:
     return ",".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            flags = sorted({w for w in Path("/proc/cpuinfo").read_text().split()
+                            if w.startswith("avx512")})
+            return f"{line.split(':', 1)[1].strip()} ({' '.join(flags) or 'no AVX-512'})"
+    return "unknown CPU"
+
+
+def accuracy(folder: str, limit: int | None, reference: np.ndarray, candidate: np.ndarray
+             ) -> dict[str, float]:
+    """int8 against float32 on the folder's own labels and split."""
+    from embed.quantise import (
+        CHECK_REPEATS,
+        OVERLAP_K,
+        cross_validated_top1,
+        fold_of,
+        neighbour_overlap,
+    )
+    from embed.sources import folder_source
+    from index.quality import same_label_precision_at_k
+
+    items = folder_source(folder).items[:limit]
+    labels = np.array([it.label for it in items], dtype=object)
+    train = np.array([it.split == "train" for it in items])
+    out: dict[str, float] = {}
+    for name, x in (("float32", reference), ("int8", candidate)):
+        tops = [cross_validated_top1(x, list(labels), fold_of(list(labels), seed=r))
+                for r in range(CHECK_REPEATS)]
+        out[f"top1_{name}"] = float(np.mean(tops))
+        out[f"p@5_{name}"] = same_label_precision_at_k(x[~train], labels[~train], x[train],
+                                                       labels[train], 5)
+    out[f"overlap@{OVERLAP_K}"] = neighbour_overlap(reference, candidate)
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument(
@@ -169,12 +277,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="image folder (default ../shared/data/woof-sample; synthetic if absent)",
     )
     p.add_argument("--backbone", default="mobilenet_v2", help="registry name")
-    p.add_argument("--image-size", type=int, default=None, help="default: the backbone's own")
+    p.add_argument("--sizes", type=int, nargs="+", default=None,
+                   help="input sizes, each a block of the table (default: the backbone's own)")
+    p.add_argument("--image-size", type=int, default=None, help="one size (same as --sizes N)")
     p.add_argument("--weights", default="none", help="none (random), imagenet or a file")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    p.add_argument("--modes", default="abcd", help="subset of abcd to run")
+    p.add_argument("--modes", default="a,b,c,d,c8,d8,r",
+                   help="comma-separated subset of a,b,c,d,c8,d8,r (or letters, e.g. abcd)")
     p.add_argument(
         "--cache-dir",
         default=None,
@@ -183,11 +294,72 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeats < 3:
         p.error("--repeats must be at least 3 (the figure is a median)")
+    args.modes = args.modes.split(",") if "," in args.modes or args.modes in MODES else list(
+        args.modes)
+    unknown = [m for m in args.modes if m not in MODES]
+    if unknown:
+        p.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    args.sizes = args.sizes or [args.image_size]
     return args
 
 
+def run_size(size: int | None, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    shared = {
+        "folder": str(folder), "backbone": args.backbone, "image_size": size,
+        "weights": args.weights, "batch_size": args.batch_size, "repeats": args.repeats,
+        "limit": args.limit,
+    }
+    print(f"\n{args.backbone} at {size or 'its default size'} px, load {_load()}")
+    results: dict[str, dict[str, Any]] = {}
+    for mode in args.modes:
+        res = run_isolated(mode, shared)
+        results[mode] = res
+        if "error" in res:
+            print(f"  ({mode:>2}) {MODES[mode]:<28} FAILED: {res['error']}")
+            continue
+        res["median"] = statistics.median(res["rates"])
+        extra = ""
+        if "layouts" in res:
+            extra = "  layouts " + ", ".join(f"{k}: {v:.0f}" for k, v in res["layouts"].items())
+        if res.get("forced_int8"):
+            extra += "  (int8 failed its task check; measured anyway)"
+        print(f"  ({mode:>2}) {MODES[mode]:<28} {res['median']:7.1f} img/s  CPU "
+              f"{res['cpu_ms']:5.2f} ms/img  peak RSS {res['peak_rss_mb']:5.0f} MiB  "
+              f"runtime={res['runtime']['name']}{extra}")
+
+    def ratio(x: str, y: str) -> str:
+        if "median" in results.get(x, {}) and "median" in results.get(y, {}):
+            return f"{results[x]['median'] / results[y]['median']:.2f}"
+        return "n/a"
+
+    print(f"  c/d = {ratio('c', 'd')}   c8/d8 = {ratio('c8', 'd8')}   int8/float32: bare "
+          f"d8/d = {ratio('d8', 'd')}, end to end c8/c = {ratio('c8', 'c')}   against the "
+          f"tutorial: c/a = {ratio('c', 'a')}, c8/a = {ratio('c8', 'a')}, b/a = {ratio('b', 'a')}")
+    for mode in ("c", "c8"):
+        if "fixed" in results.get(mode, {}):
+            print(f"  one-time costs ({mode}, not in the figures above): "
+                  + ", ".join(f"{k} {v:.1f} s" for k, v in results[mode]["fixed"].items()))
+    int8 = (results.get("c8", {}).get("runtime") or {}).get("int8")
+    if int8:
+        print(f"  build's int8 task check: passed={int8.get('passed')} top-1 "
+              f"{int8.get('top1_float32')} -> {int8.get('top1_int8')} "
+              f"({int8.get('top1_drop_points')} points), overlap@10 {int8.get('overlap_at_10')}"
+              f" on {int8.get('rows')} images" + (" (cached verdict)" if int8.get(
+                  "check_cached") else ""))
+    if "vectors" in results.get("c", {}) and "vectors" in results.get("c8", {}):
+        acc = accuracy(str(folder), args.limit, results["c"]["vectors"],
+                       results["c8"]["vectors"])
+        print(f"  accuracy on {len(results['c']['vectors'])} images, float32 -> int8: top-1 "
+              f"{acc['top1_float32']:.4f} -> {acc['top1_int8']:.4f} "
+              f"({100 * (acc['top1_int8'] - acc['top1_float32']):+.2f} points), precision@5 "
+              f"{acc['p@5_float32']:.4f} -> {acc['p@5_int8']:.4f} "
+              f"({100 * (acc['p@5_int8'] - acc['p@5_float32']):+.2f} points), overlap@10 "
+              f"{acc['overlap@10']:.3f}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the chosen modes and print one table."""
+    """Run the chosen modes at each size and print one table per size."""
     args = parse_args(argv)
     if args.cache_dir:
         os.environ["EMBED_DOGS_CACHE"] = str(Path(args.cache_dir).resolve())
@@ -197,61 +369,16 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="embed-bench-")
         folder = write_synthetic_jpegs(Path(tmp.name))
         print(f"{args.folder} not found; using synthetic JPEGs in {folder}")
-    shared = {
-        "folder": str(folder),
-        "backbone": args.backbone,
-        "image_size": args.image_size,
-        "weights": args.weights,
-        "batch_size": args.batch_size,
-        "repeats": args.repeats,
-        "limit": args.limit,
-    }
-    print(
-        f"backbone={args.backbone} image_size={args.image_size or 'default'} "
-        f"weights={args.weights} batch={args.batch_size} repeats={args.repeats} "
-        f"folder={folder} cpus={os.cpu_count()} load={_load()}"
-    )
-
-    results: dict[str, dict[str, Any]] = {}
-    for mode in args.modes:
-        res = run_isolated(mode, shared)
-        results[mode] = res
-        if "error" in res:
-            print(f"  ({mode}) {MODES[mode]:<36} FAILED: {res['error']}")
-            continue
-        res["median"] = statistics.median(res["rates"])
-        rates = ", ".join(f"{r:.1f}" for r in res["rates"])
-        print(
-            f"  ({mode}) {MODES[mode]:<36} {res['median']:8.1f} img/s  "
-            f"[{rates}]  peak RSS {res['peak_rss_mb']:.0f} MiB  "
-            f"runtime={res['runtime']['name']}  n={res['images']}"
-        )
-
-    def ratio(x: str, y: str) -> str:
-        if "median" in results.get(x, {}) and "median" in results.get(y, {}):
-            return f"{results[x]['median'] / results[y]['median']:.2f}x"
-        return "n/a"
-
-    print(
-        f"  c/a (product LiteRT vs tutorial) = {ratio('c', 'a')}   "
-        f"c/d (share of bare LiteRT ceiling) = {ratio('c', 'd')}   "
-        f"b/a = {ratio('b', 'a')}"
-    )
-    for mode in "cd":
-        rt = results.get(mode, {}).get("runtime")
-        if rt:
-            par = rt.get("parity") or {}
-            print(
-                f"  parity ({mode}): mean cosine {par.get('mean_cosine', float('nan')):.6f}  "
-                f"min cosine {par.get('min_cosine', float('nan')):.6f}  "
-                f"passed={par.get('passed')}  threads={rt.get('num_threads')}  "
-                f"cache={rt.get('cache_file')}"
-            )
-            break
-    print(f"  load average at the end: {_load()}")
+    print(f"weights={args.weights} batch={args.batch_size} repeats={args.repeats} "
+          f"folder={folder} cpus={os.cpu_count()} CPU {cpu_name()}")
+    failed = False
+    for size in args.sizes:
+        results = run_size(size, args, folder)
+        failed = failed or any("error" in r for r in results.values())
+    print(f"\nload average at the end: {_load()}")
     if tmp is not None:
         tmp.cleanup()
-    return 1 if any("error" in r for r in results.values()) else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
