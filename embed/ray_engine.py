@@ -283,9 +283,9 @@ def read_inputs(path: str) -> tuple[list[ImageItem], list[bytes] | None]:
 
 
 def embed_shard(bundle: Bundle, number: int, path: str, embedder: Embedder, batch_size: int,
-                source_root: str | None) -> dict[str, Any]:
+                source_root: str | None) -> tuple[dict[str, Any], float, int]:
     """One planned shard through the local reader and mapper into its two files (rows last);
-    returns its manifest entry."""
+    returns its manifest entry, and the seconds and items of its first batch."""
     items, images = read_inputs(path)
     encoded = None
     if images is not None:
@@ -296,14 +296,17 @@ def embed_shard(bundle: Bundle, number: int, path: str, embedder: Embedder, batc
     by_id = {item.row_id: item for item in items}
     rows: list[dict[str, Any]] = []
     vectors: list[np.ndarray] = []
+    started, first = time.perf_counter(), (0.0, 0)
     for step in embedder.embedded_batches(items, batch_size, encoded):
+        if not rows:
+            first = (time.perf_counter() - started, len(step.batch.row_ids))
         rows += batch_rows(root, by_id, step.batch)
         if len(step.vectors):
             vectors.append(step.vectors)
     block = np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim), np.float32)
     atomic_save_npy(bundle.shard_path(number), np.ascontiguousarray(block, np.float32))
     write_rows(bundle.shard_rows_path(number), rows)  # last: the shard is complete
-    return shard_entry(bundle, number, rows, len(block))
+    return shard_entry(bundle, number, rows, len(block)), *first
 
 
 class ShardEmbedder:
@@ -317,29 +320,39 @@ class ShardEmbedder:
         self.node = socket.gethostname()
         self.worker = f"{self.node}:{os.getpid()}"
         self.init_seconds = time.perf_counter() - started
+        self.calls = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = []
         for number, path in zip(batch["shard"], batch["inputs"], strict=True):
             started, wall, cpu = time.perf_counter(), time.time(), time.process_time()
-            entry = embed_shard(self.bundle, int(number), str(path), self.embedder,
-                                self.spec.batch_size, self.spec.source_root)
+            entry, first_seconds, first_items = embed_shard(
+                self.bundle, int(number), str(path), self.embedder, self.spec.batch_size,
+                self.spec.source_root)
             runtime = self.embedder.runtime
+            self.calls += 1
+            cold = {"cold_seconds": first_seconds, "cold_items": first_items} if (
+                self.calls == 1) else {}  # this process's first batch: TensorFlow warms up
             results.append(json.dumps({
                 "shard": int(number), "entry": entry, "worker": self.worker, "node": self.node,
                 "seconds": time.perf_counter() - started, "started": wall,
                 "cpu_seconds": time.process_time() - cpu,  # every thread of the actor
                 "init_seconds": self.init_seconds, "runtime": runtime.name,
                 "parity": getattr(runtime, "parity_", None),
-                "fallback_reason": getattr(runtime, "error_", None),
+                "fallback_reason": getattr(runtime, "error_", None), **cold,
             }))
         return {"result": np.array(results, dtype=object)}
 
 
 def per_worker(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What each actor did: shards, items, busy seconds, images/s, its runtime and parity."""
+    """What each actor did: shards, items, busy seconds, images/s (and once warm: without the
+    first batch of its life, which pays TensorFlow's cold start and the parity check),
+    runtime and parity."""
     workers: dict[str, dict[str, Any]] = {}
+    cold: dict[str, tuple[float, int]] = {}
     for r in sorted(results, key=lambda r: r["started"]):
+        if "cold_seconds" in r:
+            cold[r["worker"]] = (float(r["cold_seconds"]), int(r["cold_items"]))
         w = workers.setdefault(r["worker"], {
             "worker": r["worker"], "node": r["node"], "shards": 0, "items": 0,
             "busy_seconds": 0.0, "cpu_seconds": 0.0,
@@ -357,6 +370,11 @@ def per_worker(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         w["cpu_seconds"] = round(w["cpu_seconds"], 3)
         w["images_per_second"] = round(w["items"] / w["busy_seconds"], 2) if (
             w["busy_seconds"] > 0) else 0.0
+        seconds, items = cold.get(w["worker"], (0.0, 0))
+        w["cold_start_seconds"] = round(seconds, 3)
+        busy = w["busy_seconds"] - seconds
+        w["warm_images_per_second"] = round((w["items"] - items) / busy, 2) if (
+            busy > 0 and w["items"] > items) else None
     return list(workers.values())
 
 
