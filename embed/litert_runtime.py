@@ -490,9 +490,10 @@ class LiteRTInt8Runtime:
                                        - self.float_.seconds_.get("parity", 0.0)
                                        + self._parity_before)
         if not self.use_int8_:
-            reason = f"int8 model not used ({figures.get('reason')}); embedding with float32"
-            warnings.warn(reason, RuntimeWarning, stacklevel=3)
-            log.warning("%s", reason)
+            # one line wherever it shows (no source line under it, no second copy in the log)
+            warnings.warn_explicit(
+                f"int8 model not used ({figures.get('reason')}); embedding with float32",
+                RuntimeWarning, "embed-dogs", 0)
         return figures
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
