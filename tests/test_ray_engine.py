@@ -287,7 +287,10 @@ def test_a_worker_killed_mid_run_is_retried(ray_cluster, photos: Path, local_bun
               "actors_started": len(list(pids.iterdir())), "workers_seen": workers}
     print("\nworker kill:", report)
     assert shards_at_kill < 16  # it died mid-run
-    assert len(list(pids.iterdir())) >= 3  # Ray started a replacement actor
+    # Ray restarts the dead actor and retries its shard, on the new actor or another one of
+    # the pool, whichever is free first: either way every shard is there, exactly once
+    assert sorted(s["first_row_id"] for s in bundle.manifest["embeddings"]["shards"]) == list(
+        range(0, 62, 4))
     assert_same(report)  # the same seeded weights under another name: the same vectors
 
 
