@@ -76,7 +76,7 @@ INPUTS_DIR = ".ray-inputs"  # per-shard item lists inside the staging bundle, re
 # a model per core in memory (peak RSS per worker is in the manifest).
 CORES_PER_WORKER = 1
 SHARDS_PER_WORKER = 2  # planned shards per worker: balance against each shard's start-up
-MIN_SHARD_ITEMS = 64  # a shard's reader start-up costs ~0.15 s: keep shards big enough
+MIN_SHARD_ITEMS = 64  # each shard starts a reader (a few tenths of a second): not too small
 
 
 def import_ray() -> Any:
