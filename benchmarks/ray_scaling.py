@@ -89,12 +89,13 @@ def run(args: argparse.Namespace, out: Path, engine: str, workers: int | None
                    running=record["steady_images_per_second"],
                    start_s=record["pipeline_seconds"] - record["busy_span_seconds"],
                    cold_s=max(w["cold_start_seconds"] for w in workers_),
-                   warm=sum(warm), per_worker=warm)
+                   warm=sum(warm), per_worker=warm,
+                   rss=[w.get("peak_rss_mb", 0.0) for w in workers_])
     else:
         (t0, n0), (t1, n1) = marks[0], marks[-1]
         warm = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
         row.update(busy_s=stats.seconds, running=stats.images_per_second, start_s=0.0,
-                   cold_s=stats.seconds - (t1 - t0), warm=warm, per_worker=[warm])
+                   cold_s=stats.seconds - (t1 - t0), warm=warm, per_worker=[warm], rss=[])
     return row
 
 
@@ -122,8 +123,8 @@ def equality(local: Path, other: Path) -> str:
     cosines = np.einsum("ij,ij->i", a.embeddings(), b.embeddings())
     heads = [(x.manifest.get("heads") or {}).get("logreg", {}).get("metrics", {}).get("top1")
              for x in (a, b)]
-    return (f"rows equal {same} ({len(cosines)} rows), cosine min {cosines.min():.6f}"
-            f" mean {cosines.mean():.6f}, index {a.manifest['index']['kind']} /"
+    return (f"rows equal {same} ({len(cosines)} rows), cosine min {cosines.min():.7f}"
+            f" mean {cosines.mean():.7f}, index {a.manifest['index']['kind']} /"
             f" {b.manifest['index']['kind']}, logreg top-1 {heads[0]} / {heads[1]}")
 
 
@@ -179,6 +180,9 @@ def main() -> None:
               f" {r['embed_s']:.1f} | {r['rate']:.1f} | {r['start_s']:.1f} | {r['busy_s']:.1f} |"
               f" {r['running']:.1f} | {r['cold_s']:.1f} | {r['warm']:.1f} | {warm} |"
               f" {r['cpu_per_k']:.1f} | {cpu} | {per_worker_rates(r)} | {r['total_s']:.1f} |")
+    for r in rows[1:]:
+        print(f"peak memory per worker ({r['workers']} x {r['threads']}):"
+              f" {', '.join(f'{m:.0f} MB' for m in r['rss'])}")
     print()
     for workers, line in checks:
         print(f"equality, local vs ray {workers} worker(s): {line}")

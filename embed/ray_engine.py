@@ -71,9 +71,12 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'pip install "embed-dogs[ray]" (or pip install "ray[data]>=2.40")'
 INPUTS_DIR = ".ray-inputs"  # per-shard item lists inside the staging bundle, removed after
-CORES_PER_WORKER = 2  # default actor size: LiteRT scales almost linearly over 2 threads
+# Default actor size. Measured on 2 cores (benchmarks/ray_scaling.py, 1800 photos): two
+# 1-core actors embed faster than one 2-core actor (and than the local engine), at the cost of
+# a model per core in memory (peak RSS per worker is in the manifest).
+CORES_PER_WORKER = 1
 SHARDS_PER_WORKER = 2  # planned shards per worker: balance against each shard's start-up
-MIN_SHARD_ITEMS = 64  # a shard's reader start-up costs ~0.15 s: keep shards big enough
+MIN_SHARD_ITEMS = 64  # each shard starts a reader (a few tenths of a second): not too small
 
 
 def import_ray() -> Any:
@@ -340,8 +343,17 @@ class ShardEmbedder:
                 "init_seconds": self.init_seconds, "runtime": runtime.name,
                 "parity": getattr(runtime, "parity_", None),
                 "fallback_reason": getattr(runtime, "error_", None), **cold,
+                "peak_rss_mb": peak_rss_mb(),
             }))
         return {"result": np.array(results, dtype=object)}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024, 1)
 
 
 def per_worker(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -360,6 +372,7 @@ def per_worker(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "runtime": r["runtime"], "parity": r["parity"],
             "fallback_reason": r.get("fallback_reason")})
         w["shards"] += 1
+        w["peak_rss_mb"] = max(w.get("peak_rss_mb", 0.0), float(r.get("peak_rss_mb", 0.0)))
         w["items"] += int(r["entry"]["items"])
         w["busy_seconds"] += float(r["seconds"])
         w["cpu_seconds"] += float(r.get("cpu_seconds", 0.0))

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from embed.backbones import BackboneSpec, register_backbone
 from embed.bundle import Bundle
+from embed.environment import cpu_cores
 from embed.errors import EngineError
 from embed.sources import ImageItem
 from tests.conftest import (
@@ -182,7 +183,8 @@ def test_cli_build_and_add_on_a_cluster_it_starts(tmp_path: Path, photos: Path,
                                  "--batch-size", "4", "--engine", "ray", "--workers", "2"])
     assert result.exit_code == 0, result.output
     # 41 items make one shard (a shard's start-up is not worth fewer than 64), so 1 worker
-    assert "ray at local: 1 worker on 1 node(s), 2 CPUs" in unboxed(result.output)
+    cores = cpu_cores()  # the engine's own local cluster gets every usable core
+    assert f"ray at local: 1 worker on 1 node(s), {cores} CPUs" in unboxed(result.output)
     assert not ray.is_initialized()  # the engine stopped the cluster it started
     result = runner.invoke(app, ["add", "--bundle", str(out), "--source", str(photos),
                                  "--engine", "ray", "--workers", "2"])
@@ -191,7 +193,8 @@ def test_cli_build_and_add_on_a_cluster_it_starts(tmp_path: Path, photos: Path,
     bundle = Bundle.open(out)
     assert bundle.check(full=True) == []
     engine = bundle.manifest["embeddings"]["engine"]
-    assert engine["name"] == "ray" and engine["workers"] == 1 and engine["cluster_cpus"] == 2
+    assert engine["name"] == "ray" and engine["workers"] == 1
+    assert engine["cluster_cpus"] == cores
     # every photo's vector equals the local build's vector of the same photo
     mine, ref = bundle.metadata(), local_bundle.metadata()
     assert len(mine) == len(ref) == 60
@@ -292,7 +295,10 @@ def test_a_worker_killed_mid_run_is_retried(ray_cluster, photos: Path, local_bun
               "actors_started": len(list(pids.iterdir())), "workers_seen": workers}
     print("\nworker kill:", report)
     assert shards_at_kill < 31  # it died mid-run
-    assert len(list(pids.iterdir())) >= 3  # Ray started a replacement actor
+    # Ray restarts the dead actor and retries its shard, on the new actor or another one of
+    # the pool, whichever is free first: either way every shard is there, exactly once
+    assert sorted(s["first_row_id"] for s in bundle.manifest["embeddings"]["shards"]) == list(
+        range(0, 62, 2))
     assert_same(report)  # the same seeded weights under another name: the same vectors
 
 

@@ -166,8 +166,8 @@ RayAddressOpt = Annotated[str | None, typer.Option(
     help="ray: the cluster to join ('auto': the one `ray start` runs on this machine;"
     " default: start a local one on this machine's cores).")]
 WorkersOpt = Annotated[int | None, typer.Option(
-    min=1, help="ray: embedding actors, each loads the model once (default: one per 2"
-    " cores of the cluster).")]
+    min=1, help="ray: embedding actors, each loads the model once (default: one per core"
+    " of the cluster).")]
 
 
 @contextmanager

@@ -85,7 +85,7 @@ class BuildConfig:
     backbone_from: Path | None = None  # embed with this bundle's fine-tuned backbone
     engine: str = DEFAULT_ENGINE  # "local", or "ray": the embedding stage on a Ray cluster
     ray_address: str | None = None  # ray: None starts a local cluster; "auto" joins one
-    workers: int | None = None  # ray: actors (None: one per 2 cores of the cluster)
+    workers: int | None = None  # ray: actors (None: one per core of the cluster)
 
 
 @dataclass
