@@ -450,9 +450,8 @@ def load_finetune_head(bundle: Bundle, record: dict[str, Any]) -> FinetuneHead:
     beside it, without TensorFlow, so queries stay light.
     """
     if record.get("input") == "vectors" and record.get("dense_file"):
-        dense_path = bundle.inside(record["dense_file"])
-        expected = (bundle.manifest.get("files") or {}).get(record["dense_file"], {})
-        if dense_path.is_file() and file_sha256(dense_path) == expected.get("sha256"):
+        dense_path = bundle.checked_file(record["dense_file"])
+        if dense_path is not None:
             with np.load(dense_path) as dense:
                 return FinetuneHead(None, np.array(record["classes"]), False,
                                     (dense["kernel"], dense["bias"]),

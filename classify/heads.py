@@ -20,7 +20,6 @@ from classify.logreg import (
     save_serving_arrays,
 )
 from classify.selection import choose_best_head, logreg_validation
-from embed.atomic import file_sha256
 from embed.bundle import Bundle
 from embed.errors import BundleError
 
@@ -97,11 +96,10 @@ def load_logreg(bundle: Bundle, record: dict[str, Any]) -> LogregHead:
     else the scikit-learn pipeline from its skops file."""
     relative = record.get("serving_file")
     if relative:
-        path = bundle.inside(relative)
-        expected = (bundle.manifest.get("files") or {}).get(relative, {}).get("sha256")
-        if not path.is_file() or file_sha256(path) != expected:
-            raise BundleError(f"{path} is missing or not the file that was written; refit the"
-                              " head with `embed-dogs train --head logreg`")
+        path = bundle.checked_file(relative)
+        if path is None:
+            raise BundleError(f"{bundle.inside(relative)} is missing or not the file that was"
+                              " written; refit the head with `embed-dogs train --head logreg`")
         try:
             return LogregHead(arrays=load_serving_arrays(path))
         except (OSError, ValueError, KeyError) as exc:

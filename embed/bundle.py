@@ -164,6 +164,15 @@ class Bundle:
         path = Path(path)
         return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
+    def checked_file(self, relative: str) -> Path | None:
+        """The file a manifest entry names, if it is there and has the sha256 the manifest
+        recorded for it; None otherwise (callers say what that means for them)."""
+        path = self.inside(relative)
+        expected = (self.manifest.get("files") or {}).get(relative, {}).get("sha256")
+        if expected and path.is_file() and file_sha256(path) == expected:
+            return path
+        return None
+
     def record_files(self, *paths: str | Path) -> None:
         """List files (model files, tables, shards) in the manifest with size and sha256."""
         files = dict(self.manifest.get("files") or {})

@@ -194,11 +194,11 @@ def serving_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
     relative = recorded.get("serving_model")
     if kind not in ("auto", "litert", "litert-int8") or not relative:
         return embedder_for_bundle(bundle, runtime)
-    path = bundle.inside(relative)
-    expected = (bundle.manifest.get("files") or {}).get(relative, {}).get("sha256")
-    if not path.is_file() or file_sha256(path) != expected:
+    path = bundle.checked_file(relative)
+    if path is None:
         raise BundleError(
-            f"the bundle's serving model {path} is missing or not the file that was written;"
+            f"the bundle's serving model {bundle.inside(relative)} is missing or not the file"
+            " that was written;"
             f" run `embed-dogs verify --bundle {bundle.root}` or rebuild the bundle"
         )
     spec = get_backbone(recorded["name"])

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from embed.atomic import file_sha256
 from embed.errors import SourceError
 from embed.labels import clean_breed_name
 
@@ -24,7 +25,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 DEFAULT_SOURCE = "tfds:stanford_dogs"
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_SPLIT_SEED = 0
-HASH_CHUNK_BYTES = 1 << 20
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 LINK_LEAVES_ROOT = "link leaves the source folder"
 
@@ -157,16 +157,13 @@ def _file_problem(path: Path, root: Path) -> str | None:
     return None
 
 
-def file_sha256(path: str | Path) -> str | None:
-    """The sha256 of a file's bytes, read in chunks; None when it cannot be read."""
-    digest = hashlib.sha256()
+def readable_sha256(path: str | Path) -> str | None:
+    """The sha256 of a file's bytes; None when it cannot be read (the pipeline then skips it
+    with the reason)."""
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(HASH_CHUNK_BYTES):
-                digest.update(chunk)
+        return file_sha256(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def duplicate_groups(hashes: list[str | None]) -> list[int]:
@@ -239,7 +236,7 @@ def folder_source(
             f"; {len(listing.rejected)} entries not used, e.g. {listing.rejected[0].path}:"
             f" {listing.rejected[0].reason}")
         raise SourceError(f"no images found under {root} (looked for {exts}){more}")
-    hashes = [file_sha256(p) for p in paths]
+    hashes = [readable_sha256(p) for p in paths]
     groups = duplicate_groups(hashes)
     rel_parts = [p.relative_to(root).parts for p in paths]
     own_split = all(len(parts) >= 3 and parts[0] in ("train", "test") for parts in rel_parts)
