@@ -258,6 +258,17 @@ def known_rows(bundle: Bundle) -> tuple[set[str], int]:
     return set(metadata["sha256"]), max(ids, default=-1) + 1
 
 
+def earlier_rejected(bundle: Bundle) -> Any:
+    """The skipped rows without a row id: folder entries rejected by earlier builds or adds,
+    kept when the bundle's rows change."""
+    import pandas as pd
+
+    if not bundle.skipped_path.is_file():
+        return pd.DataFrame(columns=["row_id", "path", "reason"])
+    old = pd.read_csv(bundle.skipped_path)
+    return old[pd.to_numeric(old["row_id"], errors="coerce").isna()]
+
+
 def append_source(
     bundle: Bundle,
     source: Source,
@@ -294,11 +305,8 @@ def record_append(bundle: Bundle, source: Source, items: list[ImageItem],
     import pandas as pd
 
     manifest = bundle.manifest
-    old = pd.read_csv(bundle.skipped_path) if bundle.skipped_path.is_file() else None
-    rejected = rejected_table(source)
-    if old is not None and len(old):
-        earlier = old[pd.to_numeric(old["row_id"], errors="coerce").isna()]
-        rejected = pd.concat([earlier, rejected], ignore_index=True).drop_duplicates("path")
+    rejected = pd.concat([earlier_rejected(bundle), rejected_table(source)],
+                         ignore_index=True).drop_duplicates("path")
     metadata, skipped = write_tables(bundle, shards, rejected)
     counts = dict(manifest.get("counts") or {})
     counts.update(images=int(counts.get("images", 0)) + len(items), embedded=len(metadata),
@@ -336,9 +344,7 @@ def remove_rows(bundle: Bundle, drop: Any) -> int:
     for leftover in sorted(bundle.embeddings_dir.glob("part-*")):
         if int(leftover.name[5:10]) >= len(writer.shards):
             leftover.unlink()
-    old_rejected = pd.read_csv(bundle.skipped_path) if bundle.skipped_path.is_file() else None
-    rejected = (old_rejected[pd.to_numeric(old_rejected["row_id"], errors="coerce").isna()]
-                if old_rejected is not None else pd.DataFrame())
+    rejected = earlier_rejected(bundle)
     bundle.forget_files(*[e["file"] for e in old_shards], *[e["rows_file"] for e in old_shards])
     metadata, skipped = write_tables(bundle, writer.shards, rejected)
     counts = dict(manifest.get("counts") or {})
