@@ -13,6 +13,11 @@ Modes, each run in its own fresh process so that its peak RSS is its own:
   d8  bare LiteRT int8, as d
   r   the reader alone (read, hash, decode, resize, preprocess; no model): where the time
       goes besides the invoke
+  i   c, d, c8 and d8 interleaved in one process, pass after pass: the ratios c/d, c8/d8
+      and int8/float32 from passes run side by side in time. On a shared virtual machine
+      the speed of the cores drifts by up to 40 % within minutes (measured: bare float32 at
+      160 px ran at 405 and at 571 img/s a minute apart), so ratios of modes run minutes
+      apart in separate processes are mostly noise; these are the headline ratios.
 
 Every row also shows the process CPU milliseconds per image: on a machine whose cores the
 model already fills, the end-to-end CPU is the bare model's plus the reader's, and the
@@ -57,6 +62,7 @@ MODES = {
     "c8": "pipeline + LiteRT int8",
     "d8": "bare LiteRT int8",
     "r": "reader only (decode, resize)",
+    "i": "c, d, c8, d8 interleaved",
 }
 
 
@@ -103,6 +109,57 @@ def _runtime_for(mode: str) -> str:
         mode, "litert-int8")
 
 
+def _bare_pass(runtime: Any, decoded: list[np.ndarray], pool: Any) -> Any:
+    """One pass of the bare model over inputs decoded beforehand, one batch per interpreter
+    at a time (the pipeline's layout); returns the number of images."""
+    total = sum(len(x) for x in decoded)
+
+    def one() -> int:
+        list(pool.map(runtime.embed, decoded))
+        return total
+    return one
+
+
+def interleaved(runtime: Any, items: list[Any], config: Any, repeats: int
+                ) -> dict[str, Any]:
+    """c, d, c8, d8 one pass each per round, `repeats` rounds: every ratio is taken within a
+    round and the median over rounds is reported."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from embed.pipeline import iter_embedded_batches, iter_image_batches_threads
+
+    float_rt = runtime.float_
+    decoded = [b.inputs[b.ok] for b in iter_image_batches_threads(items, config)]
+    vectors: dict[str, list[np.ndarray]] = {"c": [], "c8": []}
+
+    def pipeline(rt: Any, key: str) -> Any:
+        def one() -> int:
+            vectors[key].clear()
+            for step in iter_embedded_batches(items, config, rt):
+                vectors[key].append(step.vectors)
+            return sum(len(v) for v in vectors[key])
+        return one
+
+    with ThreadPoolExecutor(max(1, float_rt.concurrency)) as pool:
+        passes = {"c": pipeline(float_rt, "c"), "d": _bare_pass(float_rt, decoded, pool),
+                  "c8": pipeline(runtime, "c8"), "d8": _bare_pass(runtime, decoded, pool)}
+        for one in passes.values():  # warm-up, outside the timing
+            one()
+        rounds: dict[str, list[float]] = {k: [] for k in passes}
+        for _ in range(repeats):
+            for key, one in passes.items():
+                rounds[key].extend(_timed_passes(one, 1))
+    ratios = {
+        "c/d": [c / d for c, d in zip(rounds["c"], rounds["d"], strict=True)],
+        "c8/d8": [c / d for c, d in zip(rounds["c8"], rounds["d8"], strict=True)],
+        "d8/d": [c / d for c, d in zip(rounds["d8"], rounds["d"], strict=True)],
+        "c8/c": [c / d for c, d in zip(rounds["c8"], rounds["c"], strict=True)],
+    }
+    return {"rounds": rounds, "ratios": ratios,
+            "vectors_c": np.concatenate(vectors["c"]),
+            "vectors_c8": np.concatenate(vectors["c8"])}
+
+
 def run_mode(mode: str, args: dict[str, Any]) -> dict[str, Any]:
     """One mode, start to finish, in the current process."""
     from concurrent.futures import ThreadPoolExecutor
@@ -125,13 +182,16 @@ def run_mode(mode: str, args: dict[str, Any]) -> dict[str, Any]:
     config = ReaderConfig(size, prep, bs)
     result: dict[str, Any] = {"images": len(items)}
     runtime = embedder.runtime
-    if mode in ("c8", "d8"):
+    if mode in ("c8", "d8", "i"):
         prepare_runtime(source, embedder, bs)  # calibration + task check, as a build does
         if not runtime.use_int8_ and runtime._int8_model is not None:
             runtime.use_int8_ = True  # measure int8 anyway; the verdict is printed
             result["forced_int8"] = True
 
-    if mode == "a":
+    if mode == "i":
+        result.update(interleaved(runtime, items, config, args["repeats"]))
+        result["rates"] = result["rounds"]["c8"]
+    elif mode == "a":
         model = embedder.model
         paths = [item.ref for item in items]
 
@@ -284,8 +344,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    p.add_argument("--modes", default="a,b,c,d,c8,d8,r",
-                   help="comma-separated subset of a,b,c,d,c8,d8,r (or letters, e.g. abcd)")
+    p.add_argument("--modes", default="a,b,c,d,c8,d8,r,i",
+                   help="comma-separated subset of a,b,c,d,c8,d8,r,i (or letters, e.g. abcd)")
     p.add_argument(
         "--cache-dir",
         default=None,
@@ -317,6 +377,10 @@ def run_size(size: int | None, args: argparse.Namespace, folder: Path) -> dict[s
         if "error" in res:
             print(f"  ({mode:>2}) {MODES[mode]:<28} FAILED: {res['error']}")
             continue
+        if mode == "i":
+            print(f"  ({mode:>2}) {MODES[mode]:<28} (ratios below)  peak RSS "
+                  f"{res['peak_rss_mb']:5.0f} MiB  runtime={res['runtime']['name']}")
+            continue
         res["median"] = statistics.median(res["rates"])
         extra = ""
         if "layouts" in res:
@@ -339,17 +403,28 @@ def run_size(size: int | None, args: argparse.Namespace, folder: Path) -> dict[s
         if "fixed" in results.get(mode, {}):
             print(f"  one-time costs ({mode}, not in the figures above): "
                   + ", ".join(f"{k} {v:.1f} s" for k, v in results[mode]["fixed"].items()))
-    int8 = (results.get("c8", {}).get("runtime") or {}).get("int8")
+    if "ratios" in results.get("i", {}):
+        res = results["i"]
+        rates = "  ".join(f"{k} {statistics.median(v):.1f}" for k, v in res["rounds"].items())
+        print(f"  interleaved, {len(res['rounds']['c'])} rounds, img/s: {rates}")
+        print("  interleaved ratios (median of rounds [min-max]): " + "   ".join(
+            f"{k} = {statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
+            for k, v in res["ratios"].items()))
+    int8 = (results.get("c8", results.get("i", {})).get("runtime") or {}).get("int8")
     if int8:
         print(f"  build's int8 task check: passed={int8.get('passed')} top-1 "
               f"{int8.get('top1_float32')} -> {int8.get('top1_int8')} "
               f"({int8.get('top1_drop_points')} points), overlap@10 {int8.get('overlap_at_10')}"
               f" on {int8.get('rows')} images" + (" (cached verdict)" if int8.get(
                   "check_cached") else ""))
-    if "vectors" in results.get("c", {}) and "vectors" in results.get("c8", {}):
-        acc = accuracy(str(folder), args.limit, results["c"]["vectors"],
-                       results["c8"]["vectors"])
-        print(f"  accuracy on {len(results['c']['vectors'])} images, float32 -> int8: top-1 "
+    pair = None
+    if "vectors_c" in results.get("i", {}):
+        pair = results["i"]["vectors_c"], results["i"]["vectors_c8"]
+    elif "vectors" in results.get("c", {}) and "vectors" in results.get("c8", {}):
+        pair = results["c"]["vectors"], results["c8"]["vectors"]
+    if pair is not None:
+        acc = accuracy(str(folder), args.limit, *pair)
+        print(f"  accuracy on {len(pair[0])} images, float32 -> int8: top-1 "
               f"{acc['top1_float32']:.4f} -> {acc['top1_int8']:.4f} "
               f"({100 * (acc['top1_int8'] - acc['top1_float32']):+.2f} points), precision@5 "
               f"{acc['p@5_float32']:.4f} -> {acc['p@5_int8']:.4f} "

@@ -2,15 +2,17 @@
 
 JPEGs in YCbCr or greyscale (nearly every photo) go through libjpeg-turbo (simplejpeg), which
 decodes straight at the smallest DCT scale M/8 that still covers the input size (the scaled
-inverse DCT filters as it shrinks, so it does not alias), then PIL's box filter does the
-rest. Everything else goes through PIL, which handles every format we accept (including
-webp and the first frame of a gif), CMYK, greyscale, alpha and 16-bit images. EXIF rotation
-is applied either way. Failures raise :class:`ImageDecodeError` with a reason that ends up in
-`skipped.csv`.
+inverse DCT filters as it shrinks, so it does not alias). Everything else goes through PIL,
+which handles every format we accept (including webp and the first frame of a gif), CMYK,
+greyscale, alpha and 16-bit images. EXIF rotation is applied either way. What is left of
+the resize is OpenCV's SIMD bilinear filter (see `resize_square`). Failures raise
+:class:`ImageDecodeError` with a reason that ends up in `skipped.csv`.
 
-Measured with `benchmarks/decode_compare.py` (CPU time per image, woof-sample): at 160 px
-0.98 ms against 1.37 for PIL's draft + bilinear (decoder v2), at 224 px 2.4 against 3.3;
-`tf.io.decode_jpeg` with `ratio` plus `tf.image.resize` took 3.1 and 3.7 ms.
+Measured with `benchmarks/decode_compare.py` (CPU time per image, woof-sample, Intel Xeon
+with AVX-512): decoding is about 0.5 ms at 160 px and 0.8-0.9 ms at 224 px whatever does it
+(simplejpeg, OpenCV's own libjpeg-turbo and its fast-DCT options measured the same); the
+resize after it cost 0.23 / 1.1 ms with PIL's box filter (decoder v3) and costs 0.12 / 0.28
+ms with OpenCV's bilinear one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -32,11 +35,13 @@ _EXIF_ORIENTATION = 0x0112
 # Bump whenever decoding changes the pixels it returns (resampling, draft scale, colour
 # handling): vectors embedded by another decoder version are not comparable, so bundles record
 # it and query-time embedding refuses a mismatch.
-DECODER_VERSION = 3
+DECODER_VERSION = 4
 # 1: PIL draft at twice the input size; 2: PIL draft (1/2, 1/4, 1/8) at the input size, then
 # PIL's antialiased bilinear resize; 3: JPEGs by libjpeg-turbo (simplejpeg) at the smallest
 # M/8 DCT scale covering the input size, then PIL's box (area-averaging) filter where both
-# sides shrink (antialiased bilinear where a side grows, and for every other image).
+# sides shrink (antialiased bilinear where a side grows, and for every other image); 4: the
+# same decoding, every image resized by OpenCV: bilinear, area averaging where a side
+# shrinks more than `MAX_BILINEAR_SHRINK` times.
 JPEG_COLOURSPACES = ("YCbCr", "Gray")  # decoded by libjpeg-turbo; others (CMYK, YCCK) by PIL
 
 
@@ -117,12 +122,37 @@ def _oriented(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return pixels
 
 
-def _resized(img: Image.Image, size: int, shrink_filter: Image.Resampling) -> np.ndarray:
-    if img.size != (size, size):
-        shrinking = img.width >= size and img.height >= size
-        img = img.resize((size, size), shrink_filter if shrinking else Image.Resampling.BILINEAR,
-                         reducing_gap=None)
-    return np.asarray(img, dtype=np.uint8)
+# Bilinear interpolation (half-pixel centres) averages the two pixels around each sample,
+# so up to a 2x shrink every input pixel still counts; beyond it, it would skip pixels and
+# alias, so those sides get area averaging.
+MAX_BILINEAR_SHRINK = 2.0
+
+
+def opencv() -> Any:
+    """OpenCV, limited to the calling thread: the reader already runs one worker per core,
+    and OpenCV's own pool on top would only make them wait for each other."""
+    import cv2
+
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+    return cv2
+
+
+def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
+    """uint8 RGB (h, w, 3) squashed to (size, size, 3) with OpenCV's SIMD filters: bilinear,
+    or area averaging where a side shrinks by more than `MAX_BILINEAR_SHRINK`.
+
+    After DCT scaling a side rarely shrinks by more than 1.5x, where bilinear costs a
+    quarter of PIL's box filter (0.28 against 1.1 ms at 224 px on woof-sample) and moved no
+    accuracy figure of benchmarks/embed_throughput.py by more than noise.
+    """
+    height, width = pixels.shape[:2]
+    if (height, width) == (size, size):
+        return np.ascontiguousarray(pixels)
+    cv2 = opencv()
+    shrink = max(width, height) / size
+    interpolation = cv2.INTER_AREA if shrink > MAX_BILINEAR_SHRINK else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(pixels), (size, size), interpolation=interpolation)
 
 
 def check_size(width: int, height: int, max_pixels: int) -> None:
@@ -161,11 +191,8 @@ def _decode_jpeg_turbo(data: bytes, size: int, max_pixels: int) -> DecodedImage 
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
     if orientation in (5, 6, 7, 8):
         width, height = height, width  # rotated by a quarter turn
-    pixels = np.ascontiguousarray(_oriented(pixels, orientation))
-    # DCT scaling did the heavy reduction without aliasing; what is left (at most 2x, mostly
-    # under 1.4x) is done by area averaging, cheaper than the bilinear filter at that ratio
-    return DecodedImage(_resized(Image.fromarray(pixels, "RGB"), size, Image.Resampling.BOX),
-                        width, height)
+    # DCT scaling did the heavy reduction without aliasing; what is left is mostly under 1.5x
+    return DecodedImage(resize_square(_oriented(pixels, orientation), size), width, height)
 
 
 def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> DecodedImage:
@@ -187,7 +214,7 @@ def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> Decode
             # (1/2, 1/4, 1/8) that still covers size x size.
             img.draft("RGB", (size, size))
         img = ImageOps.exif_transpose(img)
-        pixels = _resized(to_rgb(img), size, Image.Resampling.BILINEAR)
+        pixels = resize_square(np.asarray(to_rgb(img), dtype=np.uint8), size)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
