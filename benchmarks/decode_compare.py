@@ -4,9 +4,10 @@ On a 2-core machine decoding competes with inference for the same cores, so what
 the CPU time a decoder takes, not its wall time: each figure is the thread CPU time per image
 (median of --repeats interleaved passes over the same files, already read into memory), which
 other processes' load barely changes. Also printed: the mean absolute pixel difference from
-the first decoder, and how many images each decoded at reduced DCT scale.
+the first decoder. With --stages, the reader's CPU time per image is broken down by stage
+(read, hash, header, decode, resize, preprocess) as decoder v3 and v4 do it.
 
-    python benchmarks/decode_compare.py --sizes 160 224
+    python benchmarks/decode_compare.py --sizes 160 224 --stages
 """
 
 from __future__ import annotations
@@ -122,6 +123,55 @@ DECODERS: dict[str, Callable[[bytes, int], np.ndarray]] = {
 }
 
 
+def stage_breakdown(files: list[Path], size: int, repeats: int) -> list[tuple[str, float, float]]:
+    """The reader's work per image, stage by stage, as decoder v3 and v4 do it: (stage,
+    v3 ms, v4 ms) of thread CPU time. Stages both share are timed once and shown in both."""
+    import hashlib
+
+    import simplejpeg
+    from PIL import Image
+
+    from embed.images import jpeg_orientation, resize_square
+    from embed.pipeline import preprocess_pixels
+
+    datas = [f.read_bytes() for f in files]
+    scaled = [simplejpeg.decode_jpeg(d, "RGB", min_height=size, min_width=size) for d in datas]
+    batch = np.zeros((32, size, size, 3), np.uint8)
+
+    def numpy_preprocess(pixels: np.ndarray) -> np.ndarray:  # decoder v3's two passes
+        out = np.empty(pixels.shape, np.float32)
+        np.divide(pixels, np.float32(127.5), out=out)
+        return np.subtract(out, np.float32(1.0), out=out)
+
+    def per_image(fn: Callable[[], object], n: int) -> float:
+        best = []
+        for _ in range(repeats):
+            start = time.thread_time()
+            fn()
+            best.append((time.thread_time() - start) / n * 1e3)
+        return statistics.median(best)
+
+    shared = {
+        "read the file": lambda: [f.read_bytes() for f in files],
+        "sha256": lambda: [hashlib.sha256(d).hexdigest() for d in datas],
+        "header + EXIF orientation": lambda: [(simplejpeg.decode_jpeg_header(d),
+                                              jpeg_orientation(d)) for d in datas],
+        "libjpeg-turbo, M/8 DCT scale": lambda: [
+            simplejpeg.decode_jpeg(d, "RGB", min_height=size, min_width=size) for d in datas],
+    }
+    rows = [(name, ms, ms) for name, ms in
+            ((name, per_image(fn, len(datas))) for name, fn in shared.items())]
+    rows.append(("resize (v3 PIL box, v4 OpenCV)",
+                 per_image(lambda: [np.asarray(Image.fromarray(x).resize(
+                     (size, size), Image.Resampling.BOX, reducing_gap=None)) for x in scaled],
+                     len(scaled)),
+                 per_image(lambda: [resize_square(x, size) for x in scaled], len(scaled))))
+    rows.append(("preprocess (v3 numpy, v4 lookup table)",
+                 per_image(lambda: [numpy_preprocess(batch) for _ in range(8)], 8 * 32),
+                 per_image(lambda: [preprocess_pixels(batch, "tf") for _ in range(8)], 8 * 32)))
+    return rows
+
+
 def thread_ms(fn: Callable[[bytes, int], np.ndarray], datas: list[bytes], size: int) -> float:
     start = time.thread_time()
     for data in datas:
@@ -137,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--limit", type=int, default=300, help="images (default 300)")
     p.add_argument("--skip", default="", help="comma-separated decoder names to leave out")
+    p.add_argument("--stages", action="store_true",
+                   help="also break the reader's CPU time per image down by stage, v3 and v4")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     files = sorted(f for f in args.folder.rglob("*") if f.suffix.lower() in (".jpg", ".jpeg"))
@@ -161,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
             diff = np.mean([np.abs(fn(d, size).astype(np.int16) - r).mean()
                             for d, r in zip(datas, reference, strict=True)])
             print(f"  {name:<38} {ms:7.3f}   {ms / base:6.2f}x   {diff:6.2f}")
+        if args.stages:
+            rows = stage_breakdown(files[: args.limit], size, args.repeats)
+            print(f"\n  {size} px, the reader by stage     v3 ms/img   v4 ms/img")
+            for name, v3, v4 in rows:
+                print(f"  {name:<38} {v3:7.3f}     {v4:7.3f}")
+            print(f"  {'total':<38} {sum(r[1] for r in rows):7.3f}     "
+                  f"{sum(r[2] for r in rows):7.3f}")
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
     return 0
 

@@ -7,11 +7,14 @@ same spec from it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from embed.atomic import file_sha256
 from embed.errors import UnknownBackboneError, WeightsUnavailableError
@@ -110,6 +113,39 @@ def preprocess(images: Any, mode: str) -> Any:
     if mode == "none":
         return images
     raise ValueError(f"unknown preprocessing mode {mode!r}")
+
+
+PER_VALUE_MODES = ("tf", "none")  # modes that map each 0-255 value on its own
+
+
+@functools.cache
+def preprocess_table(mode: str) -> np.ndarray | None:
+    """The 256 float32 values `preprocess` maps 0..255 to (read-only), for modes that map
+    each value on its own: the reader and the LiteRT runtimes then preprocess by one table
+    lookup. None for modes that mix channels."""
+    if mode not in PER_VALUE_MODES:
+        return None
+    table = np.asarray(preprocess(np.arange(256, dtype=np.float32), mode), np.float32)
+    table.setflags(write=False)
+    return table
+
+
+def preprocess_pixels(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """uint8 RGB (N, size, size, 3) -> the backbone's float32 inputs, the same numbers as
+    `preprocess` on float pixels.
+
+    Modes that map each value on its own ("tf", "none") go through a 256-entry table with
+    OpenCV's SIMD lookup: one pass, a third of numpy's divide-then-subtract time.
+    """
+    from embed.images import opencv
+
+    table = preprocess_table(mode)
+    if table is not None and pixels.size:
+        rows = np.ascontiguousarray(pixels, np.uint8).reshape(len(pixels), -1)
+        return opencv().LUT(rows, table).reshape(pixels.shape)
+    out = np.empty(pixels.shape, np.float32)
+    out[...] = pixels
+    return np.asarray(preprocess(out, mode), np.float32)
 
 
 def normalise_weights_arg(weights: str | None) -> str | None:

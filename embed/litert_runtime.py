@@ -105,18 +105,43 @@ class _Slot:
         self.output_index = out["index"]
         self.input_shape = tuple(int(d) for d in inp["shape"][1:])
         self.dim = int(out["shape"][-1])
+        self.input_dtype = np.dtype(inp["dtype"])
         self.batch_size: int | None = None
 
-    def invoke(self, rows: np.ndarray) -> np.ndarray:
-        if len(rows) != self.batch_size:
+    def _plan(self, rows: int) -> None:
+        if rows != self.batch_size:
             # Re-planning memory is costly: do it only when the batch size changes.
-            self.interpreter.resize_tensor_input(self.input_index, list(rows.shape))
+            self.interpreter.resize_tensor_input(self.input_index, [rows, *self.input_shape])
             with quiet_native_output():
                 self.interpreter.allocate_tensors()
-            self.batch_size = len(rows)
+            self.batch_size = rows
+
+    def invoke(self, rows: np.ndarray) -> np.ndarray:
+        self._plan(len(rows))
         self.interpreter.set_tensor(self.input_index, rows)
         self.interpreter.invoke()  # releases the GIL
         return self.interpreter.get_tensor(self.output_index)  # a copy
+
+    def invoke_pixels(self, pixels: np.ndarray, table: np.ndarray, rows: int) -> np.ndarray:
+        """Run uint8 `pixels` (at most `rows` of them) preprocessed by `table` straight into
+        the interpreter's input buffer, planned for `rows` rows; rows past the pixels keep
+        whatever they held (each row's output depends on that row alone)."""
+        self._plan(rows)
+        _lookup_into(self.interpreter.tensor(self.input_index), pixels, table)
+        self.interpreter.invoke()  # releases the GIL
+        return self.interpreter.get_tensor(self.output_index)[: len(pixels)]
+
+
+def _lookup_into(tensor: Callable[[], np.ndarray], pixels: np.ndarray, table: np.ndarray
+                 ) -> None:
+    """table[pixels] written into the buffer `tensor()` views (OpenCV's SIMD lookup, no
+    intermediate array). The view must be gone before the interpreter runs again, so it
+    lives only inside this call."""
+    from embed.images import opencv
+
+    flat = tensor().reshape(tensor().shape[0], -1)
+    opencv().LUT(np.ascontiguousarray(pixels).reshape(len(pixels), -1), table,
+                 dst=flat[: len(pixels)])
 
 
 class TFLiteModel:
@@ -181,6 +206,25 @@ class TFLiteModel:
         finally:
             self._free.put(slot)
 
+    def run_pixels(self, pixels: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """Raw outputs for a uint8 batch, preprocessed by `table` (`preprocess_table`) into
+        each interpreter's own input buffer: the same numbers as `run` on the preprocessed
+        floats, without a float32 copy of the batch (and its page faults) or `set_tensor`'s
+        copy. Slices and padding as in `run`."""
+        if len(pixels) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        step = self.max_rows
+        slot = self._free.get()
+        try:
+            if slot.input_dtype != np.float32:
+                raise ValueError(f"{self.path} takes {slot.input_dtype} input, not float32")
+            if not step or len(pixels) <= step:
+                return slot.invoke_pixels(pixels, table, len(pixels))
+            return np.concatenate([slot.invoke_pixels(pixels[i : i + step], table, step)
+                                   for i in range(0, len(pixels), step)])
+        finally:
+            self._free.put(slot)
+
 
 class BundledLiteRTRuntime:
     """The serving runtime: the `.tflite` a bundle carries, run without TensorFlow or Keras.
@@ -203,6 +247,10 @@ class BundledLiteRTRuntime:
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         return self.model_.run(batch)
+
+    def embed_pixels(self, pixels: np.ndarray, preprocessing: str) -> np.ndarray:
+        """Raw features for uint8 pixels (see `TFLiteModel.run_pixels`)."""
+        return _run_pixels(self.model_, pixels, preprocessing)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "requested": self.name, "parity": self.parity,
@@ -341,6 +389,16 @@ class LiteRTRuntime:
         if len(batch) == 0:
             return np.zeros((0, self._model.dim), np.float32)
         return self._model.run(batch)
+
+    def embed_pixels(self, pixels: np.ndarray, preprocessing: str) -> np.ndarray:
+        """Raw features for uint8 pixels: preprocessed into LiteRT's input buffer once the
+        parity check has passed; the first batch, and every batch after a fall-back, goes
+        through `embed` as floats."""
+        if self.parity_ is None or self.fell_back_:
+            from embed.backbones import preprocess_pixels
+
+            return self.embed(preprocess_pixels(pixels, preprocessing))
+        return _run_pixels(self._model, pixels, preprocessing)
 
     def describe(self) -> dict[str, Any]:
         """What goes into the manifest: who produced the vectors, and why it was trusted."""
@@ -501,6 +559,11 @@ class LiteRTInt8Runtime:
             return self._int8_model.run(batch)
         return self.float_.embed(batch)
 
+    def embed_pixels(self, pixels: np.ndarray, preprocessing: str) -> np.ndarray:
+        if self.use_int8_ and self._int8_model is not None:
+            return _run_pixels(self._int8_model, pixels, preprocessing)
+        return self.float_.embed_pixels(pixels, preprocessing)
+
     def describe(self) -> dict[str, Any]:
         d = self.float_.describe()
         d.update(name=self.name, requested=self.requested,
@@ -508,6 +571,17 @@ class LiteRTInt8Runtime:
                  cache_file=str(self.cache_file),
                  int8=self.int8_ or {"passed": None, "reason": "not calibrated"})
         return d
+
+
+def _run_pixels(model: TFLiteModel, pixels: np.ndarray, preprocessing: str) -> np.ndarray:
+    """uint8 pixels through `model`, by table lookup into its input where the preprocessing
+    maps each value on its own, else as preprocessed floats."""
+    from embed.backbones import preprocess_pixels, preprocess_table
+
+    table = preprocess_table(preprocessing)
+    if table is None:
+        return model.run(preprocess_pixels(pixels, preprocessing))
+    return model.run_pixels(pixels, table)
 
 
 def l2_rows(x: np.ndarray) -> np.ndarray:

@@ -1,21 +1,25 @@
 """The reader, the mapper and the batch embedding loop (reader -> mapper -> writer).
 
-Reader: :func:`read_batch` reads, hashes, decodes and resizes one batch of images into
-preprocessed inputs, in a worker thread (reading, hashing, decoding and resizing release the
-GIL). Bad files travel through it as rows marked not-ok with a reason, so one bad file never
-stops a batch. Mapper: :func:`embed_batch`, pure: preprocessed batch in, L2-normalised
-vectors out. :func:`iter_embedded_batches` runs them: one worker per interpreter of a
-runtime that serves concurrent calls (each core decodes and then embeds its own batch, and
-never waits for another), or a decoding thread pool ahead of one embedding thread. Memory
+Reader: :func:`read_batch` reads, hashes, decodes and resizes one batch of images into uint8
+pixels, in a worker thread (reading, hashing, decoding and resizing release the GIL). Bad
+files travel through it as rows marked not-ok with a reason, so one bad file never stops a
+batch. Mapper: :func:`embed_image_batch`, pure: a batch in, L2-normalised vectors out
+(LiteRT preprocesses the pixels straight into its input buffer; other runtimes take
+preprocessed floats, :func:`embed_batch`). :func:`iter_embedded_batches` runs them: one
+worker per interpreter of a runtime that serves concurrent calls (each core decodes and then
+embeds its own batch, and never waits for another), or a decoding thread pool ahead of one
+embedding thread. Memory
 holds a few batches at a time, never the whole collection.
 
 The tf.data reader (:func:`make_image_dataset`) remains for fine-tuning, whose augmentation
 and training loop are TensorFlow's.
 
 Where the time goes, MobileNetV2 on 2 cores (benchmarks/embed_throughput.py, CPU ms per
-image): the bare float32 model 4.8 at 160 px and 9.1 at 224 px; the reader 0.9-1.3 and
-2.5-2.9, of which decoding and resizing are 1.0 and 2.4 (benchmarks/decode_compare.py). With
-every core busy, the pipeline reaches invoke / (invoke + reader) of the bare model.
+image): the bare float32 model 3.4-4.7 at 160 px and 8-9.4 at 224 px (the cores' speed
+drifts); the reader 0.7-0.8 and 1.3-1.8 (decoder v3 needed 1.3 and 2.5), of which
+libjpeg-turbo's decoding is 0.5 and 0.9, and resizing, preprocessing, reading and hashing
+the rest. With every core busy, the pipeline reaches invoke / (invoke + reader) of the bare
+model: about 0.85.
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from embed.backbones import preprocess
+from embed.backbones import preprocess, preprocess_pixels
 from embed.environment import threads_from_env
-from embed.images import ImageDecodeError, decode_image, opencv, read_and_decode
+from embed.images import ImageDecodeError, decode_image, read_and_decode
 from embed.runtimes import Runtime, l2_normalise
 from embed.sources import ImageItem
 
@@ -67,15 +71,32 @@ def pipeline_options(threads: int) -> Any:
 
 @dataclass
 class ImageBatch:
-    """One batch from the reader: only rows with ok=True carry usable inputs."""
+    """One batch from the reader: only rows with ok=True carry usable inputs.
+
+    The threaded reader hands over the decoded uint8 `pixels` and leaves preprocessing to
+    whoever needs floats: LiteRT preprocesses straight into its interpreter's input (see
+    `TFLiteModel.run_pixels`), everything else reads `inputs`, made on first use. The tf.data
+    reader hands over float inputs already preprocessed.
+    """
 
     row_ids: np.ndarray  # int64 (n,)
-    inputs: np.ndarray  # float32 (n, size, size, 3), preprocessed
     ok: np.ndarray  # bool (n,)
     reasons: list[str]  # "" where ok
     sha256: list[str]
     widths: np.ndarray
     heights: np.ndarray
+    pixels: np.ndarray | None = None  # uint8 (n, size, size, 3), as decoded
+    preprocessing: str = "none"  # how `pixels` become `inputs`
+    preprocessed: np.ndarray | None = None  # float32 (n, size, size, 3)
+
+    @property
+    def inputs(self) -> np.ndarray:
+        """float32 model inputs (n, size, size, 3), preprocessed."""
+        if self.preprocessed is None:
+            if self.pixels is None:
+                raise ValueError("an ImageBatch needs pixels or preprocessed inputs")
+            self.preprocessed = preprocess_pixels(self.pixels, self.preprocessing)
+        return self.preprocessed
 
 
 def _decode_result(data: bytes | None, decode: Callable[[], Any], size: int) -> tuple:
@@ -164,7 +185,7 @@ def iter_image_batches(
     for row_ids, inputs, ok, reasons, digests, widths, heights in ds.as_numpy_iterator():
         yield ImageBatch(
             row_ids=row_ids,
-            inputs=inputs,
+            preprocessed=inputs,
             ok=ok,
             reasons=[r.decode() for r in reasons],
             sha256=[d.decode() for d in digests],
@@ -173,31 +194,14 @@ def iter_image_batches(
         )
 
 
-def preprocess_pixels(pixels: np.ndarray, mode: str) -> np.ndarray:
-    """uint8 RGB (N, size, size, 3) -> the backbone's float32 inputs, the same numbers as
-    `preprocess` on float pixels.
-
-    Modes that map each value on its own ("tf", "none") go through a 256-entry table with
-    OpenCV's SIMD lookup: one pass, a third of numpy's divide-then-subtract time.
-    """
-    if mode != "caffe" and pixels.size:
-        table = np.asarray(preprocess(np.arange(256, dtype=np.float32), mode), np.float32)
-        rows = np.ascontiguousarray(pixels, np.uint8).reshape(len(pixels), -1)
-        out = opencv().LUT(rows, table)
-        return out.reshape(pixels.shape)
-    out = np.empty(pixels.shape, np.float32)
-    out[...] = pixels
-    return np.asarray(preprocess(out, mode), np.float32)
-
-
 Payload = str | bytes  # a file path, or encoded image bytes (tfds)
 
 
 def read_batch(row_ids: Sequence[int], payloads: Sequence[Payload], config: ReaderConfig
                ) -> ImageBatch:
     """The reader's work for one batch: read and decode every image (bad ones become not-ok
-    rows with a reason), then preprocess them into one float32 array. Runs in a worker
-    thread: file reads, hashing, decoding and resizing release the GIL."""
+    rows with a reason) into one uint8 array; `ImageBatch.inputs` preprocesses it when asked.
+    Runs in a worker thread: file reads, hashing, decoding and resizing release the GIL."""
     size = config.image_size
     n = len(payloads)
     pixels = np.zeros((n, size, size, 3), np.uint8)
@@ -220,9 +224,8 @@ def read_batch(row_ids: Sequence[int], payloads: Sequence[Payload], config: Read
         ok[i] = True
         widths[i], heights[i] = image.width, image.height
     return ImageBatch(
-        row_ids=np.asarray(row_ids, np.int64),
-        inputs=preprocess_pixels(pixels, config.preprocessing),
-        ok=ok, reasons=reasons, sha256=digests, widths=widths, heights=heights,
+        row_ids=np.asarray(row_ids, np.int64), ok=ok, reasons=reasons, sha256=digests,
+        widths=widths, heights=heights, pixels=pixels, preprocessing=config.preprocessing,
     )
 
 
@@ -285,6 +288,20 @@ def embed_batch(runtime: Runtime, inputs: np.ndarray) -> np.ndarray:
     return l2_normalise(runtime.embed(inputs))
 
 
+def embed_image_batch(runtime: Runtime, batch: ImageBatch) -> np.ndarray:
+    """The mapper for a reader's batch: unit-length vectors of its usable rows. Runtimes
+    that preprocess into their own input buffers (``embed_pixels``) get the uint8 pixels,
+    which saves a float32 copy of the batch; the others get `ImageBatch.inputs`."""
+    if not batch.ok.any():
+        return np.zeros((0, 0), np.float32)
+    take_pixels = getattr(runtime, "embed_pixels", None)
+    if take_pixels is not None and batch.pixels is not None:
+        pixels = batch.pixels if batch.ok.all() else batch.pixels[batch.ok]
+        return l2_normalise(take_pixels(pixels, batch.preprocessing))
+    inputs = batch.inputs if batch.ok.all() else batch.inputs[batch.ok]
+    return embed_batch(runtime, inputs)
+
+
 @dataclass
 class EmbeddedBatch:
     batch: ImageBatch
@@ -309,9 +326,7 @@ def iter_embedded_batches(
     chunks = _chunks(items, config.batch_size, encoded)
 
     def mapped(batch: ImageBatch) -> EmbeddedBatch:
-        good = batch.inputs if batch.ok.all() else batch.inputs[batch.ok]
-        vectors = embed_batch(runtime, good) if len(good) else np.zeros((0, 0), np.float32)
-        return EmbeddedBatch(batch, vectors)
+        return EmbeddedBatch(batch, embed_image_batch(runtime, batch))
 
     if workers == 1:
         for batch in iter_image_batches_threads(items, config, encoded):

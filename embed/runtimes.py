@@ -1,7 +1,9 @@
 """Inference runtimes: the same backbone run by Keras (the reference) or a faster engine.
 
 A runtime maps one preprocessed float32 batch (N, H, W, 3) to raw (N, dim) features. It holds
-no global state, so each worker process builds its own.
+no global state, so each worker process builds its own. The LiteRT runtimes also take uint8
+pixels (``embed_pixels(pixels, preprocessing)``) and preprocess them straight into their
+interpreters' input buffers; the pipeline uses that where a runtime has it.
 """
 
 from __future__ import annotations

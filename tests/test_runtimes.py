@@ -208,6 +208,30 @@ def test_large_batches_run_in_fixed_slices(model: keras.Model, cache: Path) -> N
     assert rt.parity_["rows"] == 11 and rt.parity_["passed"]
 
 
+def test_pixels_preprocessed_into_the_interpreter_give_the_float_path_numbers(
+        model: keras.Model, cache: Path) -> None:
+    """uint8 pixels looked up straight into LiteRT's input buffer: exactly what the float
+    path gives, for whole, sliced and padded batches, before and after the parity check."""
+    from embed.backbones import preprocess_pixels
+    from embed.litert_runtime import BundledLiteRTRuntime
+
+    rt = LiteRTRuntime(model, cache_key="tiny-32-abc", cache_dir=cache, max_rows=4)
+    pixels = np.random.default_rng(8).integers(0, 256, (11, 32, 32, 3), dtype=np.uint8)
+    first = rt.embed_pixels(pixels[:5], "tf")  # the parity check, on floats
+    assert rt.parity_ is not None and rt.parity_["rows"] == 5
+    floats = preprocess_pixels(pixels, "tf")
+    want = rt.embed(floats)
+    np.testing.assert_array_equal(first, want[:5])
+    for n in (11, 4, 3, 1):  # slices of 4 (the last one padded with stale rows), or one call
+        np.testing.assert_array_equal(rt.embed_pixels(pixels[:n], "tf"), want[:n])
+    assert rt.embed_pixels(pixels[:0], "tf").shape == (0, 16)
+    # a mode that mixes channels has no table: it goes through floats, same numbers
+    np.testing.assert_array_equal(rt.embed_pixels(pixels[:3], "caffe"),
+                                  rt.embed(preprocess_pixels(pixels[:3], "caffe")))
+    served = BundledLiteRTRuntime(rt.cache_file, replicas=2)
+    np.testing.assert_array_equal(served.embed_pixels(pixels, "tf"), served.embed(floats))
+
+
 @pytest.mark.parametrize("max_rows", [None, 3])
 def test_keras_runtime_slices_match_calling_the_model(model: keras.Model, max_rows: int) -> None:
     batch = images(7, seed=4)
@@ -248,6 +272,11 @@ def test_int8_converts_judges_and_embeds_with_int8(model: keras.Model, tmp_path:
     batch = images(5)
     got = rt.embed(batch)
     assert got.shape == (5, 16) and not np.array_equal(got, rt.float_.embed(batch))
+    pixels = np.random.default_rng(2).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    from embed.backbones import preprocess_pixels
+
+    np.testing.assert_array_equal(rt.embed_pixels(pixels, "tf"),
+                                  rt.embed(preprocess_pixels(pixels, "tf")))  # int8 too
     assert row_cosines(got, np.asarray(model(batch))).mean() > 0.9  # close, not equal
     d = rt.describe()
     assert d["name"] == "litert-int8" and d["precision"] == "int8"

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -346,3 +347,38 @@ def test_tfds_source_builds_a_bundle(tmp_path: Path) -> None:
     assert table["width"].tolist() == [48] * 12 and table["height"].tolist() == [40] * 12
     assert result.manifest["source"]["kind"] == "tfds"
     assert result.manifest["heads"]["logreg"]["metrics"]["test_images"] == 6
+
+
+def test_tfds_source_calibrates_and_judges_int8_on_its_own_images(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int8 runtime's samples come from the tfds stream (not from files): both are
+    read, the model is calibrated and judged on them, and the bundle serves the int8 model."""
+    from embed import quantise
+    from embed.build import load_payloads
+    from embed.bundle import Bundle
+    from embed.quantise import pick_samples
+    from ui.workflows import BuildConfig, build_bundle
+
+    monkeypatch.setattr(quantise, "MAX_TOP1_DROP", 1.0)  # a random backbone: judge loosely
+    monkeypatch.setattr(quantise, "MIN_OVERLAP", 0.0)
+    with _mock_stanford_dogs(per_split=6):
+        source = open_source("tfds:stanford_dogs")
+        samples = pick_samples(source.items)
+        payloads = load_payloads(source, samples.check)
+        result = build_bundle(BuildConfig(out=tmp_path / "b", backbone="tiny_test",
+                                          weights="none", batch_size=4,
+                                          runtime="litert-int8"))
+    table = Bundle(result.bundle).metadata().set_index("row_id")
+    # the sample's bytes are the very images the bundle embedded, in the sample's order
+    assert [hashlib.sha256(p).hexdigest() for p in payloads] == [
+        table.loc[item.row_id, "sha256"] for item in samples.check]
+    runtime = result.manifest["backbone"]["runtime"]
+    assert runtime["precision"] == "int8" and runtime["name"] == "litert-int8"
+    assert runtime["int8"]["passed"] is True and runtime["int8"]["rows"] == 12
+    assert runtime["int8"]["calibration"]["rows"] == 12  # too small for two samples
+    from ai_edge_litert.interpreter import Interpreter
+
+    from embed.bundle import SERVING_MODEL
+
+    served = Interpreter(str(Path(result.bundle) / SERVING_MODEL)).get_tensor_details()
+    assert np.int8 in {t["dtype"] for t in served}  # queries run the int8 model too
