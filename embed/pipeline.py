@@ -8,8 +8,7 @@ batch. Mapper: :func:`embed_image_batch`, pure: a batch in, L2-normalised vector
 preprocessed floats, :func:`embed_batch`). :func:`iter_embedded_batches` runs them: one
 worker per interpreter of a runtime that serves concurrent calls (each core decodes and then
 embeds its own batch, and never waits for another), or a decoding thread pool ahead of one
-embedding thread. Memory
-holds a few batches at a time, never the whole collection.
+embedding thread. Memory holds a few batches at a time, never the whole collection.
 
 The tf.data reader (:func:`make_image_dataset`) remains for fine-tuning, whose augmentation
 and training loop are TensorFlow's.
