@@ -139,7 +139,8 @@ def _lookup_into(tensor: Callable[[], np.ndarray], pixels: np.ndarray, table: np
     lives only inside this call."""
     from embed.images import opencv
 
-    flat = tensor().reshape(tensor().shape[0], -1)
+    view = tensor()
+    flat = view.reshape(len(view), -1)
     opencv().LUT(np.ascontiguousarray(pixels).reshape(len(pixels), -1), table,
                  dst=flat[: len(pixels)])
 
