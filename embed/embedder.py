@@ -21,7 +21,7 @@ from embed.backbones import (
     get_backbone,
     load_finetuned_backbone,
     normalise_weights_arg,
-    preprocess,
+    preprocess_pixels,
     resolve_image_size,
     weights_sha256,
 )
@@ -34,6 +34,7 @@ from embed.pipeline import (
     EmbeddedBatch,
     ReaderConfig,
     embed_batch,
+    embed_pixels,
     iter_embedded_batches,
 )
 from embed.runtimes import Runtime, make_runtime
@@ -90,8 +91,7 @@ class Embedder:
 
     def inputs_from_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 RGB (N, size, size, 3) -> the backbone's preprocessed float32 inputs."""
-        return preprocess(np.asarray(pixels, np.float32), self.spec.preprocessing).astype(
-            np.float32)
+        return preprocess_pixels(np.asarray(pixels, np.uint8), self.spec.preprocessing)
 
     def embed_inputs(self, inputs: np.ndarray) -> np.ndarray:
         """Preprocessed inputs -> unit vectors (the mapper)."""
@@ -99,7 +99,7 @@ class Embedder:
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 RGB (N, size, size, 3) -> unit vectors."""
-        return self.embed_inputs(self.inputs_from_pixels(pixels))
+        return embed_pixels(self.runtime, pixels, self.spec.preprocessing)
 
     def embedded_batches(
         self, items: Sequence[ImageItem], batch_size: int = DEFAULT_BATCH_SIZE,

@@ -287,16 +287,25 @@ def embed_batch(runtime: Runtime, inputs: np.ndarray) -> np.ndarray:
     return l2_normalise(runtime.embed(inputs))
 
 
+def embed_pixels(runtime: Runtime, pixels: np.ndarray, preprocessing: str) -> np.ndarray:
+    """uint8 RGB (N, size, size, 3) to unit-length vectors. Runtimes that preprocess into
+    their own input buffers (``embed_pixels``: LiteRT) get the pixels, which saves a float32
+    copy of the batch; the others get preprocessed floats."""
+    take_pixels = getattr(runtime, "embed_pixels", None)
+    if take_pixels is not None:
+        return l2_normalise(take_pixels(np.asarray(pixels, np.uint8), preprocessing))
+    return embed_batch(runtime, preprocess_pixels(pixels, preprocessing))
+
+
 def embed_image_batch(runtime: Runtime, batch: ImageBatch) -> np.ndarray:
-    """The mapper for a reader's batch: unit-length vectors of its usable rows. Runtimes
-    that preprocess into their own input buffers (``embed_pixels``) get the uint8 pixels,
-    which saves a float32 copy of the batch; the others get `ImageBatch.inputs`."""
+    """The mapper for a reader's batch: unit-length vectors of its usable rows (see
+    `embed_pixels`; floats, when the batch already has them or the runtime needs them, are
+    kept in the batch for whoever reads `inputs` next)."""
     if not batch.ok.any():
         return np.zeros((0, 0), np.float32)
-    take_pixels = getattr(runtime, "embed_pixels", None)
-    if take_pixels is not None and batch.pixels is not None:
+    if batch.pixels is not None and hasattr(runtime, "embed_pixels"):
         pixels = batch.pixels if batch.ok.all() else batch.pixels[batch.ok]
-        return l2_normalise(take_pixels(pixels, batch.preprocessing))
+        return embed_pixels(runtime, pixels, batch.preprocessing)
     inputs = batch.inputs if batch.ok.all() else batch.inputs[batch.ok]
     return embed_batch(runtime, inputs)
 
