@@ -64,7 +64,7 @@ from embed.environment import VERBOSE_ENV, cpu_cores
 from embed.errors import BundleError, EngineError
 from embed.litert_runtime import LiteRTRuntime
 from embed.pipeline import DEFAULT_BATCH_SIZE
-from embed.shards import shard_entry, write_rows
+from embed.shards import clear_leftovers, shard_entry, whole_shard, write_rows
 from embed.sources import ImageItem, Source, encoded_images
 
 log = logging.getLogger(__name__)
@@ -216,36 +216,12 @@ def finished_shards(bundle: Bundle, plan: list[tuple[int, list[ImageItem]]], dim
                     ) -> dict[int, dict[str, Any]]:
     """The planned shards an interrupted run completed (in any order): both files there, the
     rows file listing exactly the planned items, one vector per usable row."""
-    import pandas as pd
-
     done: dict[int, dict[str, Any]] = {}
     for number, items in plan:
-        vectors_path, rows_path = bundle.shard_path(number), bundle.shard_rows_path(number)
-        if not (vectors_path.is_file() and rows_path.is_file()):
-            continue
-        try:
-            rows = pd.read_parquet(rows_path)
-            vectors = np.load(vectors_path, mmap_mode="r")
-            ok = int((rows["reason"] == "").sum())
-            whole = (rows["row_id"].tolist() == [item.row_id for item in items]
-                     and vectors.ndim == 2 and vectors.shape == (ok, dim))
-        except Exception:  # a damaged leftover: embed that shard again
-            whole = False
-        if whole:
-            done[number] = shard_entry(bundle, number, rows, ok)
+        entry = whole_shard(bundle, number, dim, [item.row_id for item in items])
+        if entry is not None:
+            done[number] = entry
     return done
-
-
-def clear_leftovers(bundle: Bundle, keep: set[int]) -> None:
-    """Remove every file in the embeddings folder that is not part of a shard in `keep`:
-    partial files of a worker killed mid-write, shards of another plan."""
-    if not bundle.embeddings_dir.is_dir():
-        return
-    for path in bundle.embeddings_dir.iterdir():
-        stem = path.name.split(".")[0]
-        number = int(stem[5:]) if stem.startswith("part-") and stem[5:].isdigit() else None
-        if number not in keep:
-            path.unlink()
 
 
 def inputs_path(bundle: Bundle, number: int) -> Path:

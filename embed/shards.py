@@ -112,32 +112,45 @@ def shard_entry(bundle: Bundle, number: int, rows: list[dict[str, Any]] | Any,
     }
 
 
-def complete_shards(bundle: Bundle, dim: int) -> list[dict[str, Any]]:
-    """The shards an interrupted build finished, in order; later, partial files are removed."""
+def whole_shard(bundle: Bundle, number: int, dim: int,
+                row_ids: list[int] | None = None) -> dict[str, Any] | None:
+    """The manifest entry of shard `number` when both its files are there, readable and
+    agree (one `dim`-wide vector per usable row, and exactly `row_ids` when given); None
+    for a missing, partial or damaged shard."""
     import pandas as pd
 
+    vectors_path, rows_path = bundle.shard_path(number), bundle.shard_rows_path(number)
+    if not (vectors_path.is_file() and rows_path.is_file()):
+        return None
+    try:
+        rows = pd.read_parquet(rows_path)
+        vectors = np.load(vectors_path, mmap_mode="r")
+        ok = int((rows["reason"] == "").sum())
+        whole = (vectors.ndim == 2 and vectors.shape == (ok, dim)
+                 and (row_ids is None or rows["row_id"].tolist() == row_ids))
+    except Exception:  # a damaged leftover
+        return None
+    return shard_entry(bundle, number, rows, ok) if whole else None
+
+
+def clear_leftovers(bundle: Bundle, keep: set[int]) -> None:
+    """Remove every file in the embeddings folder that is not part of a shard in `keep`:
+    partial files of a build killed mid-write, shards of another plan."""
+    if not bundle.embeddings_dir.is_dir():
+        return
+    for path in bundle.embeddings_dir.iterdir():
+        stem = path.name.split(".")[0]
+        number = int(stem[5:]) if stem.startswith("part-") and stem[5:].isdigit() else None
+        if number not in keep:
+            path.unlink()
+
+
+def complete_shards(bundle: Bundle, dim: int) -> list[dict[str, Any]]:
+    """The shards an interrupted build finished, in order; later, partial files are removed."""
     shards: list[dict[str, Any]] = []
-    number = 0
-    while True:
-        vectors_path, rows_path = bundle.shard_path(number), bundle.shard_rows_path(number)
-        if not (vectors_path.is_file() and rows_path.is_file()):
-            break
-        try:
-            rows = pd.read_parquet(rows_path)
-            vectors = np.load(vectors_path, mmap_mode="r")
-            ok = int((rows["reason"] == "").sum())
-            whole = vectors.ndim == 2 and vectors.shape == (ok, dim)
-        except Exception:  # a damaged leftover: redo from here
-            whole = False
-        if not whole:
-            break
-        shards.append(shard_entry(bundle, number, rows, ok))
-        number += 1
-    if bundle.embeddings_dir.is_dir():
-        for leftover in bundle.embeddings_dir.iterdir():
-            stem = leftover.name.split(".")[0]
-            if not stem.startswith("part-") or int(stem[5:] or 0) >= number:
-                leftover.unlink()
+    while (entry := whole_shard(bundle, len(shards), dim)) is not None:
+        shards.append(entry)
+    clear_leftovers(bundle, set(range(len(shards))))
     return shards
 
 
