@@ -17,6 +17,7 @@ ms with OpenCV's bilinear one.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from dataclasses import dataclass
@@ -128,13 +129,14 @@ def _oriented(pixels: np.ndarray, orientation: int) -> np.ndarray:
 MAX_BILINEAR_SHRINK = 2.0
 
 
+@functools.cache
 def opencv() -> Any:
-    """OpenCV, limited to the calling thread: the reader already runs one worker per core,
-    and OpenCV's own pool on top would only make them wait for each other."""
+    """OpenCV, limited to the calling thread (set once per process, on first use): the
+    reader already runs one worker per core, and OpenCV's own pool on top would only make
+    them wait for each other."""
     import cv2
 
-    if cv2.getNumThreads() != 1:
-        cv2.setNumThreads(1)
+    cv2.setNumThreads(1)
     return cv2
 
 
