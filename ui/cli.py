@@ -264,7 +264,8 @@ def build_index(
         f" ({stats.reused} items reused from the interrupted build)" if stats.reused else ""))
     table.add_row("skipped", f"{stats.skipped}" + (
         f" (see {result.bundle / 'skipped.csv'})" if stats.skipped else ""))
-    table.add_row("throughput", f"{stats.images_per_second:.1f} images/s (steady state)")
+    table.add_row("throughput", f"{stats.images_per_second:.1f} images/s (steady state)"
+                  if stats.processed else "nothing left to embed (every item reused)")
     source = result.manifest.get("source") or {}
     if source.get("duplicates"):
         table.add_row("duplicates", f"{source['duplicates']} files repeat another file's"
