@@ -26,7 +26,7 @@ def compare_heads(bundle: Bundle) -> dict[str, Any]:
     """
     import pandas as pd
 
-    heads = bundle.manifest.get("heads") or {}
+    heads = bundle.manifest.heads
     summary: dict[str, dict[str, Any]] = {}
     per_breed: dict[str, dict[str, Any]] = {}
     for name, record in heads.items():
@@ -69,6 +69,7 @@ def compare_heads(bundle: Bundle) -> dict[str, Any]:
         "heads": {h: {k: s[k] for k in ("validation_top1", "top1", "top5", "train_seconds")}
                   for h, s in summary.items()},
         "files": {k: str(v.relative_to(bundle.root)) for k, v in files.items()},
+        "fitted_on": bundle.rows_fingerprint(),
     }
     bundle.update_manifest(comparison=section)
     return section

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 
 from embed.bundle import Bundle
+from embed.errors import BundleError
+from embed.manifest import Manifest
 
 DOG = "dog"
 UNKNOWN_BREED = "unknown_breed"
@@ -189,7 +191,7 @@ def fit_gate(bundle: Bundle, k: int = KNN_K) -> dict[str, Any] | None:
     other = held.knn_other_breeds[np.isfinite(held.knn_other_breeds)]
     not_dog = min(keep_threshold(other), dog_threshold) if len(other) else dog_threshold
     heads = {}
-    for name in bundle.manifest.get("heads") or {}:
+    for name in bundle.manifest.heads:
         heads[name] = _head_floor(load_predictor(bundle, name, accepts_images=True), held,
                                   passed)
     record = {
@@ -213,6 +215,7 @@ def fit_gate(bundle: Bundle, k: int = KNN_K) -> dict[str, Any] | None:
         },
         "calibrated_on": "the bundle's own rows: its test split queried against the rest",
         "how": HOW,
+        "fitted_on": bundle.rows_fingerprint(),
     }
     bundle.update_manifest(gate=record)
     return record
@@ -230,16 +233,21 @@ class Gate:
     known_breeds: int
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any]) -> Gate | None:
-        record = manifest.get("gate")
-        if not isinstance(record, dict) or record.get("version") != GATE_VERSION:
+    def from_manifest(cls, manifest: Manifest, root: Any = "the bundle") -> Gate | None:
+        """The bundle's gate; None when it has none (no labelled test rows). A gate of
+        another version is refused, never silently dropped: without it every photo would
+        get a breed."""
+        record = manifest.gate
+        if record is None:
             return None
-        floors = {name: (head or {}).get("top_probability_floor")
-                  for name, head in (record.get("heads") or {}).items()}
-        breeds = max([int(h.get("breeds") or 0) for h in (manifest.get("heads") or {}).values()]
-                     or [0])
-        return cls(int(record["k"]), float(record["dog_threshold"]),
-                   float(record["not_dog_threshold"]), floors, breeds)
+        if record.version != GATE_VERSION:
+            raise BundleError(
+                f"the open-set gate of {root} is version {record.version}, this embed-dogs"
+                f" uses version {GATE_VERSION}; recalibrate it with `embed-dogs train --head"
+                f" logreg --bundle {root}`")
+        floors = {name: head.top_probability_floor for name, head in record.heads.items()}
+        breeds = max([h.breeds for h in manifest.heads.values()] or [0])
+        return cls(record.k, record.dog_threshold, record.not_dog_threshold, floors, breeds)
 
     def verdict(self, knn: float, top_prob: float | None = None,
                 head: str | None = None) -> str:

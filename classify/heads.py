@@ -58,10 +58,9 @@ def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
         "metrics": {k: metrics.get(k) for k in ("test_images", "top1", "top5", "top1_ci95",
                                                 "top5_ci95")},
         "report": files,
+        "fitted_on": bundle.rows_fingerprint(),
     }
-    heads = bundle.manifest.get("heads") or {}
-    heads["logreg"] = record
-    bundle.update_manifest(heads=heads)
+    bundle.update_manifest(heads={**bundle.manifest.heads, "logreg": record})
     return record
 
 
@@ -73,10 +72,11 @@ def load_predictor(
     A fine-tuned head whose backbone was unfrozen needs images, not stored vectors; the
     default choice skips such heads unless the caller can feed images (`accepts_images`).
     """
-    heads = bundle.manifest.get("heads") or {}
-    if head is None:
-        usable = [h for h in heads
-                  if accepts_images or heads[h].get("input", "vectors") == "vectors"]
+    manifest = bundle.manifest
+    heads = manifest.heads
+    if head is None:  # a stale head is never served by default: it answers for old rows
+        usable = [h for h in heads if not manifest.head_is_stale(h)
+                  and (accepts_images or heads[h].input == "vectors")]
         if not usable:
             return None
         head, _ = choose_best_head({h: heads[h] for h in usable})
@@ -84,6 +84,8 @@ def load_predictor(
         raise BundleError(
             f"bundle {bundle.root} has no {head!r} head (it has: {', '.join(heads) or 'none'})"
         )
+    if manifest.head_is_stale(head):
+        raise BundleError(stale_message(bundle, head))
     if head == "logreg":
         return load_logreg(bundle, heads[head])
     if head == "finetune":
@@ -91,7 +93,17 @@ def load_predictor(
     raise BundleError(f"head {head!r} cannot be loaded by this version of embed-dogs")
 
 
-def load_logreg(bundle: Bundle, record: dict[str, Any]) -> LogregHead:
+def stale_message(bundle: Bundle, head: str) -> str:
+    """Why a head is not served, and the command that refreshes it."""
+    fitted = bundle.manifest.heads[head].fitted_on
+    now = bundle.manifest.rows
+    return (f"the {head} head of {bundle.root} is stale: it was fitted on"
+            f" {fitted.rows if fitted else '?'} rows, and the bundle's rows have changed since"
+            f" (now {now.rows if now else '?'}); refresh it with `embed-dogs train --head"
+            f" {head} --bundle {bundle.root}`")
+
+
+def load_logreg(bundle: Bundle, record: Any) -> LogregHead:
     """The serving arrays when the bundle has them (checked against their recorded sha256),
     else the scikit-learn pipeline from its skops file."""
     relative = record.get("serving_file")

@@ -11,17 +11,17 @@ from pathlib import PurePath
 from typing import Any
 
 from embed.bundle import Bundle
+from embed.manifest import Manifest
 
 # ImageNet's file names: the WordNet id of the synset, an underscore, a number
 IMAGENET_NAME = re.compile(r"^n\d{8}_\d+\.jpe?g$", re.IGNORECASE)
 IMAGENET_SHARE = 0.5  # a folder source is called ImageNet-derived above this share of names
 
 
-def imagenet_source(manifest: dict[str, Any], paths: list[str] | None = None) -> str | None:
+def imagenet_source(manifest: Manifest, paths: list[str] | None = None) -> str | None:
     """Why the bundle's photos come from ImageNet, or None when nothing says so."""
-    source = manifest.get("source") or {}
-    location = str(source.get("location") or "")
-    if source.get("kind") == "tfds" and "stanford_dogs" in location:
+    source = manifest.source
+    if source.kind == "tfds" and "stanford_dogs" in source.location:
         return "Stanford Dogs' images come from ImageNet"
     if paths:
         named = sum(bool(IMAGENET_NAME.match(PurePath(p).name)) for p in paths)
@@ -31,11 +31,11 @@ def imagenet_source(manifest: dict[str, Any], paths: list[str] | None = None) ->
     return None
 
 
-def imagenet_backbone(manifest: dict[str, Any]) -> str | None:
+def imagenet_backbone(manifest: Manifest) -> str | None:
     """'pretrained on ImageNet', 'from a weights file', or None (random weights)."""
-    backbone = manifest.get("backbone") or {}
-    weights = str(backbone.get("weights") or "")
-    base = ((backbone.get("lineage") or {}).get("base_backbone") or {}).get("weights")
+    backbone = manifest.backbone
+    weights = backbone.weights
+    base = ((backbone.lineage or {}).get("base_backbone") or {}).get("weights")
     if weights == "imagenet" or base == "imagenet":
         return "pretrained on ImageNet"
     if weights and weights not in ("random", "none"):
@@ -50,7 +50,7 @@ def leakage_warning(bundle: Bundle) -> str | None:
     if backbone is None:
         return None
     paths = None
-    if (manifest.get("source") or {}).get("kind") == "folder":
+    if manifest.source.kind == "folder":
         paths = bundle.metadata()["path"].astype(str).tolist()
     source = imagenet_source(manifest, paths)
     if source is None:

@@ -279,9 +279,9 @@ def append_source(
     """Embed the items of `source` whose content the bundle does not hold yet, as new shards
     after the existing ones (row ids continue); rewrites metadata and skipped rows."""
     items = new_items(bundle, source)
-    embeddings = bundle.manifest["embeddings"]
-    writer = ShardWriter(bundle, embedder.dim, int(embeddings["rows_per_shard"]),
-                         shards=embeddings["shards"])
+    embeddings = bundle.manifest.embeddings
+    writer = ShardWriter(bundle, embedder.dim, embeddings.rows_per_shard or len(items) or 1,
+                         shards=[s.model_dump() for s in embeddings.shards])
     if on_progress and len(source.items) > len(items):
         on_progress(len(source.items) - len(items))
     seconds = embed_items(bundle, writer, items, embedder, batch_size, None, on_progress)
@@ -308,12 +308,12 @@ def record_append(bundle: Bundle, source: Source, items: list[ImageItem],
     rejected = pd.concat([earlier_rejected(bundle), rejected_table(source)],
                          ignore_index=True).drop_duplicates("path")
     metadata, skipped = write_tables(bundle, shards, rejected)
-    counts = dict(manifest.get("counts") or {})
-    counts.update(images=int(counts.get("images", 0)) + len(items), embedded=len(metadata),
-                  skipped=len(skipped))
-    bundle.update_manifest(counts=counts, embeddings={**manifest["embeddings"],
-                                                      "shards": shards, **embeddings})
-    added = len(metadata) - int(manifest["counts"]["embedded"])
+    counts = manifest.counts.model_copy(update={
+        "images": manifest.counts.images + len(items), "embedded": len(metadata),
+        "skipped": len(skipped)})
+    bundle.update_manifest(counts=counts, embeddings={
+        **manifest.embeddings.model_dump(), "shards": shards, **embeddings})
+    added = len(metadata) - manifest.counts.embedded
     return EmbedStats(added, len(items) - added, seconds, len(shards),
                       len(source.items) - len(items), len(items))
 
@@ -325,15 +325,16 @@ def remove_rows(bundle: Bundle, drop: Any) -> int:
     import pandas as pd
 
     manifest = bundle.manifest
-    embeddings = dict(manifest["embeddings"])
-    old_shards = list(embeddings["shards"])
+    embeddings = manifest.embeddings.model_dump()
+    old_shards = manifest.embeddings.shards
     drop = np.asarray(drop, bool)
-    writer = ShardWriter(bundle, int(manifest["backbone"]["dim"]),
-                         int(embeddings["rows_per_shard"]))
+    writer = ShardWriter(bundle, manifest.backbone.dim,
+                         manifest.embeddings.rows_per_shard or max(len(drop), 1))
     position = 0
     for entry in old_shards:
-        rows = pd.read_parquet(bundle.inside(entry["rows_file"]))
-        vectors = np.array(np.load(bundle.inside(entry["file"]), mmap_mode="r"))
+        rows = pd.read_parquet(bundle.inside(entry.rows_file))
+        vectors = np.array(np.load(bundle.inside(entry.file), mmap_mode="r",
+                                   allow_pickle=False))
         embedded = (rows["reason"] == "").to_numpy()
         gone = np.zeros(len(rows), bool)
         gone[embedded] = drop[position: position + int(embedded.sum())]
@@ -341,16 +342,18 @@ def remove_rows(bundle: Bundle, drop: Any) -> int:
         kept = rows[~gone]
         writer.add(kept.to_dict("records"), vectors[~drop[position - len(vectors): position]])
     writer.close()
+    kept_files = {bundle.inside(e["file"]) for e in writer.shards} | {
+        bundle.inside(e["rows_file"]) for e in writer.shards}
     for leftover in sorted(bundle.embeddings_dir.glob("part-*")):
-        if int(leftover.name[5:10]) >= len(writer.shards):
+        if leftover.resolve() not in kept_files:
             leftover.unlink()
     rejected = earlier_rejected(bundle)
-    bundle.forget_files(*[e["file"] for e in old_shards], *[e["rows_file"] for e in old_shards])
+    bundle.forget_files(*[e.file for e in old_shards], *[e.rows_file for e in old_shards])
     metadata, skipped = write_tables(bundle, writer.shards, rejected)
-    counts = dict(manifest.get("counts") or {})
     removed = int(drop.sum())
-    counts.update(images=int(counts.get("images", 0)) - removed, embedded=len(metadata),
-                  skipped=len(skipped))
+    counts = manifest.counts.model_copy(update={
+        "images": max(manifest.counts.images - removed, 0), "embedded": len(metadata),
+        "skipped": len(skipped)})
     embeddings["shards"] = writer.shards
     bundle.update_manifest(counts=counts, embeddings=embeddings)
     return removed

@@ -10,10 +10,11 @@ replace single files atomically (`embed.atomic`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
+import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,16 @@ import numpy as np
 
 from embed.atomic import atomic_path, atomic_write_text, file_sha256
 from embed.errors import BundleError, IncompatibleBundleError
+from embed.manifest import (
+    REBUILD_HINT,
+    SCHEMA_VERSION,
+    FileRecord,
+    Manifest,
+    RowsFingerprint,
+    parse_manifest,
+)
+from embed.manifest import new_manifest as _new_manifest
 
-SCHEMA_VERSION = 2  # 2: shards with row files, relative image paths, checksummed files
 MANIFEST = "manifest.json"
 EMBEDDINGS_DIR = "embeddings"
 METADATA = "metadata.parquet"
@@ -33,16 +42,19 @@ REPORT_DIR = "report"
 BACKBONE_WEIGHTS = "backbone/weights.weights.h5"  # the backbone's weights travel with the bundle
 SERVING_MODEL = "backbone/model.tflite"  # the LiteRT model queries run, without TensorFlow
 METADATA_COLUMNS = ("row_id", "path", "label", "split", "sha256", "width", "height")
-REBUILD_HINT = "run `embed-dogs verify --bundle {root}` for details, or rebuild the bundle"
 SKIPPED_COLUMNS = ("row_id", "path", "reason")
 
 
 class Bundle:
-    """One bundle folder: its layout, its manifest (read once, validated) and its tables."""
+    """One bundle folder: its layout, its manifest (read once, typed) and its tables.
 
-    def __init__(self, root: str | Path) -> None:
+    A bundle opened for reading never writes. Only a transaction's staging copy is
+    `writable` (embed.staging): that is how no writer keeps a manifest across the lock."""
+
+    def __init__(self, root: str | Path, writable: bool = False) -> None:
         self.root = Path(root)
-        self._manifest: dict[str, Any] | None = None
+        self.writable = writable
+        self._manifest: Manifest | None = None
 
     # ---- layout -------------------------------------------------------------------------
     @property
@@ -85,10 +97,8 @@ class Bundle:
 
     def shard_paths(self) -> list[Path]:
         """The vector shards in row order: as the manifest lists them, else as found."""
-        listed = (self.manifest.get("embeddings") or {}).get("shards") if (
-            self.manifest_path.is_file()) else None
-        if isinstance(listed, list):
-            return [self.inside(entry["file"]) for entry in listed]
+        if self.manifest_path.is_file():
+            return [self.inside(entry.file) for entry in self.manifest.embeddings.shards]
         return sorted(self.embeddings_dir.glob("part-*.npy"))
 
     def relative(self, path: str | Path) -> str:
@@ -132,7 +142,7 @@ class Bundle:
         return bundle
 
     @property
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
         if self._manifest is None:
             try:
                 data = json.loads(self.manifest_path.read_text())
@@ -140,18 +150,50 @@ class Bundle:
                 raise BundleError(
                     f"cannot read {self.manifest_path}: {exc}; rebuild the bundle"
                 ) from None
-            self._manifest = validate_manifest(data, self.root)
+            self._manifest = parse_manifest(data, self.root)
         return self._manifest
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=False))
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise BundleError(f"{self.root} was opened for reading; changes go through a"
+                              " transaction (embed.staging.change_bundle)")
+
+    def write_manifest(self, manifest: Manifest) -> None:
+        """Replace the staged manifest (validated again, so no bad value reaches disk)."""
+        self._check_writable()
+        manifest = Manifest.model_validate(manifest.model_dump())
+        atomic_write_text(self.manifest_path, manifest.to_json())
         self._manifest = manifest
 
-    def update_manifest(self, **sections: Any) -> dict[str, Any]:
-        manifest = dict(self.manifest)
-        manifest.update(sections)
+    def update_manifest(self, **sections: Any) -> Manifest:
+        """Set whole sections (typed models or their dicts; None removes an optional one)."""
+        manifest = self.manifest.model_copy(deep=True)
+        for name, value in sections.items():
+            if name not in Manifest.model_fields:
+                raise BundleError(f"the manifest has no section {name!r}")
+            setattr(manifest, name, value)
         self.write_manifest(manifest)
         return manifest
+
+    def rows_fingerprint(self) -> RowsFingerprint:
+        """Count and digest of the metadata's rows (row id, content hash, label, split): what
+        fitted artifacts record, so a later change of rows shows them stale."""
+        import pandas as pd
+
+        try:
+            table = pd.read_parquet(self.metadata_path,
+                                    columns=["row_id", "sha256", "label", "split"])
+        except FileNotFoundError:
+            return RowsFingerprint(rows=0, digest=hashlib.sha256(b"").hexdigest())
+        digest = hashlib.sha256()
+        for column in ("row_id", "sha256", "label", "split"):
+            digest.update(column.encode())
+            digest.update("\x1f".join(table[column].astype(str).tolist()).encode())
+        return RowsFingerprint(rows=len(table), digest=digest.hexdigest())
+
+    def seal(self) -> Manifest:
+        """Before a transaction commits: the rows' fingerprint and a fresh commit id."""
+        return self.update_manifest(rows=self.rows_fingerprint(), commit=uuid.uuid4().hex)
 
     def reload(self) -> Bundle:
         """Forget the cached manifest (another process may have changed the bundle)."""
@@ -159,30 +201,30 @@ class Bundle:
         return self
 
     # ---- integrity ----------------------------------------------------------------------
-    def file_record(self, path: str | Path) -> dict[str, Any]:
+    def file_record(self, path: str | Path) -> FileRecord:
         """Size and sha256 of a file inside the bundle, as the manifest lists it."""
         path = Path(path)
-        return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        return FileRecord(bytes=path.stat().st_size, sha256=file_sha256(path))
 
     def checked_file(self, relative: str) -> Path | None:
         """The file a manifest entry names, if it is there and has the sha256 the manifest
         recorded for it; None otherwise (callers say what that means for them)."""
         path = self.inside(relative)
-        expected = (self.manifest.get("files") or {}).get(relative, {}).get("sha256")
-        if expected and path.is_file() and file_sha256(path) == expected:
+        record = self.manifest.files.get(relative)
+        if record is not None and path.is_file() and file_sha256(path) == record.sha256:
             return path
         return None
 
     def record_files(self, *paths: str | Path) -> None:
         """List files (model files, tables, shards) in the manifest with size and sha256."""
-        files = dict(self.manifest.get("files") or {})
+        files = dict(self.manifest.files)
         for path in paths:
             files[self.relative(path)] = self.file_record(path)
         self.update_manifest(files=dict(sorted(files.items())))
 
     def forget_files(self, *relative: str) -> None:
-        files = {k: v for k, v in (self.manifest.get("files") or {}).items() if k not in relative}
-        self.update_manifest(files=files)
+        self.update_manifest(files={k: v for k, v in self.manifest.files.items()
+                                    if k not in relative})
 
     def check(self, full: bool = False) -> list[str]:
         """Problems found, empty when whole. Cheap: every listed file exists inside the bundle
@@ -190,8 +232,7 @@ class Bundle:
         `full`: every file's checksum too."""
         problems: list[str] = []
         manifest = self.manifest
-        files = manifest.get("files") or {}
-        for relative, record in files.items():
+        for relative, record in manifest.files.items():
             try:
                 path = self.inside(relative)
             except BundleError as exc:
@@ -199,44 +240,56 @@ class Bundle:
                 continue
             if not path.is_file():
                 problems.append(f"{relative} is missing")
-            elif path.stat().st_size != record.get("bytes"):
+            elif path.stat().st_size != record.bytes:
                 problems.append(f"{relative} has {path.stat().st_size} bytes, the manifest"
-                                f" recorded {record.get('bytes')}")
-            elif (full or relative == METADATA) and file_sha256(path) != record.get("sha256"):
+                                f" recorded {record.bytes}")
+            elif (full or relative == METADATA) and file_sha256(path) != record.sha256:
                 problems.append(f"{relative} is not the file that was written (sha256 differs)")
-        for name, head in (manifest.get("heads") or {}).items():
+        for name, head in manifest.heads.items():
             try:
-                self.inside(str(head.get("file", "")))
+                self.inside(head.file)
             except BundleError:
-                problems.append(f"head {name} names {head.get('file')!r}, which lies outside"
+                problems.append(f"head {name} names {head.file!r}, which lies outside"
                                 " the bundle")
-        shards = (manifest.get("embeddings") or {}).get("shards")
-        if full and not problems and isinstance(shards, list):
-            problems += self._check_row_ids(shards)
-        embedded = (manifest.get("counts") or {}).get("embedded")
-        if isinstance(shards, list) and embedded is not None:
-            rows = sum(int(entry.get("rows", 0)) for entry in shards)
-            if rows != embedded:
-                problems.append(f"the shards hold {rows} rows, the manifest counts {embedded}")
+        shards = manifest.embeddings.shards
+        if full and not problems:
+            problems += self._check_row_ids()
+        rows = sum(entry.rows for entry in shards)
+        if shards and rows != manifest.counts.embedded:
+            problems.append(f"the shards hold {rows} rows, the manifest counts"
+                            f" {manifest.counts.embedded}")
         return problems
 
-    def _check_row_ids(self, shards: list[dict[str, Any]]) -> list[str]:
-        """The shards' own rows, in order, are the metadata's rows (ids and image hashes)."""
+    def _check_row_ids(self) -> list[str]:
+        """The shards' own rows, in order, are the metadata's rows (ids and image hashes);
+        every shard and table is read, and a file that cannot be read is one problem."""
         import pandas as pd
 
         problems = []
         ids, hashes = [], []
-        for entry in shards:
-            rows = pd.read_parquet(self.inside(entry["rows_file"]))
-            rows = rows[rows["reason"] == ""]
-            vectors = np.load(self.inside(entry["file"]), mmap_mode="r")
-            if len(vectors) != len(rows) or len(rows) != entry.get("rows"):
-                problems.append(f"{entry['file']} holds {len(vectors)} vectors for"
+        for entry in self.manifest.embeddings.shards:
+            try:
+                rows = pd.read_parquet(self.inside(entry.rows_file))
+                rows = rows[rows["reason"] == ""]
+                vectors = np.load(self.inside(entry.file), mmap_mode="r", allow_pickle=False)
+            except Exception as exc:  # numpy and pyarrow raise many types for damaged files
+                problems.append(f"cannot read shard {entry.file}: {_short(exc)}")
+                continue
+            dim = self.manifest.backbone.dim
+            if vectors.ndim != 2 or vectors.shape[1] != dim or vectors.dtype != np.float32:
+                problems.append(f"{entry.file} has shape {vectors.shape} and dtype"
+                                f" {vectors.dtype}, expected (n, {dim}) float32")
+            elif len(vectors) != len(rows) or len(rows) != entry.rows:
+                problems.append(f"{entry.file} holds {len(vectors)} vectors for"
                                 f" {len(rows)} rows")
             ids += rows["row_id"].tolist()
             hashes += rows["sha256"].tolist()
-        table = pd.read_parquet(self.metadata_path)
-        if table["row_id"].tolist() != ids or table["sha256"].tolist() != hashes:
+        try:
+            table = pd.read_parquet(self.metadata_path)
+        except Exception as exc:
+            return [*problems, f"cannot read {METADATA}: {_short(exc)}"]
+        if not problems and (table["row_id"].tolist() != ids
+                             or table["sha256"].tolist() != hashes):
             problems.append("metadata.parquet does not list the shards' rows in their order")
         return problems
 
@@ -244,8 +297,8 @@ class Bundle:
     @property
     def source_root(self) -> Path | None:
         """Where a folder source's images were; image paths are stored relative to it."""
-        source = self.manifest.get("source") or {}
-        return Path(source["location"]) if source.get("kind") == "folder" else None
+        source = self.manifest.source
+        return Path(source.location) if source.kind == "folder" else None
 
     def metadata(self) -> Any:
         """One row per embedded image in index order, with `path` absolute again."""
@@ -256,6 +309,9 @@ class Bundle:
         except Exception as exc:  # pyarrow raises several types for damaged files
             raise BundleError(f"cannot read {self.metadata_path}: {exc}; rebuild the"
                               " bundle") from None
+        if "path" not in table.columns:
+            raise BundleError(f"{self.metadata_path} has no path column;"
+                              f" {REBUILD_HINT.format(root=self.root)}")
         root = self.source_root
         if root is not None and len(table):
             table["path"] = [str(root / p) for p in table["path"].astype(str)]
@@ -274,10 +330,10 @@ class Bundle:
 
     def iter_embedding_shards(self) -> Iterator[np.ndarray]:
         """Shards in row order, memory-mapped: the collection need not fit in memory."""
-        dim = int(self.manifest["backbone"]["dim"])
+        dim = self.manifest.backbone.dim
         for path in self.shard_paths():
             try:
-                shard = np.load(path, mmap_mode="r")
+                shard = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as exc:
                 raise BundleError(f"cannot read embeddings shard {path}: {exc};"
                                   f" {REBUILD_HINT.format(root=self.root)}") from None
@@ -291,7 +347,7 @@ class Bundle:
         """All vectors as one float32 array, in metadata order."""
         shards = list(self.iter_embedding_shards())
         if not shards:
-            return np.zeros((0, self.manifest["backbone"]["dim"]), np.float32)
+            return np.zeros((0, self.manifest.backbone.dim), np.float32)
         return np.ascontiguousarray(np.concatenate(shards), dtype=np.float32)
 
     def split_arrays(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -311,44 +367,6 @@ class Bundle:
         return out
 
 
-def _expect(ok: bool, root: Path, what: str) -> None:
-    if not ok:
-        raise BundleError(f"the manifest of {root} is damaged: {what};"
-                          f" {REBUILD_HINT.format(root=root)}")
-
-
-def validate_manifest(data: Any, root: Path) -> dict[str, Any]:
-    """The manifest's shape, checked once on reading, so later code can trust its types."""
-    _expect(isinstance(data, dict), root, f"it is a JSON {type(data).__name__}, not an object")
-    version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise IncompatibleBundleError(
-            f"bundle {root} has schema version {version}, this embed-dogs reads version"
-            f" {SCHEMA_VERSION}; rebuild it with `embed-dogs build-index`"
-        )
-    backbone = data.get("backbone")
-    _expect(isinstance(backbone, dict), root, "it has no backbone section")
-    for key, kind in (("name", str), ("image_size", int), ("dim", int),
-                      ("preprocessing", str)):
-        value = backbone.get(key)
-        _expect(isinstance(value, kind) and not isinstance(value, bool), root,
-                f"backbone.{key} is {value!r}, expected {kind.__name__}")
-    _expect(backbone["dim"] > 0 and backbone["image_size"] > 0, root,
-            "backbone.dim and backbone.image_size must be positive")
-    for key in ("source", "counts", "heads", "files", "embeddings"):
-        value = data.get(key, {})
-        _expect(isinstance(value, dict), root, f"{key} is {type(value).__name__}, not an object")
-    _expect(data.get("index") is None or isinstance(data["index"], dict), root,
-            "index is not an object")
-    _expect(all(isinstance(h, dict) for h in (data.get("heads") or {}).values()), root,
-            "a head record is not an object")
-    shards = (data.get("embeddings") or {}).get("shards")
-    _expect(shards is None or (isinstance(shards, list) and all(
-        isinstance(s, dict) and isinstance(s.get("file"), str) for s in shards)),
-            root, "embeddings.shards is not a list of shard entries")
-    return data
-
-
 def library_versions() -> dict[str, str]:
     """Versions of what produced the artifacts, for the manifest."""
     from importlib import metadata
@@ -363,31 +381,25 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def new_manifest(backbone: dict[str, Any], source: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "backbone": backbone,
-        "source": source,
-        "counts": {},
-        "embeddings": {},
-        "index": None,
-        "heads": {},
-        "files": {},
-        "versions": library_versions(),
-    }
+def new_manifest(backbone: dict[str, Any], source: dict[str, Any]) -> Manifest:
+    """A fresh, typed manifest for a build, with the versions of what produced it."""
+    return _new_manifest(backbone, source, library_versions())
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 BACKBONE_IDENTITY = ("name", "image_size", "preprocessing", "dim", "weights_sha256", "decoder")
 
 
-def check_same_backbone(bundle_backbone: dict[str, Any], query_backbone: dict[str, Any]) -> None:
+def check_same_backbone(bundle_backbone: Any, query_backbone: Any) -> None:
     """Refuse query vectors from another backbone, naming both sides."""
     diffs = [
         k for k in BACKBONE_IDENTITY if bundle_backbone.get(k) != query_backbone.get(k)
     ]
     if diffs:
-        def show(b: dict[str, Any]) -> str:
+        def show(b: Any) -> str:
             sha = str(b.get("weights_sha256", ""))[:12]
             return (f"{b.get('name')} @ {b.get('image_size')}px, weights {b.get('weights')}"
                     f" ({sha}), decoder v{b.get('decoder')}")

@@ -140,20 +140,20 @@ def finetuned_lineage(bundle_dir: str | Path) -> dict[str, Any]:
     """Where a fine-tuned backbone comes from: the bundle, its head file and that file's sha256."""
     source = Bundle.open(bundle_dir)
     manifest = source.manifest
-    record = (manifest.get("heads") or {}).get("finetune")
-    if not record:
+    record = manifest.heads.get("finetune")
+    if record is None:
         raise BundleError(
             f"bundle {bundle_dir} has no fine-tuned head; run `embed-dogs train --bundle"
             f" {bundle_dir} --head finetune` first"
         )
-    head_file = source.inside(record["file"])
-    base = manifest["backbone"]
+    head_file = source.inside(record.file)
+    base = manifest.backbone
     return {
         "bundle": str(source.root.resolve()),
         "head": "finetune",
         "head_file": str(head_file),
         "head_sha256": file_sha256(head_file),
-        "backbone_layer": record["backbone_layer"],
+        "backbone_layer": record.get("backbone_layer"),
         "unfrozen_layers": record.get("unfrozen_layers", 0),
         "base_backbone": {k: base.get(k) for k in (
             "name", "image_size", "preprocessing", "weights", "weights_sha256")},
@@ -189,9 +189,9 @@ def serving_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
     """The embedder for queries: the bundle's own `.tflite` run by LiteRT without TensorFlow
     when the bundle has one and the runtime allows it; otherwise the Keras backbone rebuilt
     from the bundle's weights (`embedder_for_bundle`)."""
-    recorded = bundle.manifest["backbone"]
+    recorded = bundle.manifest.backbone
     kind = runtime or os.environ.get("EMBED_DOGS_RUNTIME") or "auto"
-    relative = recorded.get("serving_model")
+    relative = recorded.serving_model
     if kind not in ("auto", "litert", "litert-int8") or not relative:
         return embedder_for_bundle(bundle, runtime)
     path = bundle.checked_file(relative)
@@ -201,21 +201,21 @@ def serving_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
             " that was written;"
             f" run `embed-dogs verify --bundle {bundle.root}` or rebuild the bundle"
         )
-    spec = get_backbone(recorded["name"])
-    built = recorded.get("runtime") or {}
-    rt = BundledLiteRTRuntime(path, parity=built.get("parity"), name=built.get("name", "litert"))
-    return Embedder(spec, int(recorded["image_size"]), recorded.get("weights"), None, rt,
-                    str(recorded["weights_sha256"]), dict(recorded.get("lineage") or {}),
-                    recorded.get("weights_file"), relative, int(recorded["dim"]))
+    spec = get_backbone(recorded.name)
+    built = recorded.runtime
+    rt = BundledLiteRTRuntime(path, parity=built.get("parity"), name=built.name)
+    return Embedder(spec, recorded.image_size, recorded.weights, None, rt,
+                    recorded.weights_sha256, dict(recorded.lineage or {}),
+                    recorded.weights_file, relative, recorded.dim)
 
 
 def bundle_backbone(bundle: Bundle) -> tuple[BackboneSpec, Any]:
     """The Keras backbone a bundle's vectors came from, from the weights inside the bundle,
     checked against the recorded weights hash. Shared by query-time embedding and by
     fine-tuning, so both start from the very weights the bundle's vectors came from."""
-    recorded = bundle.manifest["backbone"]
-    spec = get_backbone(recorded["name"])
-    relative = recorded.get("weights_file")
+    recorded = bundle.manifest.backbone
+    spec = get_backbone(recorded.name)
+    relative = recorded.weights_file
     if not relative:
         raise WeightsUnavailableError(
             f"bundle {bundle.root} carries no backbone weights; rebuild it with this version"
@@ -227,8 +227,9 @@ def bundle_backbone(bundle: Bundle) -> tuple[BackboneSpec, Any]:
             f"the bundle's backbone weights {path} are missing; copy the whole bundle folder"
             " again, or rebuild it"
         )
-    model = build_backbone(spec, int(recorded["image_size"]), str(path))
-    check_same_backbone(recorded, {**recorded, "weights_sha256": weights_sha256(model)})
+    model = build_backbone(spec, recorded.image_size, str(path))
+    check_same_backbone(recorded, recorded.model_copy(
+        update={"weights_sha256": weights_sha256(model)}))
     return spec, model
 
 
@@ -251,16 +252,14 @@ def load_finetuned_embedder(lineage: dict[str, Any], runtime: str = "auto") -> E
 def embedder_for_bundle(bundle: Bundle, runtime: str | None = None) -> Embedder:
     """Rebuild the backbone a bundle was built with, from the weights it carries, and check
     it really is the same one."""
-    recorded = bundle.manifest["backbone"]
-    kind = runtime or os.environ.get("EMBED_DOGS_RUNTIME") or recorded.get("runtime", {}).get(
-        "name", "auto"
-    )
+    recorded = bundle.manifest.backbone
+    kind = runtime or os.environ.get("EMBED_DOGS_RUNTIME") or recorded.runtime.name
     spec, model = bundle_backbone(bundle)
     digest = weights_sha256(model)
-    size = int(recorded["image_size"])
+    size = recorded.image_size
     rt = make_runtime(model, kind, cache_key=f"{spec.name}-{size}-{digest[:16]}")
-    embedder = Embedder(spec, size, recorded.get("weights"), model, rt, digest,
-                        lineage=dict(recorded.get("lineage") or {}),
-                        weights_file=recorded.get("weights_file"))
+    embedder = Embedder(spec, size, recorded.weights, model, rt, digest,
+                        lineage=dict(recorded.lineage or {}),
+                        weights_file=recorded.weights_file)
     check_same_backbone(recorded, embedder.identity())
     return embedder

@@ -88,7 +88,7 @@ class LocalEngine:
                                   on_progress)
         cpu = time.process_time() - cpu  # every thread: decoding, LiteRT, the writer
         save_serving_model(embedder, bundle)  # after the parity check passed on batch one
-        embeddings = dict(bundle.manifest["embeddings"])
+        embeddings = bundle.manifest.embeddings.model_dump()
         embeddings["engine"] = {"name": self.name, "workers": 1, "cluster_cpus": cpu_cores(),
                                 "images_per_second": round(stats.images_per_second, 2),
                                 "cpu_seconds": round(cpu, 3)}

@@ -495,7 +495,7 @@ class RayEngine:
                       on_progress: ProgressCallback | None = None) -> EmbedStats:
         cluster = self.cluster()
         items = new_items(bundle, source)
-        embeddings = bundle.manifest["embeddings"]
+        embeddings = bundle.manifest.embeddings.model_dump()
         old = list(embeddings["shards"])
         unit = self.items_per_shard(len(items), int(embeddings["rows_per_shard"]))
         plan = plan_shards(items, unit, first=len(old))

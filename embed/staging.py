@@ -1,25 +1,27 @@
-"""Writing a bundle safely: refuse dangerous targets, one writer at a time, stage, then rename.
+"""Writing a bundle safely: one transaction mechanism for every writer.
 
 - `--overwrite` replaces only a bundle (a folder holding this tool's manifest), never a folder
   that is, contains or sits inside the source, and never anything else.
-- A writer holds an exclusive `flock` on `.NAME.lock` beside the target, taken before any
+- A writer holds the bundle's lock (embed.lock, never deleted while held), taken before any
   model is loaded, so a second writer fails at once and says who holds it.
-- The build is written into `.NAME.partial` beside the target. Its `build-state.json` names
-  what it is building (the resume key); a rerun with the same key continues it (complete
-  shards are kept), another key starts it afresh. A staging folder is only ever touched
-  under the lock, so one left by a dead writer is safe to reuse or remove.
-- The final rename refuses if something other than the bundle being replaced appeared at the
-  target meanwhile.
+- Changes are made in `.NAME.partial` beside the target: a new build writes it from scratch
+  (its `build-state.json` names what it is building, so a rerun with the same key continues
+  it), a change (`change_bundle`: add, remove, train, refits, audit) starts from a hard-linked
+  copy of the bundle read under the lock. Every file is replaced by rename, never written in
+  place, so the bundle in place stays untouched until the commit.
+- The commit seals the manifest (rows fingerprint, commit id) and swaps the folders in one
+  step (embed.swap); a crash at any point leaves the old or the new bundle, and the next
+  command that takes the lock finishes or undoes a half-done swap and says so.
+- A full disk ends in one line, and the staging folder is removed.
 """
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import json
+import logging
 import os
 import shutil
-import socket
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,8 +31,11 @@ from typing import Any
 from embed.atomic import atomic_write_text
 from embed.bundle import MANIFEST, Bundle
 from embed.errors import BundleError
+from embed.lock import BundleLock
+from embed.swap import recover, replace_dir
 
 BUILD_STATE = "build-state.json"
+log = logging.getLogger(__name__)
 
 
 def is_bundle(path: Path) -> bool:
@@ -71,63 +76,83 @@ def check_target(target: str | Path, overwrite: bool, source_root: str | Path | 
     return target
 
 
-class BundleWriter:
-    """The lock, the staging folder and the final rename of one build (a context manager).
+def disk_full(exc: BaseException | None) -> bool:
+    """ENOSPC/EDQUOT, raised as OSError by Python or as a RuntimeError text by FAISS."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc or "")
+    return isinstance(exc, RuntimeError) and ("No space left" in text or "ENOSPC" in text)
 
-    Use: `with BundleWriter(out, overwrite, source_root) as writer:` (checks and locks at
-    once), then `bundle, resumed = writer.stage(key)`, build into `bundle`, and
+
+def recover_interrupted(target: str | Path) -> str | None:
+    """Finish or undo a swap a dead writer left half done (takes the lock if it is free);
+    what was done, in words, or None. Readers call it when the bundle's name is empty."""
+    target = Path(target).expanduser().resolve()
+    lock = BundleLock(target, "recovery")
+    if not lock.acquire():
+        return None
+    try:
+        return recover(target, target.with_name(f".{target.name}.partial"), BUILD_STATE)
+    finally:
+        lock.release()
+
+
+class BundleWriter:
+    """The lock, the staging folder and the commit of one transaction (a context manager).
+
+    Use: `with BundleWriter(out, overwrite, source_root, command) as writer:` (locks, recovers
+    a half-done swap, checks the target), then `bundle, resumed = writer.stage(key)` for a new
+    build or `bundle = writer.stage_copy()` for a change, write into `bundle`, and
     `writer.commit()`. Without a commit the staging folder is kept for a resume when the build
     was resumable (a key was given), else removed.
     """
 
     def __init__(self, target: str | Path, overwrite: bool = False,
-                 source_root: str | Path | None = None) -> None:
+                 source_root: str | Path | None = None, command: str = "build-index") -> None:
         self.overwrite = overwrite
         self.source_root = source_root
-        self.target = check_target(target, overwrite, source_root)
+        self.target = Path(target).expanduser().resolve()
+        check_target(self.target, overwrite, source_root)  # at once, before the lock
         self.staging = self.target.with_name(f".{self.target.name}.partial")
-        self.lock_path = self.target.with_name(f".{self.target.name}.lock")
-        self._fd: int | None = None
+        self.lock = BundleLock(self.target, command)
+        self.recovered: str | None = None
         self._resumable = False
         self.committed = False
 
     # ---- the lock -------------------------------------------------------------------------
     def __enter__(self) -> BundleWriter:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        self.lock.__enter__()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode(errors="replace").strip()
-            os.close(fd)
-            raise BundleError(
-                f"another build is writing {self.target} ({holder or 'holder unknown'}); wait"
-                " for it to finish or choose another --out"
-            ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(),
-                "since": time.strftime("%Y-%m-%d %H:%M:%S")}
-        os.ftruncate(fd, 0)
-        os.write(fd, " ".join(f"{k} {v}" for k, v in info.items()).encode())
-        self._fd = fd
-        for old in self.target.parent.glob(f".{self.target.name}.old-*"):
-            shutil.rmtree(old, ignore_errors=True)  # left by a writer that died mid-swap
+            self.recovered = recover(self.target, self.staging, BUILD_STATE)
+            if self.recovered:
+                log.warning("%s", self.recovered)
+            check_target(self.target, self.overwrite, self.source_root)
+        except BaseException:
+            self.lock.release()
+            raise
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if not self.committed and not self._resumable and self.staging.exists():
-            shutil.rmtree(self.staging, ignore_errors=True)
-        if self._fd is not None:
-            self.lock_path.unlink(missing_ok=True)  # non-blocking waiters have already failed
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        full = disk_full(exc)
+        try:
+            if (full or (not self.committed and not self._resumable)) and self.staging.exists():
+                shutil.rmtree(self.staging, ignore_errors=True)
+        finally:
+            self.lock.release()
+        if full:
+            raise BundleError(
+                f"no space left on the disk of {self.target.parent} while writing"
+                f" {self.target.name}; the unfinished work was removed and"
+                f" {'the bundle in place is unchanged' if self.target.exists() else 'nothing was'}"
+                " written. Free some space and rerun"
+            ) from None
 
     # ---- staging --------------------------------------------------------------------------
     def stage(self, key: dict[str, Any] | None = None) -> tuple[Bundle, bool]:
         """The staging bundle, and whether it continues a dead writer's build of the same
         `key` (None: never resume)."""
-        assert self._fd is not None, "stage() needs the lock: use the writer as a context"
+        assert self.lock.held, "stage() needs the lock: use the writer as a context"
         state = self.staging / BUILD_STATE
         resumed = False
         if self.staging.exists():
@@ -141,21 +166,24 @@ class BundleWriter:
         if key is not None:
             atomic_write_text(state, json.dumps(key, sort_keys=True))
         self._resumable = key is not None
-        return Bundle(self.staging), resumed
+        return Bundle(self.staging, writable=True), resumed
 
     def stage_copy(self) -> Bundle:
         """A staging copy of the bundle at the target, for changing it (add, remove): its
         files are hard links, so nothing is copied, and since every write replaces a file
         under a new inode, the bundle in place stays untouched until `commit`."""
-        assert self._fd is not None, "stage_copy() needs the lock: use the writer as a context"
+        assert self.lock.held, "stage_copy() needs the lock: use the writer as a context"
         if self.staging.exists():
             shutil.rmtree(self.staging)
+        Bundle.open(self.target)  # read under the lock: refuse a damaged bundle at once
         shutil.copytree(self.target, self.staging, copy_function=os.link)
         self._resumable = False
-        return Bundle(self.staging)
+        return Bundle(self.staging, writable=True)
 
     def commit(self) -> Path:
-        """Rename the staging folder into place; replaces only the bundle that was there."""
+        """Seal the staged manifest and swap the staging folder into place in one step;
+        replaces only the bundle that was there."""
+        Bundle(self.staging, writable=True).seal()
         if self.target.exists() or self.target.is_symlink():
             if not self.overwrite or not is_bundle(self.target) or self.target.is_symlink():
                 self._resumable = True  # keep the finished build: a rerun picks it up
@@ -164,14 +192,8 @@ class BundleWriter:
                     f" build may replace; the finished build is kept in {self.staging}. Move"
                     " it or the other folder, then rerun"
                 )
-            (self.staging / BUILD_STATE).unlink(missing_ok=True)
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.replace(self.target, old)
-            os.replace(self.staging, self.target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            (self.staging / BUILD_STATE).unlink(missing_ok=True)
-            os.replace(self.staging, self.target)
+        (self.staging / BUILD_STATE).unlink(missing_ok=True)
+        replace_dir(self.staging, self.target)
         self.committed = True
         return self.target
 
@@ -183,4 +205,21 @@ def staged_bundle(target: str | Path, overwrite: bool = False,
     with BundleWriter(target, overwrite, source_root) as writer:
         bundle, _ = writer.stage()
         yield bundle
+        writer.commit()
+
+
+@contextmanager
+def change_bundle(target: str | Path, command: str) -> Iterator[Bundle]:
+    """The one way to change an existing bundle: lock it, read its current manifest, yield a
+    writable staged copy, and commit it atomically when the block succeeds (on an exception
+    nothing changes). `command` names the writer in a second writer's refusal."""
+    target = Path(target).expanduser().resolve()
+    if not target.exists():
+        recovered = recover_interrupted(target)
+        if recovered:
+            log.warning("%s", recovered)
+    Bundle.open(target)  # the usual "does not exist / damaged" message before the lock
+    with BundleWriter(target, overwrite=True, command=command) as writer:
+        staged = writer.stage_copy()
+        yield staged
         writer.commit()
