@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,16 +20,18 @@ from typing import Any
 import numpy as np
 
 from embed.atomic import atomic_path, atomic_write_text, file_sha256
-from embed.errors import BundleError, IncompatibleBundleError
-from embed.manifest import (
+from embed.errors import BundleError
+from embed.manifest import (  # noqa: F401  (re-exported: the bundle's public names)
+    BACKBONE_IDENTITY,
     REBUILD_HINT,
     SCHEMA_VERSION,
     FileRecord,
     Manifest,
     RowsFingerprint,
+    check_same_backbone,
+    new_manifest,
     parse_manifest,
 )
-from embed.manifest import new_manifest as _new_manifest
 
 MANIFEST = "manifest.json"
 EMBEDDINGS_DIR = "embeddings"
@@ -367,45 +368,5 @@ class Bundle:
         return out
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of what produced the artifacts, for the manifest."""
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for dist in ("embed-dogs", "tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets",
-                 "faiss-cpu", "scikit-learn", "skops", "numpy", "pillow", "ai-edge-litert"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def new_manifest(backbone: dict[str, Any], source: dict[str, Any]) -> Manifest:
-    """A fresh, typed manifest for a build, with the versions of what produced it."""
-    return _new_manifest(backbone, source, library_versions())
-
-
 def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-
-
-BACKBONE_IDENTITY = ("name", "image_size", "preprocessing", "dim", "weights_sha256", "decoder")
-
-
-def check_same_backbone(bundle_backbone: Any, query_backbone: Any) -> None:
-    """Refuse query vectors from another backbone, naming both sides."""
-    diffs = [
-        k for k in BACKBONE_IDENTITY if bundle_backbone.get(k) != query_backbone.get(k)
-    ]
-    if diffs:
-        def show(b: Any) -> str:
-            sha = str(b.get("weights_sha256", ""))[:12]
-            return (f"{b.get('name')} @ {b.get('image_size')}px, weights {b.get('weights')}"
-                    f" ({sha}), decoder v{b.get('decoder')}")
-
-        raise IncompatibleBundleError(
-            f"the bundle was built with {show(bundle_backbone)} but the query embedder is"
-            f" {show(query_backbone)} (differs in: {', '.join(diffs)}); rebuild the bundle or"
-            " embed with the bundle's backbone"
-        )

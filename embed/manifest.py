@@ -14,6 +14,7 @@ written with); older ones are refused with a message.
 
 from __future__ import annotations
 
+import platform
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -238,8 +239,43 @@ def parse_manifest(data: Any, root: str | Path) -> Manifest:
         ) from None
 
 
-def new_manifest(backbone: dict[str, Any], source: dict[str, Any],
-                 versions: dict[str, str] | None = None) -> Manifest:
-    """A fresh manifest for a build: backbone and source known, everything else empty."""
+def new_manifest(backbone: dict[str, Any], source: dict[str, Any]) -> Manifest:
+    """A fresh manifest for a build: backbone and source known, the versions of what
+    produced it, everything else empty."""
     return Manifest(backbone=BackboneSection.model_validate(backbone),
-                    source=SourceSection.model_validate(source), versions=versions or {})
+                    source=SourceSection.model_validate(source), versions=library_versions())
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what produced the artifacts, for the manifest."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for dist in ("embed-dogs", "tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets",
+                 "faiss-cpu", "scikit-learn", "skops", "numpy", "pillow", "ai-edge-litert"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+BACKBONE_IDENTITY = ("name", "image_size", "preprocessing", "dim", "weights_sha256", "decoder")
+
+
+def check_same_backbone(bundle_backbone: Any, query_backbone: Any) -> None:
+    """Refuse query vectors from another backbone, naming both sides."""
+    diffs = [
+        k for k in BACKBONE_IDENTITY if bundle_backbone.get(k) != query_backbone.get(k)
+    ]
+    if diffs:
+        def show(b: Any) -> str:
+            sha = str(b.get("weights_sha256", ""))[:12]
+            return (f"{b.get('name')} @ {b.get('image_size')}px, weights {b.get('weights')}"
+                    f" ({sha}), decoder v{b.get('decoder')}")
+
+        raise IncompatibleBundleError(
+            f"the bundle was built with {show(bundle_backbone)} but the query embedder is"
+            f" {show(query_backbone)} (differs in: {', '.join(diffs)}); rebuild the bundle or"
+            " embed with the bundle's backbone"
+        )

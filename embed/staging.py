@@ -184,14 +184,14 @@ class BundleWriter:
         """Seal the staged manifest and swap the staging folder into place in one step;
         replaces only the bundle that was there."""
         Bundle(self.staging, writable=True).seal()
-        if self.target.exists() or self.target.is_symlink():
-            if not self.overwrite or not is_bundle(self.target) or self.target.is_symlink():
-                self._resumable = True  # keep the finished build: a rerun picks it up
-                raise BundleError(
-                    f"{self.target} appeared while this build ran, and it is not a bundle this"
-                    f" build may replace; the finished build is kept in {self.staging}. Move"
-                    " it or the other folder, then rerun"
-                )
+        if (self.target.exists() or self.target.is_symlink()) and (
+                not self.overwrite or not is_bundle(self.target) or self.target.is_symlink()):
+            self._resumable = True  # keep the finished build: a rerun picks it up
+            raise BundleError(
+                f"{self.target} appeared while this build ran, and it is not a bundle this"
+                f" build may replace; the finished build is kept in {self.staging}. Move"
+                " it or the other folder, then rerun"
+            )
         (self.staging / BUILD_STATE).unlink(missing_ok=True)
         replace_dir(self.staging, self.target)
         self.committed = True

@@ -67,14 +67,13 @@ def test_the_lock_never_has_two_holders(tmp_path: Path) -> None:
 
 
 def test_a_second_writer_is_refused_naming_command_and_pid(tmp_path: Path) -> None:
-    with BundleLock(tmp_path / "b", "train"):
-        with pytest.raises(BundleError) as err:
-            BundleLock(tmp_path / "b", "add").__enter__()
+    with BundleLock(tmp_path / "b", "train"), pytest.raises(BundleError) as err:
+        BundleLock(tmp_path / "b", "add").__enter__()
     assert "train, pid" in str(err.value) and str(os.getpid()) in str(err.value)
     assert "rerun when it has finished" in str(err.value)
 
 
-# ---- a bundle on disk, written through the writer -------------------------------------------------
+# ---- a bundle on disk, written through the writer ---------------------------------------------
 def make_bundle(target: Path, marker: str, overwrite: bool = False) -> None:
     with BundleWriter(target, overwrite=overwrite) as writer:
         staged, _ = writer.stage()
