@@ -118,3 +118,29 @@ def load_logreg(bundle: Bundle, record: Any) -> LogregHead:
             raise BundleError(f"{path} cannot be read ({exc}); refit the head with"
                               " `embed-dogs train --head logreg`") from None
     return LogregHead(load_head(bundle.head_path("logreg")))
+
+
+def head_problems(bundle: Bundle) -> list[str]:
+    """`verify`: every head loads (types checked, files checksummed) and answers one vector
+    with a probability per breed; one line per problem, never an exception."""
+    import numpy as np
+
+    problems = []
+    dim = bundle.manifest.backbone.dim
+    for name in bundle.manifest.heads:
+        if bundle.manifest.head_is_stale(name):
+            problems.append(f"head {name} is stale (not served): refresh it with `embed-dogs"
+                            f" train --head {name} --bundle {bundle.root}`")
+            continue
+        try:
+            head = load_predictor(bundle, name, accepts_images=True)
+            if head is not None and not head.needs_images:
+                probs = head.predict_proba(np.full((1, dim), dim ** -0.5, np.float32))
+                if probs.shape[0] != 1 or not np.isclose(float(probs.sum()), 1.0, atol=1e-3):
+                    problems.append(f"head {name} answers with probabilities of shape"
+                                    f" {probs.shape}")
+        except Exception as exc:  # any failure to load is a finding, said in one line
+            first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            problems.append(f"head {name} does not load: {first}")
+    return problems
+
