@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import struct
+import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,16 +160,43 @@ def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(pixels), (size, size), interpolation=interpolation)
 
 
+def too_large(width: int, height: int, max_pixels: int) -> ImageDecodeError:
+    """The one refusal reason for an image over the pixel limit."""
+    return ImageDecodeError(f"image too large ({width}x{height} pixels, limit {max_pixels:,})")
+
+
 def check_size(width: int, height: int, max_pixels: int) -> None:
     """Refuse, from the header and before decoding, images too large to decode safely and
     too small to judge (`width` x `height` as shown, after EXIF rotation)."""
     if width * height > max_pixels:
-        raise ImageDecodeError(
-            f"image too large ({width}x{height} pixels, limit {max_pixels:,})")
+        raise too_large(width, height, max_pixels)
     if min(width, height) < MIN_SIDE:
         raise ImageDecodeError(
             f"image too small to judge ({width}x{height} pixels; at least {MIN_SIDE} on"
             " each side)")
+
+
+# PIL warns (DecompressionBombWarning) from `Image.open` above its own MAX_IMAGE_PIXELS
+# (about 89M). Our callers check their own limit against the header before anything decodes,
+# so the warning is only noise printed raw across a progress bar; `open_header` silences it.
+# `warnings.catch_warnings` swaps process-wide state, so the swaps are serialised; opening
+# reads only the header, so the lock is held for microseconds.
+_OPEN_LOCK = threading.Lock()
+
+
+def open_header(data: bytes) -> Image.Image:
+    """PIL's lazy open: the format and size from the header, no pixels decoded yet, and no
+    DecompressionBombWarning (check the size with `check_size` before loading)."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data))
+
+
+def _bomb_reason(exc: Exception, max_pixels: int) -> str:
+    """PIL's DecompressionBombError (twice its own limit) worded as our own refusal."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    shown = f"{int(found.group(1)):,} pixels" if found else "over PIL's limit"
+    return f"image too large ({shown}, limit {max_pixels:,})"
 
 
 def _decode_jpeg_turbo(data: bytes, size: int, max_pixels: int) -> DecodedImage | None:
@@ -205,8 +235,12 @@ def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> Decode
     if fast is not None:
         return fast
     try:
-        img = Image.open(io.BytesIO(data))
+        img = open_header(data)
         width, height = img.size
+        # The pixel count does not depend on rotation: refuse before `getexif`, which loads
+        # (decodes) a whole PNG whose EXIF is not ahead of its pixels.
+        if width * height > max_pixels:
+            raise too_large(width, height, max_pixels)
         if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
             width, height = height, width  # rotated by a quarter turn
         check_size(width, height, max_pixels)
@@ -222,7 +256,7 @@ def decode_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> Decode
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image (unrecognised format)") from None
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"image too large: {exc}") from None
+        raise ImageDecodeError(_bomb_reason(exc, max_pixels)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from None
     return DecodedImage(pixels=pixels, width=width, height=height)

@@ -1,6 +1,13 @@
 """Every awkward input is either converted correctly or refused with a reason."""
 
 import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +15,8 @@ import pytest
 from PIL import Image
 
 from embed.images import MAX_PIXELS, ImageDecodeError, decode_image, read_and_decode
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -97,14 +106,141 @@ def test_bad_bytes_raise_with_reason(data: bytes | None, reason: str) -> None:
         decode_image(data, 8)
 
 
-def test_huge_image_refused_before_decoding() -> None:
-    # a PNG header claiming 20000 x 20000 pixels; only the header is read before refusing
-    side = 20_000
-    assert side * side > MAX_PIXELS
-    img = Image.new("1", (side, side))
-    data = _encode(img, "PNG")
-    with pytest.raises(ImageDecodeError, match="too large"):
-        decode_image(data, 8)
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk: length, type, body, CRC (PIL checks the CRC)."""
+    return (struct.pack(">I", len(body)) + kind + body
+            + struct.pack(">I", zlib.crc32(kind + body)))
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A 40x40 PNG whose header claims `width` x `height`: its pixel data could never fill
+    that, so decoding would fail as "corrupt"; only a refusal from the header says "too
+    large"."""
+    data = _encode(Image.new("RGB", (40, 40), (9, 9, 9)), "PNG")
+    ihdr = struct.pack(">II", width, height) + data[24:29]
+    return data[:8] + _chunk(b"IHDR", ihdr) + data[33:]
+
+
+def _pil_size(data: bytes) -> tuple[int, int]:
+    """The size PIL reads from a header (its own bomb warning silenced here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(data)).size
+
+
+def _header_claiming(fmt: str, width: int, height: int) -> bytes:
+    """A small image of `fmt` with the size fields of its header rewritten."""
+    if fmt == "PNG":
+        return _png_claiming(width, height)
+    if fmt == "GIF":  # the logical screen
+        data = bytearray(_encode(Image.new("P", (40, 40)), "GIF"))
+        data[6:10] = struct.pack("<HH", width, height)
+    elif fmt == "BMP":
+        data = bytearray(_encode(Image.new("RGB", (40, 40)), "BMP"))
+        data[18:26] = struct.pack("<ii", width, height)
+    elif fmt == "WEBP":  # lossy VP8: 14-bit sizes after the key frame's start code
+        data = bytearray(_encode(Image.new("RGB", (40, 40)), "WEBP", lossless=False))
+        assert data[12:16] == b"VP8 " and data[23:26] == b"\x9d\x01\x2a"
+        data[26:30] = struct.pack("<HH", width, height)
+    else:  # "JPEG" (libjpeg-turbo's path) or "CMYK" (a JPEG for PIL): the SOF0 segment
+        data = bytearray(_encode(Image.new("RGB" if fmt == "JPEG" else "CMYK", (40, 40)),
+                                 "JPEG"))
+        sof = data.find(b"\xff\xc0")
+        data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "BMP", "WEBP", "JPEG", "CMYK"])
+def test_every_format_is_refused_from_its_header_without_pils_warning(fmt: str) -> None:
+    """13000 x 13000 = 169M pixels: over our limit, and between PIL's warning (89M) and its
+    error (179M), so PIL would print a DecompressionBombWarning; the refusal is ours, one
+    reason, and nothing is printed."""
+    data = _header_claiming(fmt, 13_000, 13_000)
+    assert _pil_size(data) == (13_000, 13_000)  # PIL reads the size we wrote
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ImageDecodeError) as refused:
+            decode_image(data, 8)
+    assert str(refused.value) == "image too large (13000x13000 pixels, limit 120,000,000)"
+    assert [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)] == []
+
+
+def test_pils_own_bomb_error_reads_like_our_refusal() -> None:
+    """20000 x 20000 = 400M pixels: PIL refuses it while opening (over twice its 89M limit);
+    the reason is worded like ours."""
+    with pytest.raises(ImageDecodeError) as refused:
+        decode_image(_png_claiming(20_000, 20_000), 8)
+    assert str(refused.value) == "image too large (400,000,000 pixels, limit 120,000,000)"
+
+
+def test_pils_warning_threshold_is_not_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With PIL's warning threshold lowered to 1,000 pixels, a 40x40 (1,600) PNG is within
+    our limit: decoded, silently; with our limit at 1,500 it is refused by our reason."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    data = _encode(Image.new("RGB", (40, 40), (0, 0, 255)), "PNG")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert decode_image(data, 8).pixels[0, 0, 2] == 255
+        with pytest.raises(ImageDecodeError, match=r"^image too large \(40x40 pixels, limit"
+                           r" 1,500\)$"):
+            decode_image(data, 8, max_pixels=1_500)
+    assert caught == []
+
+
+_PEAK_MEMORY = """
+import json, resource, sys
+from embed.images import ImageDecodeError, decode_image
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    decode_image(data, 224)
+    reason = None
+except ImageDecodeError as exc:
+    reason = str(exc)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"reason": reason, "grew_kib": after - before}))
+"""
+
+
+def _zero_png(width: int, height: int) -> bytes:
+    """A real RGB PNG of black pixels, compressed row by row: 13000 x 13000 is about 0.5 MB
+    on disk and 13000 * 13000 * 3 = 507 MB decoded."""
+    rows = zlib.compressobj(9)
+    row = bytes(1 + 3 * width)  # filter byte 0, then black pixels
+    idat = b"".join([rows.compress(row) for _ in range(height)] + [rows.flush()])
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat)
+            + _chunk(b"IEND", b""))
+
+
+def test_small_png_with_huge_dimensions_is_refused_without_decoding(tmp_path: Path) -> None:
+    """The 0.7 MB 13000 x 13000 PNG that once raised the app's memory by 280 MB: refused,
+    and the process's peak memory grows by far less than the 507 MB its pixels would take
+    (in a fresh process, so the peak is this decode's own)."""
+    side = 13_000
+    decoded_bytes = side * side * 3
+    path = tmp_path / "huge.png"
+    path.write_bytes(_zero_png(side, side))
+    assert path.stat().st_size < 1_000_000
+    assert _pil_size(path.read_bytes()) == (side, side)  # a valid PNG header
+    done = subprocess.run([sys.executable, "-c", _PEAK_MEMORY, str(path)], cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["reason"] == "image too large (13000x13000 pixels, limit 120,000,000)"
+    assert result["grew_kib"] * 1024 < decoded_bytes / 20  # under 25 MB
+    assert "DecompressionBomb" not in done.stderr  # PIL's warning is not printed raw
+
+
+def test_small_side_of_a_png_is_judged_after_exif_rotation() -> None:
+    """The size is refused before EXIF is read only when it is too large; "too small" still
+    names the size as shown."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a 64x31 photo shown as 31x64
+    data = _encode(Image.new("RGB", (64, 31), (1, 2, 3)), "PNG", exif=exif.tobytes())
+    with pytest.raises(ImageDecodeError, match=r"\(31x64 pixels"):
+        decode_image(data, 16)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (31, 200), (200, 31)])

@@ -382,3 +382,22 @@ def test_tfds_source_calibrates_and_judges_int8_on_its_own_images(
 
     served = Interpreter(str(Path(result.bundle) / SERVING_MODEL)).get_tensor_details()
     assert np.int8 in {t["dtype"] for t in served}  # queries run the int8 model too
+
+
+def test_items_and_rejected_entries_name_files_the_same_way(tmp_path: Path) -> None:
+    """A folder reached through a link: both the used images and the rejected entries are
+    absolute paths under the source's real location, so the bundle can store both relative to
+    it (skipped.csv once mixed relative decode failures with absolute rejected entries)."""
+    real = Path(os.path.realpath(tmp_path)) / "real"
+    _img(real / "beagle" / "a.jpg", "JPEG")
+    _img(real / "beagle" / "b.jpg", "JPEG")
+    (real / "beagle" / "notes.pdf").write_bytes(b"%PDF")
+    (tmp_path / "link").symlink_to(real)
+
+    source = folder_source(tmp_path / "link")
+
+    assert source.location == str(real)
+    assert [Path(item.ref).relative_to(real).as_posix() for item in source.items] == [
+        "beagle/a.jpg", "beagle/b.jpg"]
+    assert [Path(r.path).relative_to(real).as_posix() for r in source.rejected] == [
+        "beagle/notes.pdf"]
