@@ -38,6 +38,7 @@ from embed.backbones import file_sha256
 from embed.bundle import Bundle
 from embed.errors import BundleError, SourceError
 from embed.sources import ImageItem, stratified_hold_out
+from embed.vectors import l2_normalise
 
 HEAD = "finetune"
 DENSE_FILE = "finetune_dense.npz"  # the dense layer alone, for queries without TensorFlow
@@ -432,8 +433,7 @@ class FinetuneHead(BreedHead):
             return self.predict_proba_images(inputs)
         from scipy.special import softmax
 
-        x = np.atleast_2d(np.asarray(vectors, np.float32))
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        x = l2_normalise(np.atleast_2d(vectors))
         return softmax(x @ self._kernel + self._bias, axis=1)
 
     def predict_proba_images(self, inputs: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 
 from embed.bundle import REBUILD_HINT, Bundle, atomic_path
 from embed.errors import BundleError, IncompatibleBundleError
+from embed.vectors import exact_knn
 from index.choice import DEFAULT_MEMORY_BUDGET, POINTS_PER_CENTROID, IndexChoice, choose_index
 
 RECALL_K = 10
@@ -84,9 +85,8 @@ def stream_shards(shards: Shards, index: Any = None, kind: str = "flat",
     for shard in shards():
         rows = len(shard)
         if heap is not None and rows:
-            scores, ids = faiss.knn(queries, shard, min(k, rows),
-                                    metric=faiss.METRIC_INNER_PRODUCT)
-            heap.add_result(scores, ids + start)
+            scores, ids = exact_knn(queries, shard, k)
+            heap.add_result(scores, np.where(ids >= 0, ids + start, -1))
         if index is not None:
             step = ADD_BATCH if kind == "hnsw" else max(rows, 1)
             for lo in range(max(skip - start, 0), rows, step):
