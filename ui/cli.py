@@ -35,7 +35,7 @@ from embed.pipeline import DEFAULT_BATCH_SIZE
 from embed.runtimes import DEFAULT_RUNTIME, RUNTIME_CHOICES
 from embed.sources import DEFAULT_SOURCE, DEFAULT_TEST_FRACTION
 from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET, INDEX_KINDS, parse_budget
-from ui.core import manifest_facts
+from ui.facts import manifest_facts
 from ui.workflows import DEFAULT_OUT, HEADS, BuildConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
