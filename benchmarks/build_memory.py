@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # --phases imports this checkout, not an installed embed-dogs
+    sys.path.insert(0, str(REPO))
 TARGET_BYTES = 1.5e9
 CLASSES = ("beagle", "chihuahua", "samoyed", "pug")
 
