@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # --phases imports this checkout, not an installed embed-dogs
+    sys.path.insert(0, str(REPO))
 TARGET_BYTES = 1.5e9
 CLASSES = ("beagle", "chihuahua", "samoyed", "pug")
 
@@ -71,7 +73,9 @@ def run_build(source: Path, out: Path, args: argparse.Namespace, cache: Path) ->
         cmd += ["--batch-size", str(args.batch_size)]
     env = {**os.environ, "EMBED_DOGS_CACHE": str(cache), "TF_CPP_MIN_LOG_LEVEL": "2"}
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # cwd: `-m ui` runs this checkout, not whichever embed-dogs the environment installed
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
     output = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
@@ -114,7 +118,8 @@ def phases(args: argparse.Namespace, source: Path, cache: Path) -> None:
 
     print(f"  import tensorflow              {rss()}")
     from embed.build import embed_source_into
-    from embed.bundle import new_manifest, staged_bundle
+    from embed.bundle import new_manifest
+    from embed.staging import staged_bundle
     from ui.workflows import (
         BuildConfig,
         fit_default_head,

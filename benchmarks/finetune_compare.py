@@ -43,7 +43,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
     "mobilenet_025_imagenet": {"backbone": "mobilenet_025", "image_size": None,
                                "weights": "imagenet"},
+    # random weights at 32 px: no download, seconds a step; the suite's smoke run
+    "random_mobilenet_v2_32": {"backbone": "mobilenet_v2", "image_size": 32, "weights": "none"},
 }
+MEASURED = ("mobilenet_v2_160_dogs", "mobilenet_025_imagenet")  # what a plain run compares
 
 
 def _log(message: str) -> None:
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=SHARED / "woof-sample")
     parser.add_argument("--out", type=Path, default=Path("/tmp/finetune-compare"))
-    parser.add_argument("--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="*", default=list(MEASURED), choices=list(CONFIGS))
     parser.add_argument("--unfreeze", type=int, default=10)
     parser.add_argument("--fine-tune-epochs", type=int, default=4)
     parser.add_argument("--augment-epochs", type=int, default=5)

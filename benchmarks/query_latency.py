@@ -79,12 +79,14 @@ def measure(name: str, cwd: Path, module: str, bundle: Path, photos: tuple[Path,
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--photos", type=Path, default=SHARED / "woof-sample")
-    p.add_argument("--weights", type=Path,
-                   default=SHARED / "weights" / "mobilenet_v2_160_dogs_no_top.weights.h5")
+    p.add_argument("--weights", default=str(SHARED / "weights"
+                                            / "mobilenet_v2_160_dogs_no_top.weights.h5"),
+                   help="a weights file, imagenet, or none (random: a quick smoke run)")
     p.add_argument("--image-size", type=int, default=160)
     p.add_argument("--baseline-commit", help="also measure this commit (a temporary worktree)")
     args = p.parse_args(argv)
-    if not args.photos.is_dir() or not args.weights.is_file():
+    if not args.photos.is_dir() or not (args.weights in ("none", "imagenet")
+                                        or Path(args.weights).is_file()):
         raise SystemExit(f"need photos at {args.photos} and weights at {args.weights}")
 
     work = Path(tempfile.mkdtemp(prefix="query-latency-"))

@@ -33,6 +33,7 @@ if str(REPO) not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 APP = REPO / "ui" / "app.py"
 BUDGET_S = 5.0
+SHARD_ROWS = 4096
 
 
 def write_photos(folder: Path, labels: list[str], seed: int = 0) -> list[str]:
@@ -59,8 +60,12 @@ def make_bundle(out: Path, rows: int, breeds: int, image_size: int = 96,
 
     import pandas as pd
 
-    from embed.bundle import ShardWriter, new_manifest, staged_bundle
-    from embed.embedder import load_embedder
+    from embed.build import write_tables
+    from embed.bundle import new_manifest
+    from embed.embedder import load_embedder, save_serving_weights
+    from embed.shards import ShardWriter
+    from embed.staging import staged_bundle
+    from embed.vectors import l2_normalise
     from ui.workflows import fit_default_head, index_bundle
 
     timings: dict[str, Any] = {}
@@ -81,23 +86,22 @@ def make_bundle(out: Path, rows: int, breeds: int, image_size: int = 96,
                   "splits": {s: splits.count(s) for s in ("train", "test")},
                   "split_origin": "synthetic", "breeds": breeds, "images": rows}
         bundle.write_manifest(new_manifest(embedder.identity(), source))
-        writer = ShardWriter(bundle, dim)
-        for first in range(0, rows, 4096):
-            idx = np.arange(first, min(rows, first + 4096))
-            vectors = centroids[idx % breeds] + rng.normal(scale=1.2, size=(len(idx), dim))
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            writer.add(vectors.astype(np.float32))
+        save_serving_weights(embedder, bundle)  # what the app rebuilds its backbone from
+        writer = ShardWriter(bundle, dim, SHARD_ROWS)
+        for first in range(0, rows, SHARD_ROWS):
+            idx = np.arange(first, min(rows, first + SHARD_ROWS))
+            vectors = l2_normalise(centroids[idx % breeds]
+                                   + rng.normal(scale=1.2, size=(len(idx), dim)))
+            writer.add([{"row_id": int(i), "path": photos[i], "label": labels[i],
+                         "split": splits[i],
+                         "sha256": hashlib.sha256(photos[i].encode()).hexdigest(),
+                         "width": 64, "height": 48, "reason": ""} for i in idx], vectors)
         shards = writer.close()
-        table = pd.DataFrame({
-            "row_id": np.arange(rows, dtype=np.int64), "path": photos, "label": labels,
-            "split": splits,
-            "sha256": [hashlib.sha256(p.encode()).hexdigest() for p in photos],
-            "width": np.full(rows, 64, np.int32), "height": np.full(rows, 48, np.int32),
-        })
-        bundle.write_metadata(table)
+        write_tables(bundle, shards, pd.DataFrame(columns=["row_id", "path", "reason"]))
         bundle.update_manifest(
+            backbone=embedder.identity(),  # now names the weights file inside the bundle
             counts={"images": rows, "embedded": rows, "skipped": 0},
-            embeddings={"shards": shards, "rows_per_shard": 4096, "dtype": "float32",
+            embeddings={"shards": shards, "rows_per_shard": SHARD_ROWS, "dtype": "float32",
                         "normalised": "l2"},
         )
         start = time.perf_counter()
@@ -122,13 +126,13 @@ def measure(bundle: Path) -> dict[str, float]:
     """Seconds: loading the model/index/head once, then each page's first render."""
     from streamlit.testing.v1 import AppTest
 
-    from ui import widgets
+    from ui import core, widgets
 
     os.environ["EMBED_DOGS_BUNDLE"] = str(bundle)
     os.environ["EMBED_DOGS_CACHE"] = tempfile.mkdtemp(prefix="ui-bench-cache-")  # cold thumbs
     out: dict[str, float] = {}
     start = time.perf_counter()
-    widgets.load_context(str(bundle.resolve()))
+    widgets.load_context(core.BundleRef.of(str(bundle.resolve())))
     out["load model, index, head (once per bundle)"] = time.perf_counter() - start
 
     at = AppTest.from_file(str(APP), default_timeout=300)

@@ -34,7 +34,6 @@ Calibration uses only the bundle's own rows, never photos from elsewhere:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +42,7 @@ import numpy as np
 from embed.bundle import Bundle
 from embed.errors import BundleError
 from embed.manifest import Manifest
+from embed.vectors import exact_knn
 
 DOG = "dog"
 UNKNOWN_BREED = "unknown_breed"
@@ -51,7 +51,6 @@ VERDICTS = (DOG, UNKNOWN_BREED, NOT_A_DOG)
 GATE_VERSION = 1
 KNN_K = 5
 DOG_RECALL = 0.95  # held-out dogs kept as `dog` (and simulated unknown breeds kept as dogs)
-CHUNK = 1024  # query rows per similarity block: memory stays (CHUNK x reference rows)
 HOW = (
     "kNN similarity = mean cosine similarity to the k nearest bundle rows. dog_threshold: 5th"
     " percentile of the test split's dogs, each queried against all other rows (itself and"
@@ -63,40 +62,21 @@ HOW = (
 
 
 # ---- signals ----------------------------------------------------------------------------------
-def _blocks(n: int) -> Iterator[slice]:
-    for start in range(0, n, CHUNK):
-        yield slice(start, min(n, start + CHUNK))
-
-
 def knn_similarity(queries: np.ndarray, reference: np.ndarray, k: int = KNN_K,
                    query_keys: np.ndarray | None = None,
                    reference_keys: np.ndarray | None = None) -> np.ndarray:
-    """Per query, the mean of its k largest cosine similarities to `reference` (exact, in
-    blocks). With keys, a query skips the reference rows that share its key: keyed by
-    content hash, itself and its exact copies (leave one out); keyed by breed, its whole
-    breed (the score of a dog whose breed the bundle does not know)."""
-    queries = np.asarray(queries, np.float32)
-    reference = np.asarray(reference, np.float32)
-    out = np.full(len(queries), np.nan, np.float64)
-    if len(reference) == 0:
-        return out
-    keyed = query_keys is not None and reference_keys is not None
-    if keyed:
-        codes = {key: i for i, key in enumerate(np.unique(np.concatenate(
-            [np.asarray(query_keys, str), np.asarray(reference_keys, str)])))}
-        q_codes = np.array([codes[str(x)] for x in query_keys], np.int64)
-        r_codes = np.array([codes[str(x)] for x in reference_keys], np.int64)
-    for block in _blocks(len(queries)):
-        sims = queries[block] @ reference.T
-        if keyed:
-            sims = np.where(q_codes[block][:, None] == r_codes[None, :], -np.inf, sims)
-        k_eff = min(k, sims.shape[1])
-        top = -np.partition(-sims, k_eff - 1, axis=1)[:, :k_eff]
-        top = np.where(np.isfinite(top), top, np.nan)
-        counts = np.isfinite(top).sum(axis=1)
-        sums = np.nansum(top, axis=1)
-        out[block] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    return out
+    """Per query, the mean of its k largest cosine similarities to `reference` (exact, through
+    `embed.vectors.exact_knn`). With keys, a query skips the reference rows that share its
+    key: keyed by content hash, itself and its exact copies (leave one out); keyed by breed,
+    its whole breed (the score of a dog whose breed the bundle does not know). NaN for a query
+    with no candidate left."""
+    scores, _ = exact_knn(queries, reference, k, query_keys, reference_keys)
+    if scores.shape[1] == 0:
+        return np.full(len(scores), np.nan, np.float64)
+    top = np.where(np.isfinite(scores), scores, np.nan).astype(np.float64)
+    counts = np.isfinite(top).sum(axis=1)
+    sums = np.nansum(top, axis=1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def knn_from_neighbours(similarities: Any, k: int = KNN_K) -> np.ndarray:

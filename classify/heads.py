@@ -8,7 +8,7 @@ from typing import Any
 
 from classify.breed_head import BreedHead
 from classify.evaluation import evaluate_probabilities, write_report
-from classify.finetune import load_finetune_head
+from classify.finetune_head import load_finetune_head
 from classify.logreg import (
     DEFAULT_C,
     SERVING_FILE,

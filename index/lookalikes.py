@@ -9,7 +9,7 @@ pass adds every shard while taking the queries' exact top-k for the recall check
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,106 +18,29 @@ import numpy as np
 from embed.bundle import REBUILD_HINT, Bundle, atomic_path
 from embed.errors import BundleError, IncompatibleBundleError
 from index.choice import DEFAULT_MEMORY_BUDGET, POINTS_PER_CENTROID, IndexChoice, choose_index
+from index.passes import (
+    RECALL_K,
+    RECALL_QUERIES,
+    SEED,
+    Shards,
+    count_rows,
+    gather_rows,
+    in_memory,
+    recall_of,
+    sample_positions,
+    stream_shards,
+)
 
-RECALL_K = 10
 BREED_FILTERS = ("all", "same", "other")
-RECALL_QUERIES = 1000
 RECALL_TARGET = 0.9  # an IVF build doubles nprobe until recall@10 reaches this ...
 MAX_NPROBE = 256  # ... or it searches this many lists
-ADD_BATCH = 16_384  # rows added to an HNSW graph at a time
 ENCODER_ROWS = 32_768  # PQ: 128 rows for each of its 256 centroids; SQ: each dim's range
-SEED = 0
-
-Shards = Callable[[], Iterable[np.ndarray]]  # a fresh pass over float32 blocks in row order
 
 
 def _faiss() -> Any:
     import faiss
 
     return faiss
-
-
-# ---- passes over shards ---------------------------------------------------------------------
-def in_memory(vectors: np.ndarray) -> Shards:
-    """One array as a single shard."""
-    block = np.ascontiguousarray(vectors, dtype=np.float32)
-    return lambda: [block]
-
-
-def count_rows(shards: Shards) -> int:
-    """Rows from the shards' shapes: only their headers are read."""
-    return sum(len(shard) for shard in shards())
-
-
-def sample_positions(n: int, size: int, seed: int = SEED) -> np.ndarray:
-    """`size` distinct seeded row positions, sorted; every row, in order, when size >= n."""
-    if size >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
-
-
-def gather_rows(shards: Shards, *positions: np.ndarray) -> list[np.ndarray]:
-    """The rows at each sorted array of positions, copied out of the shards in one pass
-    straight into their final arrays."""
-    out: list[np.ndarray | None] = [None] * len(positions)
-    start = 0
-    for shard in shards():
-        stop = start + len(shard)
-        for i, wanted in enumerate(positions):
-            if out[i] is None:
-                out[i] = np.empty((len(wanted), shard.shape[1]), np.float32)
-            lo, hi = np.searchsorted(wanted, [start, stop])
-            if hi > lo:
-                out[i][lo:hi] = shard[wanted[lo:hi] - start]
-        start = stop
-    return [rows if rows is not None else np.zeros((0, 0), np.float32) for rows in out]
-
-
-def stream_shards(shards: Shards, index: Any = None, kind: str = "flat",
-                  queries: np.ndarray | None = None, k: int = RECALL_K,
-                  skip: int = 0) -> np.ndarray | None:
-    """One pass: add every row after the first `skip` to `index` (HNSW in batches) and, given
-    `queries`, return their exact top-k positions over all rows, merged shard by shard."""
-    faiss = _faiss()
-    heap = None if queries is None else faiss.ResultHeap(len(queries), k, keep_max=True)
-    start = 0
-    for shard in shards():
-        rows = len(shard)
-        if heap is not None and rows:
-            scores, ids = faiss.knn(queries, shard, min(k, rows),
-                                    metric=faiss.METRIC_INNER_PRODUCT)
-            heap.add_result(scores, ids + start)
-        if index is not None:
-            step = ADD_BATCH if kind == "hnsw" else max(rows, 1)
-            for lo in range(max(skip - start, 0), rows, step):
-                index.add(np.ascontiguousarray(shard[lo:lo + step], dtype=np.float32))
-        start += rows
-    if heap is None:
-        return None
-    heap.finalize()
-    return heap.I
-
-
-def recall_of(found: np.ndarray, truth: np.ndarray) -> float:
-    """Share of the exact top-k neighbours found."""
-    hits = sum(len(set(t) & set(f)) for t, f in zip(truth, found, strict=True))
-    return hits / max(truth.size, 1)
-
-
-def recall_at_k(index: Any, vectors: np.ndarray | Shards, k: int = RECALL_K,
-                n_queries: int = RECALL_QUERIES, seed: int = SEED) -> float:
-    """Share of the exact top-k neighbours the index finds, on a seeded sample of the rows.
-
-    `vectors` is an array, or a function giving a pass over shards (the exact top-k is then
-    taken shard by shard: only one shard and the queries are in memory)."""
-    shards = vectors if callable(vectors) else in_memory(vectors)
-    n = count_rows(shards)
-    if n == 0:
-        return 1.0
-    k = min(k, n)
-    (queries,) = gather_rows(shards, sample_positions(n, min(n_queries, n), seed))
-    truth = stream_shards(shards, queries=queries, k=k)
-    return recall_of(index.search(queries, k)[1], truth)
 
 
 # ---- building -------------------------------------------------------------------------------

@@ -12,21 +12,18 @@ from typing import Any
 import numpy as np
 
 from embed.bundle import Bundle
+from embed.vectors import exact_knn
 
 
 def same_label_precision_at_k(
     queries: np.ndarray, query_labels: np.ndarray, base: np.ndarray, base_labels: np.ndarray,
     k: int = 5,
 ) -> float:
-    """Mean share of each query's k nearest base rows that carry the query's label."""
-    import faiss
-
+    """Mean share of each query's k nearest base rows (exact search) that carry the query's
+    label."""
     if len(queries) == 0 or len(base) == 0:
         return 0.0
-    k = min(k, len(base))
-    index = faiss.IndexFlatIP(base.shape[1])
-    index.add(np.ascontiguousarray(base, dtype=np.float32))
-    _, positions = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    _, positions = exact_knn(queries, base, k)
     neighbour_labels = np.asarray(base_labels)[positions]
     return float((neighbour_labels == np.asarray(query_labels)[:, None]).mean())
 

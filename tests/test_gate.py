@@ -358,14 +358,27 @@ def test_load_predictor_and_comparison_use_validation(vector_bundle: Path, tmp_p
     assert load_predictor(bundle).name == "logreg"
 
 
-def test_validation_slice_is_the_finetune_one() -> None:
+def test_validation_slice_holds_out_15_percent_per_breed_as_finetune_does(
+        tiny_bundle: Path) -> None:
     labels = np.array(["a"] * 10 + ["b"] * 7)
     mask = validation_mask(labels)
-    assert mask.sum() == 2 + 1  # round(15 %) per breed
-    from embed.sources import stratified_hold_out
+    # round(15 %) of each breed: 2 of 10 "a", 1 of 7 "b"; the rest of each breed fits
+    assert (mask[:10].sum(), mask[10:].sum()) == (2, 1)
+    assert validation_mask(labels).tolist() == mask.tolist()  # seeded: the same slice again
+    assert not validation_mask(labels, fraction=0.0).any()
+    # the fine-tuned head holds out exactly these rows of the bundle's train split, so the
+    # two heads' validation scores are comparable (the serving head is chosen on them)
+    from classify.evaluation import train_breeds
+    from classify.finetune import FinetuneParams, _train_rows
 
-    marks = stratified_hold_out(labels.tolist(), 0.15, 0)
-    assert mask.tolist() == [m == "test" for m in marks]
+    bundle = Bundle.open(tiny_bundle)
+    train_labels = bundle.split_arrays()["train"][1]
+    rows = _train_rows(bundle, train_breeds(train_labels), FinetuneParams())
+    assert len(rows.validation) == len(train_labels) == 24
+    assert rows.validation.tolist() == validation_mask(train_labels).tolist()
+    held = {str(b): int(n) for b, n in zip(*np.unique(train_labels[rows.validation],
+                                                         return_counts=True), strict=True)}
+    assert held == {"beagle": 1, "chihuahua": 1, "samoyed": 1}  # round(15 % of 8) each
 
 
 @pytest.mark.parametrize(("k", "n", "low", "high"), [

@@ -1,7 +1,10 @@
-"""The app's logic as plain functions (no Streamlit): which bundle, queries, uploads, look-alike
-galleries with a breed filter, the 2-D map and the report.
+"""The app's logic as plain functions (no Streamlit): which bundle, the query photo (an upload
+or a dataset row) and its prediction.
 
-Pages call these and only lay out the results, so everything here is tested without a browser.
+The prediction comes from `ui.queries.answer_query`, the very function behind the CLI's
+`search`, with the same head (an image-input fine-tuned head included). The pages' tables
+are in `ui.browse`, the manifest's facts in `ui.facts`. Pages call these and only lay out the
+results, so everything here is tested without a browser.
 """
 
 from __future__ import annotations
@@ -15,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from classify.evaluation import stored_metrics
 from embed.bundle import Bundle
 from embed.errors import EmbedDogsError
-from embed.images import ImageDecodeError
+from embed.images import ImageDecodeError, decode_image, read_and_decode
+from ui.queries import answer_query, embed_photo
 
 BUNDLE_ENV = "EMBED_DOGS_BUNDLE"
 MAX_UPLOAD_ENV = "EMBED_DOGS_UI_MAX_UPLOAD_MB"
@@ -84,6 +87,7 @@ class Query:
     position: int | None = None  # its row in the bundle, when the photo is a dataset image
     label: str | None = None  # its known breed, for dataset images
     image: bytes | None = field(default=None, repr=False)  # display JPEG for uploads
+    pixels: np.ndarray | None = field(default=None, repr=False)  # an upload, decoded
 
 
 def max_upload_mb(environ: Mapping[str, str] | None = None) -> int:
@@ -110,7 +114,8 @@ def query_from_upload(name: str, data: bytes, embedder: Any, limit_mb: int | Non
             " accepted. Please use a smaller photo."
         )
     try:
-        vector = np.asarray(embedder.embed_image_bytes(data, UPLOAD_MAX_PIXELS), np.float32)
+        decoded = decode_image(data, embedder.image_size, UPLOAD_MAX_PIXELS)
+        vectors, _ = embed_photo(embedder, decoded.pixels)  # as `search` embeds a file
         image = display_jpeg(data)
     except ImageDecodeError as exc:
         raise UploadRejected(
@@ -118,7 +123,7 @@ def query_from_upload(name: str, data: bytes, embedder: Any, limit_mb: int | Non
         ) from None
     except (OSError, ValueError, SyntaxError) as exc:  # decodable for the model, not for display
         raise UploadRejected(f"{name} could not be shown ({exc}).") from None
-    return Query(vector, name, image=image)
+    return Query(np.asarray(vectors[0], np.float32), name, image=image, pixels=decoded.pixels)
 
 
 class ShardVectors:
@@ -199,275 +204,31 @@ class Prediction:
         return ""
 
 
-def predict(predictor: Any, vector: np.ndarray, k: int = TOP_BREEDS,
+def query_inputs(ctx: Any, query: Query) -> np.ndarray | None:
+    """The query's preprocessed photo for a head that reads images: an upload's decoded pixels,
+    or a dataset photo read from its file. None when the head reads vectors, or the file of a
+    dataset photo is gone."""
+    if ctx.predictor is None or not ctx.predictor.needs_images:
+        return None
+    pixels = query.pixels
+    if pixels is None and query.position is not None:
+        path = str(ctx.index.metadata.iloc[int(query.position)]["path"])
+        try:
+            pixels = read_and_decode(path, ctx.embedder.image_size)[1].pixels
+        except ImageDecodeError:
+            return None
+    return None if pixels is None else ctx.embedder.inputs_from_pixels(pixels[None])
+
+
+def predict(ctx: Any, query: Query, k: int = TOP_BREEDS,
             threshold: float = NOT_SURE_BELOW) -> Prediction | None:
-    """The head's top-k breeds for one vector; None when the bundle has no head."""
-    if predictor is None:
+    """The head's top-k breeds for the query and the open-set gate's verdict, from
+    `ui.queries.answer_query` (what `embed-dogs search` prints) with the context's own head.
+    None when the bundle has no head, or its image-input head has no photo to read."""
+    if ctx.predictor is None:
         return None
-    return Prediction(predictor.predict_top_k(np.atleast_2d(vector), k)[0], threshold)
-
-
-def judge(prediction: Prediction | None, ctx: Any, vector: np.ndarray) -> Prediction | None:
-    """The open-set gate's verdict on one query, written into its prediction (which keeps the
-    ranked breeds for reference). Without a gate or a head, nothing changes."""
-    gate = getattr(ctx, "gate", None)
-    if prediction is None or gate is None:
-        return prediction
-    from classify.gate import knn_from_neighbours
-
-    hits = ctx.index.search(np.atleast_2d(vector), gate.k)[0]
-    knn = float(knn_from_neighbours([[h.score for h in hits]], gate.k)[0])
-    head = ctx.predictor.name if ctx.predictor is not None else None
-    prediction.verdict = gate.verdict(knn, prediction.probability, head)
-    prediction.why = gate.explain(prediction.verdict, knn, prediction.probability, head)
-    prediction.known_breeds = gate.known_breeds or len(ctx.predictor.classes)
-    return prediction
-
-
-# ---- browsing --------------------------------------------------------------------------------
-def breed_positions(metadata: Any) -> dict[str, np.ndarray]:
-    """Breed -> its rows (bundle positions) in order; unlabelled rows under "(unlabelled)"."""
-    labels = metadata["label"].where(metadata["label"].notna(), UNLABELLED).astype(str)
-    groups = {
-        str(breed): np.asarray(idx, np.int64)
-        for breed, idx in labels.groupby(labels, sort=True).indices.items()
-    }
-    return dict(sorted(groups.items()))
-
-
-def page_slice(positions: np.ndarray, page: int, per_page: int) -> tuple[np.ndarray, int]:
-    """Rows on page `page` (1-based, clamped) and the number of pages."""
-    pages = max(1, -(-len(positions) // per_page))
-    page = min(max(1, page), pages)
-    return positions[(page - 1) * per_page: page * per_page], pages
-
-
-# ---- map -------------------------------------------------------------------------------------
-def projection_methods() -> list[str]:
-    """PCA always; UMAP when umap-learn is installed."""
-    try:
-        import umap  # noqa: F401
-    except ImportError:
-        return ["PCA"]
-    return ["PCA", "UMAP"]
-
-
-PCA_FIT_ROWS = 5000  # PCA is fitted on a sample this big, then applied to every row
-
-
-def project_2d(vectors: np.ndarray, method: str = "PCA", seed: int = 0) -> np.ndarray:
-    """2-D coordinates of the embeddings (PCA, or UMAP with cosine distance)."""
-    vectors = np.asarray(vectors, np.float32)
-    if len(vectors) < 3:
-        return np.zeros((len(vectors), 2), np.float32)
-    if method == "UMAP":
-        import umap
-
-        return umap.UMAP(n_components=2, metric="cosine", random_state=seed).fit_transform(
-            vectors
-        )
-    from sklearn.decomposition import PCA
-
-    sample = vectors
-    if len(vectors) > PCA_FIT_ROWS:
-        rng = np.random.default_rng(seed)
-        sample = vectors[np.sort(rng.choice(len(vectors), PCA_FIT_ROWS, replace=False))]
-    pca = PCA(n_components=2, random_state=seed).fit(sample)
-    return pca.transform(vectors).astype(np.float32)
-
-
-def map_table(bundle: Bundle, method: str = "PCA") -> Any:
-    """One row per image: position, x, y, breed, file; for the map page."""
-    metadata = bundle.metadata()
-    xy = project_2d(bundle.embeddings(), method)
-    table = metadata[["path"]].copy()
-    table.insert(0, "position", np.arange(len(metadata)))
-    table["x"], table["y"] = xy[:, 0], xy[:, 1]
-    table["breed"] = [pretty_breed(b) if b != UNLABELLED else b for b in
-                      metadata["label"].where(metadata["label"].notna(), UNLABELLED).astype(str)]
-    table["file"] = [file_name(p) for p in metadata["path"].astype(str)]
-    return table.drop(columns=["path"])
-
-
-# ---- report ----------------------------------------------------------------------------------
-@dataclass
-class HeadReport:
-    """A breed head's stored test metrics and report files."""
-
-    name: str
-    metrics: dict[str, Any]
-    per_breed: Any  # pandas DataFrame
-    confusion_png: Path | None
-
-
-def head_reports(bundle: Bundle) -> list[HeadReport]:
-    """Every head the manifest records, with its metrics JSON, per-breed table and plot."""
-    import pandas as pd
-
-    reports = []
-    for name, record in (bundle.manifest.get("heads") or {}).items():
-        files = record.get("report") or {}
-        metrics = stored_metrics(bundle.root, record)
-        per_breed = pd.DataFrame(metrics.get("per_breed") or [])
-        if "breed" in per_breed:
-            per_breed["breed"] = per_breed["breed"].map(pretty_breed)
-        png = bundle.root / files["confusion"] if files.get("confusion") else None
-        reports.append(HeadReport(name, metrics, per_breed,
-                                  png if png is not None and png.is_file() else None))
-    return reports
-
-
-def percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def head_summary(metrics: dict[str, Any]) -> str:
-    """'top-1 / top-5 on N test images', or why there is none."""
-    if metrics.get("top1") is None:
-        return "no test images"
-    return (f"{percent(metrics['top1'])} / {percent(metrics.get('top5'))} on"
-            f" {metrics.get('test_images')} test images")
-
-
-def interval_caption(metrics: dict[str, Any], key: str) -> str:
-    """'95% CI 89.5%–97.7% (Wilson)' for a stored top-1/top-5, or ''."""
-    from classify.intervals import accuracy_interval, format_interval
-
-    shown = format_interval(accuracy_interval(metrics, key))
-    return f"{shown} (Wilson)" if shown else ""
-
-
-def gate_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    """The open-set gate's thresholds and the figures behind them, for the report page."""
-    gate = manifest.get("gate")
-    if not gate:
-        return [("open-set gate", "none (needs labelled train and test rows)")]
-    figures = gate.get("figures") or {}
-    rows = [
-        ("signal", f"kNN similarity: mean cosine similarity to the {gate.get('k')} nearest"
-                   " photos of the bundle"),
-        ("dog: at least", f"{gate.get('dog_threshold'):.3f} (keeps"
-                          f" {percent(figures.get('test_dogs_above_dog_threshold'))} of"
-                          f" {figures.get('test_dogs')} held-out test dogs)"),
-        ("not a dog: below", f"{gate.get('not_dog_threshold'):.3f} (each breed left out in"
-                             " turn: 95% of those dogs stay above)"),
-    ]
-    for head, record in (gate.get("heads") or {}).items():
-        floor = record.get("top_probability_floor")
-        rows.append((f"{head} head: top probability floor",
-                     "-" if floor is None else f"{floor:.1%} (below: unknown breed)"))
-    rows.append(("simulated unknown breeds not called dog",
-                 percent(figures.get("simulated_unknown_breeds_not_called_dog"))))
-    return rows
-
-
-def gate_dev_table(bundle: Bundle) -> Any:
-    """report/gate_dev.csv (from `evaluate --not-dogs/--unknown-breeds`), or None."""
-    import pandas as pd
-
-    path = bundle.report_dir / "gate_dev.csv"
-    if not path.is_file():
+    answer = answer_query(ctx, query.vector, query_inputs(ctx, query), k=1, top_breeds=k)
+    if not answer.breeds:
         return None
-    try:
-        return pd.read_csv(path)
-    except (OSError, ValueError):
-        return None
-
-
-def leakage_note(bundle: Bundle) -> str | None:
-    from classify.leakage import leakage_warning
-
-    return leakage_warning(bundle)
-
-
-def engine_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    """The engine that wrote the shards, when a Ray cluster did: its size and speed."""
-    engine = (manifest.get("embeddings") or {}).get("engine") or {}
-    if engine.get("name") != "ray":
-        return []
-    workers = engine.get("per_worker") or []
-    rates = ", ".join(f"{w.get('images_per_second')}" for w in workers)
-    steady = engine.get("steady_images_per_second")
-    n = engine.get("workers")
-    return [("engine", f"ray at {engine.get('address')}: {n} worker{'' if n == 1 else 's'} on"
-                       f" {engine.get('nodes')} node(s), {engine.get('cluster_cpus')} CPUs;"
-                       f" {engine.get('images_per_second')} images/s with start-up"
-                       + (f", {steady} once running" if steady else "")
-                       + (f" (per worker: {rates})" if rates else ""))]
-
-
-def int8_summary(runtime: dict[str, Any]) -> str:
-    """The int8 task check in words, when int8 was asked for."""
-    check = runtime.get("int8")
-    if not check:
-        return ""
-    if check.get("passed"):
-        drop = check.get("top1_drop_points")
-        top1 = f"top-1 {-drop:+.1f} points, " if drop is not None else ""
-        return (f"; int8 task check passed: {top1}neighbour overlap@10"
-                f" {check.get('overlap_at_10')} on {check.get('rows')} images")
-    return f"; int8 not used: {check.get('reason')}"
-
-
-def manifest_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    """The manifest as (name, value) rows a person can read: the one formatter that `info`,
-    `build-index`'s summary and the app's report and sidebar all show."""
-    bb = manifest.get("backbone") or {}
-    src = manifest.get("source") or {}
-    idx = manifest.get("index") or {}
-    counts = manifest.get("counts") or {}
-    runtime = bb.get("runtime") or {}
-    rows = [
-        ("backbone", f"{bb.get('name')} @ {bb.get('image_size')} px, dim {bb.get('dim')},"
-                     f" preprocessing {bb.get('preprocessing')}"),
-    ]
-    if bb.get("lineage"):
-        rows.append(("fine-tuned from", str(bb["lineage"].get("head_file"))))
-    parity = runtime.get("parity") or {}
-    rows += [
-        ("weights", str(bb.get("weights"))),
-        ("weights sha256", str(bb.get("weights_sha256", ""))[:16] + "…"),
-        ("runtime", str(runtime.get("name", "-")) + (
-            f" (parity with Keras: mean cosine {parity['mean_cosine']:.5f})"
-            if parity.get("mean_cosine") is not None else "") + int8_summary(runtime)),
-        *engine_facts(manifest),
-        ("source", f"{src.get('kind')} {src.get('location')}"),
-        ("splits", ", ".join(f"{k} {v}" for k, v in (src.get("splits") or {}).items()) or "-"),
-        ("images", ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"),
-        ("index", f"{idx.get('kind')} ({idx.get('factory')}), metric {idx.get('metric')}"),
-        ("recall@10 vs exact search", str(idx.get("recall@10"))),
-    ]
-    fixed = (manifest.get("embeddings") or {}).get("fixed_seconds") or {}
-    if fixed:
-        rows.append(("one-time costs", ", ".join(f"{k} {v:.1f} s" for k, v in fixed.items())
-                     + f" (total {sum(fixed.values()):.1f} s, not in images/s)"))
-    for name, head in (manifest.get("heads") or {}).items():
-        rows.append((f"head {name}: test top-1 / top-5", head_summary(head.get("metrics") or {})))
-    best = (manifest.get("comparison") or {}).get("best")
-    if best:
-        by = (manifest.get("comparison") or {}).get("by", "test top1")
-        rows.append(("best head", f"{best} (by {by})"))
-    gate = manifest.get("gate")
-    rows.append(("open-set gate", f"kNN >= {gate['dog_threshold']:.3f} dog, <"
-                 f" {gate['not_dog_threshold']:.3f} not a dog" if gate else "none"))
-    rows += [
-        ("created", str(manifest.get("created_at"))),
-        ("versions", ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items())),
-    ]
-    return rows
-
-
-def selected_position(event: Any, param: str = "dog") -> int | None:
-    """The bundle position of the point clicked on the map (Streamlit's chart selection state),
-    or None when nothing is selected."""
-    try:
-        points = event["selection"][param]
-    except (KeyError, TypeError, AttributeError):
-        return None
-    if isinstance(points, Mapping):  # some versions nest fields: {"position": [12]}
-        values = points.get("position")
-        points = [{"position": v} for v in values] if isinstance(values, list) else [points]
-    for point in points or []:
-        if isinstance(point, Mapping) and point.get("position") is not None:
-            return int(point["position"])
-    return None
+    known = (ctx.gate.known_breeds or len(ctx.predictor.classes)) if ctx.gate else 0
+    return Prediction(answer.breeds, threshold, answer.verdict, answer.why, known)

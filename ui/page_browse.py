@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import core, widgets
+from ui import browse, widgets
 
 PER_PAGE = 24
 COLUMNS = 6
@@ -17,7 +17,7 @@ breed = left.selectbox("Breed", list(groups), key="browse_breed",
                        format_func=lambda b: f"{widgets.pretty(b)} ({len(groups[b])})")
 pages = max(1, -(-len(groups[breed]) // PER_PAGE))
 page = right.number_input(f"Page (of {pages})", 1, pages, key="browse_page")
-rows, pages = core.page_slice(groups[breed], int(page), PER_PAGE)
+rows, pages = browse.page_slice(groups[breed], int(page), PER_PAGE)
 query = widgets.current_query()
 if query is not None:  # above the grid, where a click on "look-alikes" can be seen
     with st.container(border=True):

@@ -3,14 +3,14 @@
 import altair as alt
 import streamlit as st
 
-from ui import core, widgets
+from ui import browse, widgets
 
 LEGEND_MAX_BREEDS = 30
 
 ctx = widgets.context()
 ref = widgets.bundle_ref()
 st.title("Map of the embeddings")
-methods = core.projection_methods()
+methods = browse.projection_methods()
 method = st.radio("Projection", methods, horizontal=True, key="map_method") if len(
     methods) > 1 else methods[0]
 table = widgets.map_data(ref, method)
@@ -33,7 +33,7 @@ chart = alt.Chart(table).mark_circle(size=30 if len(table) < 5000 else 12, strok
 ).add_params(point).properties(height=560)
 event = st.altair_chart(chart, on_select="rerun", selection_mode="dog", key="map_chart",
                         width="stretch")
-chosen = core.selected_position(event)
+chosen = browse.selected_position(event)
 if chosen is not None and st.session_state.get("map_applied") != chosen:
     st.session_state["map_applied"] = chosen
     widgets.use_row(chosen)

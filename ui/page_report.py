@@ -3,12 +3,12 @@
 import pandas as pd
 import streamlit as st
 
-from ui import core, widgets
+from ui import browse, core, facts, widgets
 
 ctx = widgets.context()
 ref = widgets.bundle_ref()
 st.title("Report")
-leakage = core.leakage_note(ctx.bundle)
+leakage = browse.leakage_note(ctx.bundle)
 if leakage:
     st.warning(leakage, icon=":material/warning:")
 heads = widgets.reports(ref)
@@ -24,8 +24,8 @@ for head in heads:
     a.metric("Top-1 accuracy", f"{m['top1']:.1%}")
     b.metric("Top-5 accuracy", f"{m['top5']:.1%}")
     c.metric("Test images", f"{m['test_images']:,}")
-    a.caption(core.interval_caption(m, "top1"))
-    b.caption(core.interval_caption(m, "top5"))
+    a.caption(facts.interval_caption(m, "top1"))
+    b.caption(facts.interval_caption(m, "top5"))
     validation = (ctx.bundle.manifest.get("heads", {}).get(head.name, {}).get("validation")
                   or {}).get("top1")
     if validation is not None:
@@ -55,9 +55,9 @@ for head in heads:
 st.header("Open-set gate")
 st.caption("Before naming a breed the app checks that the photo looks like this bundle's dogs."
            " Thresholds come from the bundle's own held-out photos.")
-st.dataframe(pd.DataFrame(core.gate_facts(ctx.bundle.manifest), columns=["", "value"]),
+st.dataframe(pd.DataFrame(facts.gate_facts(ctx.bundle.manifest), columns=["", "value"]),
              hide_index=True, width="stretch")
-dev = core.gate_dev_table(ctx.bundle)
+dev = browse.gate_dev_table(ctx.bundle)
 if dev is not None:
     st.subheader("Measured on other photos")
     st.caption("From `embed-dogs evaluate --not-dogs … --unknown-breeds …`: AUROC and"
@@ -65,5 +65,5 @@ if dev is not None:
     st.dataframe(dev, hide_index=True, width="stretch")
 
 st.header("Bundle")
-facts = pd.DataFrame(core.manifest_facts(ctx.bundle.manifest), columns=["", "value"])
+facts = pd.DataFrame(facts.manifest_facts(ctx.bundle.manifest), columns=["", "value"])
 st.dataframe(facts, hide_index=True, width="stretch")

@@ -11,7 +11,7 @@ import numpy as np
 import streamlit as st
 
 from embed.errors import EmbedDogsError
-from ui import core
+from ui import browse, core, facts
 from ui.thumbnails import PREVIEW_SIZE, THUMB_SIZE, has_file, placeholder, thumbnail
 
 QUERY = "query"
@@ -32,7 +32,7 @@ def load_context(ref: core.BundleRef) -> Any:
     identity, so a rebuild, `add` or `remove` is picked up on the next rerun."""
     from ui.workflows import open_for_queries
 
-    return open_for_queries(ref.path)
+    return open_for_queries(ref.path, accepts_images=True)  # the CLI's head, image heads too
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -44,7 +44,7 @@ def load_vectors(ref: core.BundleRef) -> core.ShardVectors:
 @st.cache_data(show_spinner=False, max_entries=4)
 def breed_groups(ref: core.BundleRef) -> dict[str, np.ndarray]:
     """Breed -> bundle positions."""
-    return core.breed_positions(load_context(ref).index.metadata)
+    return browse.breed_positions(load_context(ref).index.metadata)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -56,13 +56,13 @@ def file_names(ref: core.BundleRef) -> list[str]:
 @st.cache_data(show_spinner="Projecting the embeddings to 2-D…", max_entries=4)
 def map_data(ref: core.BundleRef, method: str) -> Any:
     """The map page's table (position, x, y, breed, file)."""
-    return core.map_table(load_context(ref).bundle, method)
+    return browse.map_table(load_context(ref).bundle, method)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
-def reports(ref: core.BundleRef) -> list[core.HeadReport]:
+def reports(ref: core.BundleRef) -> list[browse.HeadReport]:
     """The report page's tables."""
-    return core.head_reports(load_context(ref).bundle)
+    return browse.head_reports(load_context(ref).bundle)
 
 
 def bundle_path() -> str | None:
@@ -182,10 +182,12 @@ def prediction_block(ctx: Any, query: core.Query) -> core.Prediction | None:
     """Top breeds as a bar chart, with an honest "not sure" under the threshold."""
     import altair as alt
 
-    prediction = core.judge(core.predict(ctx.predictor, query.vector), ctx, query.vector)
+    prediction = core.predict(ctx, query)
     if prediction is None:
         st.info("This bundle has no breed head (its source was unlabelled), so no breed is"
-                " predicted; the look-alikes below still work.")
+                " predicted; the look-alikes below still work." if ctx.predictor is None else
+                f"The {ctx.predictor.name} head reads photos, and this photo's file is not"
+                " available, so no breed is predicted; the look-alikes below still work.")
         return None
     if not prediction.names_a_breed:
         gate_refusal(ctx, prediction)
@@ -319,9 +321,9 @@ def missing_bundle_page(path: str | None, problem: str | None) -> None:
 
 def sidebar_facts(ctx: Any) -> None:
     """Which bundle is open, in a few words."""
-    facts = dict(core.manifest_facts(ctx.bundle.manifest))
+    shown = dict(facts.manifest_facts(ctx.bundle.manifest))
     with st.sidebar:
         st.caption(
             f"Bundle `{ctx.bundle.root.name}`: {len(ctx.index.metadata):,} images,"
-            f" {facts['backbone']}, head {ctx.predictor.name if ctx.predictor else 'none'}"
+            f" {shown['backbone']}, head {ctx.predictor.name if ctx.predictor else 'none'}"
         )

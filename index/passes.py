@@ -1,0 +1,103 @@
+"""Passes over a bundle's embedding shards: counting, sampling and gathering rows, adding them
+to an index, and the exact top-k (recall's truth) merged shard by shard.
+
+Each pass holds one shard and the samples, never the whole collection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from embed.vectors import exact_knn
+
+RECALL_K = 10
+RECALL_QUERIES = 1000
+ADD_BATCH = 16_384  # rows added to an HNSW graph at a time
+SEED = 0
+
+Shards = Callable[[], Iterable[np.ndarray]]  # a fresh pass over float32 blocks in row order
+
+
+def in_memory(vectors: np.ndarray) -> Shards:
+    """One array as a single shard."""
+    block = np.ascontiguousarray(vectors, dtype=np.float32)
+    return lambda: [block]
+
+
+def count_rows(shards: Shards) -> int:
+    """Rows from the shards' shapes: only their headers are read."""
+    return sum(len(shard) for shard in shards())
+
+
+def sample_positions(n: int, size: int, seed: int = SEED) -> np.ndarray:
+    """`size` distinct seeded row positions, sorted; every row, in order, when size >= n."""
+    if size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def gather_rows(shards: Shards, *positions: np.ndarray) -> list[np.ndarray]:
+    """The rows at each sorted array of positions, copied out of the shards in one pass
+    straight into their final arrays."""
+    out: list[np.ndarray | None] = [None] * len(positions)
+    start = 0
+    for shard in shards():
+        stop = start + len(shard)
+        for i, wanted in enumerate(positions):
+            if out[i] is None:
+                out[i] = np.empty((len(wanted), shard.shape[1]), np.float32)
+            lo, hi = np.searchsorted(wanted, [start, stop])
+            if hi > lo:
+                out[i][lo:hi] = shard[wanted[lo:hi] - start]
+        start = stop
+    return [rows if rows is not None else np.zeros((0, 0), np.float32) for rows in out]
+
+
+def stream_shards(shards: Shards, index: Any = None, kind: str = "flat",
+                  queries: np.ndarray | None = None, k: int = RECALL_K,
+                  skip: int = 0) -> np.ndarray | None:
+    """One pass: add every row after the first `skip` to `index` (HNSW in batches) and, given
+    `queries`, return their exact top-k positions over all rows, merged shard by shard."""
+    import faiss
+
+    heap = None if queries is None else faiss.ResultHeap(len(queries), k, keep_max=True)
+    start = 0
+    for shard in shards():
+        rows = len(shard)
+        if heap is not None and rows:
+            scores, ids = exact_knn(queries, shard, k)
+            heap.add_result(scores, np.where(ids >= 0, ids + start, -1))
+        if index is not None:
+            step = ADD_BATCH if kind == "hnsw" else max(rows, 1)
+            for lo in range(max(skip - start, 0), rows, step):
+                index.add(np.ascontiguousarray(shard[lo:lo + step], dtype=np.float32))
+        start += rows
+    if heap is None:
+        return None
+    heap.finalize()
+    return heap.I
+
+
+def recall_of(found: np.ndarray, truth: np.ndarray) -> float:
+    """Share of the exact top-k neighbours found."""
+    hits = sum(len(set(t) & set(f)) for t, f in zip(truth, found, strict=True))
+    return hits / max(truth.size, 1)
+
+
+def recall_at_k(index: Any, vectors: np.ndarray | Shards, k: int = RECALL_K,
+                n_queries: int = RECALL_QUERIES, seed: int = SEED) -> float:
+    """Share of the exact top-k neighbours the index finds, on a seeded sample of the rows.
+
+    `vectors` is an array, or a function giving a pass over shards (the exact top-k is then
+    taken shard by shard: only one shard and the queries are in memory)."""
+    shards = vectors if callable(vectors) else in_memory(vectors)
+    n = count_rows(shards)
+    if n == 0:
+        return 1.0
+    k = min(k, n)
+    (queries,) = gather_rows(shards, sample_positions(n, min(n_queries, n), seed))
+    truth = stream_shards(shards, queries=queries, k=k)
+    return recall_of(index.search(queries, k)[1], truth)

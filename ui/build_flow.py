@@ -1,0 +1,270 @@
+"""Building and changing bundles: the steps of `build-index`, `add`, `remove` and `train`.
+
+A build is a short sequence of steps that benchmarks and tests reuse one by one:
+`open_build_source` -> `open_build_embedder` -> the engine's `embed_source_into`
+(embed.engines: this process, or a Ray cluster) -> `index_bundle` -> `fit_default_head`;
+`build_bundle` runs them inside a staged bundle. `add_to_bundle` and `remove_from_bundle`
+change a staged copy and refresh what depends on the rows (`refresh_after_change`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from classify.comparison import compare_heads
+from classify.finetune import FinetuneParams, train_finetune_head
+from classify.gate import fit_gate
+from classify.heads import train_logreg_head
+from classify.logreg import DEFAULT_C
+from embed.backbones import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
+from embed.build import DEFAULT_ROWS_PER_SHARD, EmbedStats, ProgressCallback, remove_rows
+from embed.bundle import Bundle, new_manifest
+from embed.embedder import (
+    Embedder,
+    finetuned_lineage,
+    load_embedder,
+    load_finetuned_embedder,
+    save_serving_weights,
+    serving_embedder,
+)
+from embed.engines import DEFAULT_ENGINE, Engine, make_engine
+from embed.errors import BundleError, SourceError
+from embed.pipeline import DEFAULT_BATCH_SIZE
+from embed.runtimes import DEFAULT_RUNTIME
+from embed.sources import DEFAULT_SOURCE, DEFAULT_TEST_FRACTION, Source, open_source
+from embed.staging import BundleWriter
+from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET, choose_index
+from index.lookalikes import build_bundle_index, extend_bundle_index
+
+DEFAULT_OUT = "dogs-bundle"
+log = logging.getLogger(__name__)
+HEADS = ("logreg", "finetune")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What `build-index` was asked for; the CLI's defaults come from here."""
+
+    source: str = DEFAULT_SOURCE
+    out: Path = Path(DEFAULT_OUT)
+    backbone: str = DEFAULT_BACKBONE
+    weights: str | None = DEFAULT_WEIGHTS  # "imagenet", a weights file, or None/"none"
+    image_size: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    index_kind: str = DEFAULT_INDEX_KIND
+    memory_budget: str = DEFAULT_MEMORY_BUDGET
+    runtime: str = DEFAULT_RUNTIME
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    overwrite: bool = False
+    rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
+    backbone_from: Path | None = None  # embed with this bundle's fine-tuned backbone
+    engine: str = DEFAULT_ENGINE  # "local", or "ray": the embedding stage on a Ray cluster
+    ray_address: str | None = None  # ray: None starts a local cluster; "auto" joins one
+    workers: int | None = None  # ray: actors (None: one per core of the cluster)
+
+
+@dataclass
+class BuildResult:
+    bundle: Path
+    stats: EmbedStats
+    manifest: dict[str, Any]
+
+
+def open_build_source(config: BuildConfig) -> Source:
+    return open_source(config.source, test_fraction=config.test_fraction)
+
+
+def open_build_embedder(config: BuildConfig) -> Embedder:
+    """The named backbone, or the fine-tuned backbone of `config.backbone_from`'s head."""
+    if config.backbone_from is not None:
+        return load_finetuned_embedder(finetuned_lineage(config.backbone_from), config.runtime)
+    return load_embedder(config.backbone, config.weights, config.image_size, config.runtime)
+
+
+def index_bundle(
+    bundle: Bundle, kind: str = DEFAULT_INDEX_KIND, memory_budget: str = DEFAULT_MEMORY_BUDGET
+) -> dict[str, Any]:
+    """Build the bundle's FAISS index and record it in the manifest."""
+    log.info("building the FAISS index")
+    record = {**build_bundle_index(bundle, kind, memory_budget), "requested": kind,
+              "memory_budget": str(memory_budget)}
+    bundle.update_manifest(index=record)
+    bundle.record_files(bundle.index_path)
+    return record
+
+
+def fit_default_head(bundle: Bundle) -> dict[str, Any]:
+    """The logistic-regression head every labelled build gets, with its test report, and the
+    open-set gate calibrated for it."""
+    log.info("fitting the logistic-regression breed head and the open-set gate")
+    record = train_logreg_head(bundle)
+    fit_gate(bundle)
+    return record
+
+
+def build_engine(config: BuildConfig) -> Engine:
+    """The engine that runs the embedding stage (`ray` refuses at once without Ray)."""
+    return make_engine(config.engine, config.ray_address, config.workers)
+
+
+def source_root(config: BuildConfig) -> Path | None:
+    """The folder a build reads photos from (None for tfds): --out must stay clear of it."""
+    return None if config.source.startswith("tfds:") else Path(config.source)
+
+
+def build_bundle(
+    config: BuildConfig, on_source: Callable[[Source], ProgressCallback | None] | None = None
+) -> BuildResult:
+    """Source -> embeddings -> index -> (if labelled) logistic-regression head and report.
+
+    `--out` is checked and locked before anything slow happens. An interrupted build of the
+    same source, backbone and settings is continued from its last complete shard.
+    `on_source` is called once the source is listed and may return a progress callback.
+    """
+    engine = build_engine(config)
+    with BundleWriter(config.out, config.overwrite, source_root(config)) as writer, engine:
+        src = open_build_source(config)
+        embedder = open_build_embedder(config)
+        # an index that cannot fit the budget is said now, not after hours of embedding
+        choose_index(config.index_kind, len(src.items), embedder.dim, config.memory_budget)
+        on_progress = on_source(src) if on_source else None
+        bundle, _ = writer.stage(
+            engine.resume_key(src, embedder, config.runtime, config.rows_per_shard))
+        bundle.write_manifest(new_manifest(embedder.identity(), src.describe()))
+        save_serving_weights(embedder, bundle)
+        stats = engine.embed_source_into(  # leaves the serving model in the bundle too
+            bundle, src, embedder, config.batch_size, config.rows_per_shard, on_progress
+        )
+        index_bundle(bundle, config.index_kind, config.memory_budget)
+        if src.labelled and stats.embedded:
+            fit_default_head(bundle)
+        manifest = bundle.manifest  # complete only now; the folder gets its name below
+        target = writer.commit()
+    return BuildResult(target, stats, manifest)
+
+
+def refresh_after_change(bundle: Bundle, event: dict[str, Any],
+                         new_shards: list[dict[str, Any]] | None = None) -> None:
+    """After rows were added or removed: the index (extended in place with `new_shards` when
+    the ladder keeps its layout, else rebuilt as it was requested), the logistic-regression
+    head, its report and the gate when labelled, the comparison, the history."""
+    import time
+
+    import numpy as np
+
+    index = bundle.manifest.get("index") or {}
+    budget = index.get("memory_budget", DEFAULT_MEMORY_BUDGET)
+    if new_shards is not None:
+        log.info("adding the new rows to the FAISS index")
+        vectors = [np.load(bundle.inside(s["file"]), mmap_mode="r") for s in new_shards]
+        record = extend_bundle_index(bundle, vectors, budget)
+        bundle.update_manifest(index={**record, "requested": index.get("requested"),
+                                      "memory_budget": budget})
+        bundle.record_files(bundle.index_path)
+    else:
+        index_bundle(bundle, index.get("requested", DEFAULT_INDEX_KIND), budget)
+    splits = bundle.split_arrays()
+    if len(set(splits["train"][1])) >= 2:
+        fit_default_head(bundle)
+        if len(bundle.manifest.get("heads") or {}) > 1:
+            compare_heads(bundle)
+    history = list(bundle.manifest.get("history") or [])
+    history.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event})
+    bundle.update_manifest(history=history)
+
+
+def add_to_bundle(
+    bundle_dir: str | Path, source: str, batch_size: int = DEFAULT_BATCH_SIZE,
+    runtime: str | None = None,
+    on_source: Callable[[Source], ProgressCallback | None] | None = None,
+    engine: Engine | None = None,
+) -> EmbedStats:
+    """Embed only the photos of `source` whose content is not in the bundle yet, append them
+    as new shards, then refresh index, head and report. The bundle in place is replaced only
+    when everything succeeded. `engine` runs the embedding (default: this process)."""
+    current = Bundle.open(bundle_dir)
+    engine = engine or make_engine()
+    with BundleWriter(current.root, overwrite=True) as writer, engine:
+        staged = writer.stage_copy()
+        test_fraction = (staged.manifest.get("source") or {}).get("test_fraction",
+                                                                  DEFAULT_TEST_FRACTION)
+        src = open_source(source, test_fraction=test_fraction)
+        embedder = serving_embedder(staged, runtime)  # the very model the bundle's rows came from
+        on_progress = on_source(src) if on_source else None
+        old_shards = len(staged.manifest["embeddings"]["shards"])
+        stats = engine.append_source(staged, src, embedder, batch_size, on_progress)
+        refresh_after_change(staged, {"op": "add", "source": src.location,
+                                      "added": stats.embedded, "skipped": stats.skipped,
+                                      "already_there": stats.reused},
+                             new_shards=staged.manifest["embeddings"]["shards"][old_shards:])
+        writer.commit()
+    return stats
+
+
+def matching_positions(bundle: Bundle, patterns: list[str]) -> Any:
+    """Metadata positions whose path equals or matches (glob) one of `patterns`: absolute,
+    relative to the bundle's source root, or a relative tail such as `samoyed/*.jpg`."""
+    import fnmatch
+
+    import numpy as np
+
+    table = bundle.metadata()
+    root = bundle.source_root
+    wanted = []
+    for p in patterns:
+        if not any(c in p for c in "*?["):
+            p = str(Path(p).expanduser().resolve()) if Path(p).expanduser().exists() else p
+        wanted += [p] if p.startswith("/") else [p, f"*/{p}"]  # relative: any folder above
+    mask = np.zeros(len(table), bool)
+    for i, path in enumerate(table["path"].astype(str)):
+        relative = str(Path(path).relative_to(root)) if root and Path(path).is_relative_to(
+            root) else path
+        mask[i] = any(fnmatch.fnmatchcase(path, w) or fnmatch.fnmatchcase(relative, w)
+                      for w in wanted)
+    return mask
+
+
+def remove_from_bundle(bundle_dir: str | Path, patterns: list[str]) -> int:
+    """Drop the rows whose paths match `patterns` (paths or globs); refresh index, head and
+    report. Returns how many rows went."""
+    current = Bundle.open(bundle_dir)
+    drop = matching_positions(current, patterns)
+    if not drop.any():
+        raise SourceError(f"no image of {bundle_dir} matches {', '.join(patterns)}")
+    if drop.all():
+        raise SourceError("that would remove every image; build a new bundle instead")
+    with BundleWriter(current.root, overwrite=True) as writer:
+        staged = writer.stage_copy()
+        removed = remove_rows(staged, drop)
+        refresh_after_change(staged, {"op": "remove", "patterns": patterns,
+                                      "removed": removed})
+        writer.commit()
+    return removed
+
+
+def train_head(
+    bundle_dir: str | Path,
+    head: str = "finetune",
+    c: float | None = None,
+    params: FinetuneParams | None = None,
+    on_epoch: Callable[[str, int, int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """(Re)train one breed head on the bundle's split, then refresh the head comparison and
+    re-calibrate the open-set gate.
+
+    Returns {"record": the head's manifest record, "comparison": the comparison section,
+    "gate": the gate section}.
+    """
+    bundle = Bundle.open(bundle_dir)
+    if head == "logreg":
+        record = train_logreg_head(bundle, DEFAULT_C if c is None else c)
+    elif head == "finetune":
+        record = train_finetune_head(bundle, params or FinetuneParams(), on_epoch)
+    else:
+        raise BundleError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
+    comparison = compare_heads(bundle)
+    return {"record": record, "comparison": comparison, "gate": fit_gate(bundle)}

@@ -1,0 +1,227 @@
+"""The commands that write a bundle: `build-index`, `add`, `remove` and `train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from embed.backbones import DEFAULT_BACKBONE, WEIGHTS_HELP
+from embed.engines import DEFAULT_ENGINE
+from embed.errors import EmbedDogsError
+from embed.pipeline import DEFAULT_BATCH_SIZE
+from embed.runtimes import DEFAULT_RUNTIME
+from embed.sources import DEFAULT_SOURCE, DEFAULT_TEST_FRACTION
+from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET
+from ui.cli_common import (
+    BundleOpt,
+    EngineOpt,
+    HeadChoice,
+    IndexChoice,
+    RayAddressOpt,
+    RuntimeChoice,
+    RuntimeOpt,
+    WorkersOpt,
+    clear_errors,
+    console,
+    err,
+    memory_size,
+    plain,
+    progress_bar,
+)
+from ui.facts import manifest_facts
+from ui.workflows import DEFAULT_OUT, BuildConfig
+
+
+def build_index(
+    source: Annotated[str, typer.Option(
+        help="tfds:NAME (tensorflow-datasets) or a folder: ROOT/<breed>/<images>.")
+    ] = DEFAULT_SOURCE,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write.")] = Path(
+        DEFAULT_OUT
+    ),
+    backbone: Annotated[str, typer.Option(help="Backbone name; see `embed-dogs backbones`.")] = (
+        DEFAULT_BACKBONE
+    ),
+    weights: Annotated[str, typer.Option(help=WEIGHTS_HELP + ".")] = "imagenet",
+    image_size: Annotated[int | None, typer.Option(help="Input size in pixels.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = (
+        DEFAULT_BATCH_SIZE
+    ),
+    index: Annotated[IndexChoice, typer.Option(
+        help="FAISS index kind; auto picks by size and memory budget.")
+    ] = DEFAULT_INDEX_KIND,
+    memory_budget: Annotated[str, typer.Option(
+        help="Index memory budget for auto, e.g. 2G.", callback=memory_size)
+    ] = DEFAULT_MEMORY_BUDGET,
+    runtime: Annotated[RuntimeChoice, typer.Option(
+        help="Inference runtime; auto: LiteRT float32 on CPU, Keras on a GPU; litert-int8:"
+        " int8, checked on this source's images (float32 when it fails).")
+    ] = DEFAULT_RUNTIME,
+    test_fraction: Annotated[float, typer.Option(
+        min=0.0, max=0.9, help="Hold-out share for folders without their own split.")
+    ] = DEFAULT_TEST_FRACTION,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
+    backbone_from: Annotated[Path | None, typer.Option(
+        help="Embed with the fine-tuned backbone of this bundle's finetune head (replaces"
+        " --backbone/--weights/--image-size).")
+    ] = None,
+    engine: EngineOpt = DEFAULT_ENGINE,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Embed every image of a source into a bundle, build its FAISS index and breed head."""
+    config = BuildConfig(
+        source=source, out=out, backbone=backbone, weights=weights, image_size=image_size,
+        batch_size=batch_size, index_kind=plain(index), memory_budget=memory_budget,
+        runtime=plain(runtime),
+        test_fraction=test_fraction, overwrite=overwrite, backbone_from=backbone_from,
+        engine=plain(engine), ray_address=ray_address, workers=workers,
+    )
+    with clear_errors(), progress_bar("embedding") as start:
+        from ui.workflows import build_bundle
+
+        result = build_bundle(config, on_source=lambda src: start(len(src.items)))
+    stats = result.stats
+    table = Table(title=f"bundle {result.bundle}", show_header=False)
+    table.add_row("images embedded", str(stats.embedded) + (
+        f" ({stats.reused} items reused from the interrupted build)" if stats.reused else ""))
+    table.add_row("skipped", f"{stats.skipped}" + (
+        f" (see {result.bundle / 'skipped.csv'})" if stats.skipped else ""))
+    table.add_row("throughput", f"{stats.images_per_second:.1f} images/s (steady state)"
+                  if stats.processed else "nothing left to embed (every item reused)")
+    source = result.manifest.get("source") or {}
+    if source.get("duplicates"):
+        table.add_row("duplicates", f"{source['duplicates']} files repeat another file's"
+                      " content; each group stays in one split")
+    shown = ("backbone", "fine-tuned from", "runtime", "one-time costs", "engine", "index",
+             "recall@10 vs exact search", "open-set gate")
+    for name, value in manifest_facts(result.manifest):
+        if name in shown or name.startswith("head "):
+            table.add_row(name, value)
+    if not result.manifest.get("heads"):
+        table.add_row("breed head", "none (unlabelled source or no test images)")
+    console.print(table)
+
+
+def add(
+    bundle: BundleOpt,
+    source: Annotated[str, typer.Option(help="A folder of photos: ROOT/<breed>/<images>.")],
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per inference batch.")] = (
+        DEFAULT_BATCH_SIZE
+    ),
+    runtime: RuntimeOpt = None,
+    engine: EngineOpt = DEFAULT_ENGINE,
+    ray_address: RayAddressOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Add the photos of a folder that the bundle does not hold yet (by content), then update
+    its index, breed head and report."""
+    with clear_errors(), progress_bar("adding") as start:
+        from embed.engines import make_engine
+        from ui.workflows import add_to_bundle
+
+        runner = make_engine(plain(engine), ray_address, workers)
+        stats = add_to_bundle(bundle, source, batch_size, plain(runtime),
+                              on_source=lambda src: start(len(src.items)), engine=runner)
+    console.print(f"added {stats.embedded} images to {bundle}"
+                  + (f", {stats.skipped} could not be used (see skipped.csv)"
+                     if stats.skipped else "")
+                  + f"; {stats.reused} were already there")
+
+
+def remove(
+    bundle: BundleOpt,
+    patterns: Annotated[list[str] | None, typer.Argument(
+        help="Image paths or globs (e.g. 'beagle/*'), absolute or relative to the source.")
+    ] = None,
+    from_file: Annotated[Path | None, typer.Option(
+        "--from-file", help="A text file with one path or glob per line.")] = None,
+) -> None:
+    """Remove images from a bundle, then update its index, breed head and report."""
+    with clear_errors():
+        from ui.workflows import remove_from_bundle
+
+        wanted = list(patterns or [])
+        if from_file is not None:
+            if not from_file.is_file():
+                raise EmbedDogsError(f"list file {from_file} does not exist")
+            wanted += [line.strip() for line in from_file.read_text().splitlines()
+                       if line.strip()]
+        if not wanted:
+            raise EmbedDogsError("name the images to remove: paths, globs or --from-file")
+        removed = remove_from_bundle(bundle, wanted)
+    console.print(f"removed {removed} images from {bundle}")
+
+
+def train(
+    bundle: BundleOpt,
+    head: Annotated[HeadChoice, typer.Option(help="finetune (Keras) or logreg.")] = "finetune",
+    epochs: Annotated[int, typer.Option(min=1, help="finetune: epochs of the head phase.")] = 30,
+    learning_rate: Annotated[float, typer.Option(
+        help="finetune: Adam learning rate of the head phase.")] = 1e-2,
+    unfreeze: Annotated[int, typer.Option(
+        min=0, help="finetune: top weighted backbone layers to train after the head (0: none;"
+        " BatchNorm stays frozen).")] = 0,
+    fine_tune_epochs: Annotated[int, typer.Option(
+        min=0, help="finetune: epochs with the top layers unfrozen.")] = 5,
+    fine_tune_learning_rate: Annotated[float, typer.Option(
+        help="finetune: learning rate with the top layers unfrozen.")] = 1e-4,
+    augment: Annotated[bool, typer.Option(
+        help="finetune: random flip/rotation/zoom/contrast (trains through images).")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="finetune: images per step.")] = 32,
+    validation_fraction: Annotated[float, typer.Option(
+        min=0.0, max=0.5, help="finetune: share of the train split for early stopping.")] = 0.15,
+    seed: Annotated[int, typer.Option(help="finetune: seed of the validation slice and"
+                                      " training.")] = 0,
+    c: Annotated[float | None, typer.Option(
+        "--c", help="logreg: inverse regularisation strength C.")] = None,
+) -> None:
+    """(Re)train a breed head on the bundle's own train/test split and compare the heads."""
+    head = plain(head)
+    with clear_errors():
+        from classify.finetune import FinetuneParams
+        from ui.workflows import train_head
+
+        params = None
+        if head == "finetune":
+            try:
+                params = FinetuneParams(
+                    epochs=epochs, learning_rate=learning_rate, unfreeze=unfreeze,
+                    fine_tune_epochs=fine_tune_epochs,
+                    fine_tune_learning_rate=fine_tune_learning_rate, augment=augment,
+                    batch_size=batch_size, validation_fraction=validation_fraction, seed=seed,
+                )
+            except ValueError as exc:
+                raise EmbedDogsError(str(exc)) from None
+
+        def on_epoch(phase: str, epoch: int, total: int, logs: dict[str, float]) -> None:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
+            err.print(f"[bold]{phase}[/] epoch {epoch}/{total}  {shown}", highlight=False,
+                      soft_wrap=True)
+
+        result = train_head(bundle, head, c=c, params=params, on_epoch=on_epoch)
+    record, comparison = result["record"], result["comparison"]
+    path = record.get("training_path")
+    if isinstance(path, dict):
+        ran = f"head on {path['head'].replace('_', ' ')}" + (
+            f", then {record['unfrozen_layers']} backbone layers unfrozen on images"
+            if path.get("fine_tune") else "")
+        console.print(f"trained {head}: {ran}")
+    table = Table(title=f"heads of {bundle} (test split; best by {comparison['by']})")
+    for col in ("head", "validation top-1", "top-1", "top-5", "train s", "best"):
+        table.add_column(col)
+    for name, s in comparison["heads"].items():
+        validation = s.get("validation_top1")
+        table.add_row(name, f"{validation:.1%}" if validation is not None else "-",
+                      f"{s['top1']:.1%}" if s["top1"] is not None else "-",
+                      f"{s['top5']:.1%}" if s["top5"] is not None else "-",
+                      f"{s['train_seconds']:.1f}" if s["train_seconds"] is not None else "-",
+                      "*" if name == comparison["best"] else "")
+    console.print(table)
+    console.print(f"comparison: {bundle / comparison['files']['csv']}")
+    if result.get("gate"):
+        console.print(f"open-set gate re-calibrated: kNN >= {result['gate']['dog_threshold']:.3f}"
+                      f" dog, < {result['gate']['not_dog_threshold']:.3f} not a dog")

@@ -1,0 +1,203 @@
+"""What every `embed-dogs` command shares: the typer app and its global options, the consoles,
+the option types, one-line errors and the progress bar. The commands live in `ui.cli_build`,
+`ui.cli_query` and `ui.cli_bundle`; `ui.cli` assembles them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from embed.engines import ENGINE_CHOICES
+from embed.environment import VERBOSE_ENV
+from embed.errors import EmbedDogsError
+from embed.runtimes import RUNTIME_CHOICES
+from index.choice import INDEX_KINDS, parse_budget
+from ui.build_flow import HEADS
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+
+app = typer.Typer(
+    help="Embed dog photos with a pretrained backbone, search look-alikes with FAISS and "
+    "classify breeds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: wraps cleanly at 80 columns, nothing truncated
+    context_settings={"max_content_width": 100},
+)
+console = Console()
+err = Console(stderr=True)
+state = {"quiet": False}
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM (kill, systemd, a container stop) behaves like Ctrl-C
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        console.print(f"embed-dogs {metadata.version('embed-dogs')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", help="Also show TensorFlow's and LiteRT's own log lines.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="Print only errors (and what --out - or --json asks for).")
+    ] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Embed dog photos with a pretrained backbone, search look-alikes with FAISS and classify
+    breeds."""
+    signal.signal(signal.SIGTERM, _terminate)
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    console.quiet = quiet
+    state["quiet"] = quiet
+    handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
+    if not verbose:  # tensorflow-datasets' and TensorFlow's Python loggers chatter on stderr
+        for chatty in ("absl", "tensorflow"):
+            logging.getLogger(chatty).setLevel(logging.ERROR)
+    for package in ("embed", "index", "classify", "ui"):  # long fixed steps say what they do
+        logger = logging.getLogger(package)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.WARNING if quiet else logging.INFO)
+        logger.propagate = False
+
+
+@contextmanager
+def native_stderr_hidden() -> Iterator[None]:
+    """TensorFlow and XNNPACK write log lines straight to file descriptor 2. For the command,
+    point fd 2 at /dev/null and keep Python's own stderr (errors, warnings, progress) on a
+    copy of the real one; `--verbose` keeps everything."""
+    try:
+        real_stderr = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # captured (tests): nothing to hide
+        real_stderr = False
+    if os.environ.get(VERBOSE_ENV) or not real_stderr:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr, err_file = sys.stderr, err.file
+    sys.stderr = err.file = os.fdopen(os.dup(saved), "w", buffering=1, errors="replace")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr.close()
+        sys.stderr, err.file = python_stderr, err_file
+
+
+def choices(name: str, values: tuple[str, ...]) -> Any:
+    """A str Enum of the library's own choices, so typer lists and checks them in --help."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+RuntimeChoice = choices("RuntimeChoice", RUNTIME_CHOICES)
+IndexChoice = choices("IndexChoice", INDEX_KINDS)
+HeadChoice = choices("HeadChoice", HEADS)
+EngineChoice = choices("EngineChoice", ENGINE_CHOICES)
+
+
+def plain(value: Any) -> Any:
+    """An Enum choice as its plain string (None stays None)."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def memory_size(value: str) -> str:
+    try:
+        parse_budget(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+BundleOpt = Annotated[
+    Path, typer.Option("--bundle", "-b", help="Bundle folder written by build-index.")
+]
+HeadOpt = Annotated[
+    HeadChoice | None, typer.Option(help="Breed head (default: the best one).")
+]
+RuntimeOpt = Annotated[
+    RuntimeChoice | None,
+    typer.Option(help="Inference runtime (default: what the bundle was built with)."),
+]
+EngineOpt = Annotated[EngineChoice, typer.Option(
+    help="Where the embedding runs: this process, or a Ray cluster (pip install"
+    " 'embed-dogs[ray]').")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    help="ray: the cluster to join ('auto': the one `ray start` runs on this machine;"
+    " default: start a local one on this machine's cores).")]
+WorkersOpt = Annotated[int | None, typer.Option(
+    min=1, help="ray: embedding actors, each loads the model once (default: one per core"
+    " of the cluster).")]
+
+
+@contextmanager
+def clear_errors() -> Iterator[None]:
+    """Expected failures become one line on stderr and exit code 2; never a traceback."""
+    try:
+        with native_stderr_hidden():
+            yield
+    except EmbedDogsError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted; nothing half-written was left behind. A build-index"
+                  " run again with the same options continues where it stopped.[/]")
+        raise typer.Exit(130) from None
+
+
+@contextmanager
+def progress_bar(description: str, hidden: bool = False
+                 ) -> Iterator[Callable[[int], Callable[[int], None]]]:
+    """Yields `start(total) -> advance(n)`, a rich bar with images/s (on stderr)."""
+    columns = [
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+    ]
+    with Progress(*columns, console=err, transient=False, disable=state["quiet"] or hidden) as bar:
+        def start(total: int) -> Callable[[int], None]:
+            task = bar.add_task(description, total=total, rate="-")
+
+            def advance(n: int) -> None:
+                bar.advance(task, n)
+                t = bar.tasks[task]
+                if t.elapsed:
+                    bar.update(task, rate=f"{t.completed / t.elapsed:.1f}")
+
+            return advance
+
+        yield start

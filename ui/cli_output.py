@@ -1,0 +1,112 @@
+"""How the commands print the open-set gate's verdicts and honest figures (heads with
+intervals, the serving head, the leakage warning, the gate's calibration and evaluation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ui.cli_common import console
+
+# ---- the open-set gate and honest figures in the output ----------------------------------------
+VERDICT_TEXT = {
+    "dog": "one of the bundle's breeds",
+    "unknown_breed": "a dog, but not one of the breeds this bundle knows",
+    "not_a_dog": "this doesn't look like a dog",
+}
+
+
+def print_verdict_counts(counts: dict[str, int] | None, out: Console = console) -> None:
+    if counts is None:
+        out.print("no open-set gate in this bundle (unlabelled, or built before gates): the"
+                      " verdict column is empty; `embed-dogs train --head logreg` calibrates one")
+        return
+    out.print("verdicts: " + ", ".join(f"{v} {n}" for v, n in counts.items()))
+
+
+def search_json(answer: Any) -> dict[str, Any]:
+    """`search --json`: the verdict first, the breeds (for reference), the look-alikes."""
+    return {
+        "verdict": answer.verdict,
+        "knn_similarity": answer.knn_similarity,
+        "why": answer.why,
+        "breeds": [{"breed": b, "probability": p} for b, p in answer.breeds],
+        "lookalikes": answer.lookalikes,
+    }
+
+
+def print_verdict(answer: Any, ctx: Any) -> None:
+    """The verdict, and the breed only where the gate says it is one of the bundle's."""
+    if answer.verdict is not None:
+        console.print(f"verdict: [bold]{answer.verdict}[/] ({VERDICT_TEXT[answer.verdict]})."
+                      f" {answer.why}", highlight=False)
+    if answer.breeds and ctx.predictor is not None:
+        label = "breed" if answer.verdict in (None, "dog") else "closest breeds, for reference"
+        console.print(f"{label} ({ctx.predictor.name} head): " + ", ".join(
+            f"{breed} {prob:.0%}" for breed, prob in answer.breeds))
+
+
+def head_title(name: str, record: dict[str, Any], metrics: dict[str, Any]) -> str:
+    from classify.intervals import accuracy_interval, format_interval
+
+    validation = (record.get("validation") or {}).get("top1")
+    return (f"head {name}: test top-1 {metrics['top1']:.1%}"
+            f" ({format_interval(accuracy_interval(metrics, 'top1'))}), top-5"
+            f" {metrics['top5']:.1%} ({format_interval(accuracy_interval(metrics, 'top5'))}),"
+            f" {metrics['test_images']} images"
+            + (f"; validation top-1 {validation:.1%}" if validation is not None else ""))
+
+
+def print_honesty(bundle: Any) -> None:
+    """Which head serves and why, the leakage warning, the gate's calibration."""
+    from classify.leakage import leakage_warning
+    from classify.selection import choose_best_head
+
+    heads = bundle.manifest.get("heads") or {}
+    best, by = choose_best_head(heads)
+    if best:
+        console.print(f"serving head: {best} (best {by})")
+    warning = leakage_warning(bundle)
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    gate = bundle.manifest.get("gate")
+    if not gate:
+        console.print("open-set gate: none (needs labelled train and test rows)")
+        return
+    figures = gate.get("figures") or {}
+    floors = ", ".join(f"{h} {f['top_probability_floor']:.3f}" for h, f in
+                       (gate.get("heads") or {}).items() if f.get("top_probability_floor")
+                       is not None) or "none"
+    console.print(
+        f"open-set gate: kNN similarity (mean of {gate['k']} nearest) >="
+        f" {gate['dog_threshold']:.3f} for a known breed, < {gate['not_dog_threshold']:.3f}"
+        " for not a dog; head top-probability"
+        f" floor: {floors}. Calibrated on {figures.get('test_dogs')} held-out test dogs"
+        f" ({figures.get('test_dogs_above_dog_threshold', 0):.1%} above the dog threshold);"
+        " simulated unknown breeds (each breed left out in turn) not called dog:"
+        f" {figures.get('simulated_unknown_breeds_not_called_dog') or 0:.1%}",
+        highlight=False, soft_wrap=True)
+
+
+def print_gate_evaluation(result: Any, root: Path) -> None:
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    table = Table(title=f"open-set gate on photo sets (head {result.head or 'none'}; AUROC and"
+                  " FPR at 95% dog recall against the held-out test dogs)")
+    for col in ("set", "should be", "images", "kNN AUROC", "kNN FPR@95", "head AUROC",
+                "head FPR@95", "dog", "unknown_breed", "not_a_dog"):
+        table.add_column(col, overflow="fold")
+    for row in result.rows:
+        table.add_row(row["set"], row["kind"], str(row["images"]), number(row["knn_auroc"]),
+                      share(row["knn_fpr_at_95"]), number(row["head_auroc"]),
+                      share(row["head_fpr_at_95"]), share(row["dog"]),
+                      share(row["unknown_breed"]), share(row["not_a_dog"]))
+    console.print(table)
+    console.print("written: " + ", ".join(str(root / f) for f in result.files.values()))

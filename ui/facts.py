@@ -1,0 +1,127 @@
+"""The manifest in words: the one formatter of its facts that the CLI (`info`, the build
+summary) and the app (report page, sidebar) both show, and the gate's and heads' figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def head_summary(metrics: dict[str, Any]) -> str:
+    """'top-1 / top-5 on N test images', or why there is none."""
+    if metrics.get("top1") is None:
+        return "no test images"
+    return (f"{percent(metrics['top1'])} / {percent(metrics.get('top5'))} on"
+            f" {metrics.get('test_images')} test images")
+
+
+def interval_caption(metrics: dict[str, Any], key: str) -> str:
+    """'95% CI 89.5%–97.7% (Wilson)' for a stored top-1/top-5, or ''."""
+    from classify.intervals import accuracy_interval, format_interval
+
+    shown = format_interval(accuracy_interval(metrics, key))
+    return f"{shown} (Wilson)" if shown else ""
+
+
+def gate_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """The open-set gate's thresholds and the figures behind them, for the report page."""
+    gate = manifest.get("gate")
+    if not gate:
+        return [("open-set gate", "none (needs labelled train and test rows)")]
+    figures = gate.get("figures") or {}
+    rows = [
+        ("signal", f"kNN similarity: mean cosine similarity to the {gate.get('k')} nearest"
+                   " photos of the bundle"),
+        ("dog: at least", f"{gate.get('dog_threshold'):.3f} (keeps"
+                          f" {percent(figures.get('test_dogs_above_dog_threshold'))} of"
+                          f" {figures.get('test_dogs')} held-out test dogs)"),
+        ("not a dog: below", f"{gate.get('not_dog_threshold'):.3f} (each breed left out in"
+                             " turn: 95% of those dogs stay above)"),
+    ]
+    for head, record in (gate.get("heads") or {}).items():
+        floor = record.get("top_probability_floor")
+        rows.append((f"{head} head: top probability floor",
+                     "-" if floor is None else f"{floor:.1%} (below: unknown breed)"))
+    rows.append(("simulated unknown breeds not called dog",
+                 percent(figures.get("simulated_unknown_breeds_not_called_dog"))))
+    return rows
+
+
+def engine_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """The engine that wrote the shards, when a Ray cluster did: its size and speed."""
+    engine = (manifest.get("embeddings") or {}).get("engine") or {}
+    if engine.get("name") != "ray":
+        return []
+    workers = engine.get("per_worker") or []
+    rates = ", ".join(f"{w.get('images_per_second')}" for w in workers)
+    steady = engine.get("steady_images_per_second")
+    n = engine.get("workers")
+    return [("engine", f"ray at {engine.get('address')}: {n} worker{'' if n == 1 else 's'} on"
+                       f" {engine.get('nodes')} node(s), {engine.get('cluster_cpus')} CPUs;"
+                       f" {engine.get('images_per_second')} images/s with start-up"
+                       + (f", {steady} once running" if steady else "")
+                       + (f" (per worker: {rates})" if rates else ""))]
+
+
+def int8_summary(runtime: dict[str, Any]) -> str:
+    """The int8 task check in words, when int8 was asked for."""
+    check = runtime.get("int8")
+    if not check:
+        return ""
+    if check.get("passed"):
+        drop = check.get("top1_drop_points")
+        top1 = f"top-1 {-drop:+.1f} points, " if drop is not None else ""
+        return (f"; int8 task check passed: {top1}neighbour overlap@10"
+                f" {check.get('overlap_at_10')} on {check.get('rows')} images")
+    return f"; int8 not used: {check.get('reason')}"
+
+
+def manifest_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """The manifest as (name, value) rows a person can read: the one formatter that `info`,
+    `build-index`'s summary and the app's report and sidebar all show."""
+    bb = manifest.get("backbone") or {}
+    src = manifest.get("source") or {}
+    idx = manifest.get("index") or {}
+    counts = manifest.get("counts") or {}
+    runtime = bb.get("runtime") or {}
+    rows = [
+        ("backbone", f"{bb.get('name')} @ {bb.get('image_size')} px, dim {bb.get('dim')},"
+                     f" preprocessing {bb.get('preprocessing')}"),
+    ]
+    if bb.get("lineage"):
+        rows.append(("fine-tuned from", str(bb["lineage"].get("head_file"))))
+    parity = runtime.get("parity") or {}
+    rows += [
+        ("weights", str(bb.get("weights"))),
+        ("weights sha256", str(bb.get("weights_sha256", ""))[:16] + "…"),
+        ("runtime", str(runtime.get("name", "-")) + (
+            f" (parity with Keras: mean cosine {parity['mean_cosine']:.5f})"
+            if parity.get("mean_cosine") is not None else "") + int8_summary(runtime)),
+        *engine_facts(manifest),
+        ("source", f"{src.get('kind')} {src.get('location')}"),
+        ("splits", ", ".join(f"{k} {v}" for k, v in (src.get("splits") or {}).items()) or "-"),
+        ("images", ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"),
+        ("index", f"{idx.get('kind')} ({idx.get('factory')}), metric {idx.get('metric')}"),
+        ("recall@10 vs exact search", str(idx.get("recall@10"))),
+    ]
+    fixed = (manifest.get("embeddings") or {}).get("fixed_seconds") or {}
+    if fixed:
+        rows.append(("one-time costs", ", ".join(f"{k} {v:.1f} s" for k, v in fixed.items())
+                     + f" (total {sum(fixed.values()):.1f} s, not in images/s)"))
+    for name, head in (manifest.get("heads") or {}).items():
+        rows.append((f"head {name}: test top-1 / top-5", head_summary(head.get("metrics") or {})))
+    best = (manifest.get("comparison") or {}).get("best")
+    if best:
+        by = (manifest.get("comparison") or {}).get("by", "test top1")
+        rows.append(("best head", f"{best} (by {by})"))
+    gate = manifest.get("gate")
+    rows.append(("open-set gate", f"kNN >= {gate['dog_threshold']:.3f} dog, <"
+                 f" {gate['not_dog_threshold']:.3f} not a dog" if gate else "none"))
+    rows += [
+        ("created", str(manifest.get("created_at"))),
+        ("versions", ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items())),
+    ]
+    return rows

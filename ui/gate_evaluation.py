@@ -1,0 +1,104 @@
+"""`evaluate --not-dogs/--unknown-breeds`: how the open-set gate does on photo sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from embed.atomic import atomic_path
+from embed.errors import BundleError, SourceError
+from embed.pipeline import DEFAULT_BATCH_SIZE
+from embed.sources import ImageItem, list_images
+from ui.queries import QueryContext, gate_verdicts, open_for_queries
+
+
+@dataclass
+class GateEvaluation:
+    """`evaluate --not-dogs/--unknown-breeds`: one row per photo set, and the files written."""
+
+    rows: list[dict[str, Any]]
+    files: dict[str, str]
+    head: str | None
+
+
+def _score_folder(ctx: QueryContext, folder: Path, batch_size: int) -> Any:
+    """Photos of a folder scored as queries are: kNN over the index, the head's top
+    probability, the verdict."""
+    import numpy as np
+
+    from classify.gate import Scored
+
+    listing = list_images(folder)
+    if not listing.paths:
+        raise SourceError(f"no images found under {folder}")
+    items = [ImageItem(i, str(p), None, "none") for i, p in enumerate(listing.paths)]
+    knn: list[float] = []
+    top: list[float] = []
+    verdicts: list[str] = []
+    for step in ctx.embedder.embedded_batches(items, batch_size):
+        if not len(step.vectors):
+            continue
+        hits = ctx.index.search(step.vectors, ctx.gate.k if ctx.gate else 1)
+        ranked = ctx.predictor.predict_top_k(step.vectors, 1) if ctx.predictor else []
+        v, s = gate_verdicts(ctx, [[n.score for n in row] for row in hits], ranked)
+        verdicts += [x or "" for x in v]
+        knn += [float("nan") if x is None else x for x in s]
+        top += [r[0][1] for r in ranked]
+    return Scored(np.array(knn), np.array(top) if ctx.predictor else None, verdicts)
+
+
+def evaluate_gate(
+    bundle_dir: str | Path, not_dogs: list[Path], unknown_breeds: list[Path],
+    batch_size: int = DEFAULT_BATCH_SIZE, runtime: str | None = None,
+) -> GateEvaluation:
+    """Score folders of photos that are no dogs and dogs of breeds the bundle does not know
+    against its held-out test dogs: AUROC and false-positive rate at 95 % dog recall of each
+    signal, and the gate's verdict shares. Writes report/gate_dev.{json,csv}. The folders
+    only measure the gate; its thresholds come from the bundle's own rows."""
+    import json
+
+    import pandas as pd
+
+    from classify.gate import Scored, dev_report, held_out_scores, top_probability
+    from embed.atomic import atomic_write_text
+
+    ctx = open_for_queries(bundle_dir, runtime=runtime)
+    if ctx.gate is None:
+        raise BundleError(
+            f"bundle {bundle_dir} has no calibrated open-set gate (it needs labelled train and"
+            " test rows); rebuild it, or run `embed-dogs train --head logreg` to calibrate one"
+        )
+    held = held_out_scores(ctx.bundle, ctx.gate.k)
+    assert held is not None  # a gate was calibrated on these rows
+    dog_top = (top_probability(ctx.predictor.predict_proba(held.vectors))
+               if ctx.predictor is not None else None)
+    head = ctx.predictor.name if ctx.predictor else None
+    dogs = Scored(held.knn, dog_top, ctx.gate.verdicts(held.knn, dog_top, head))
+    sets: dict[str, tuple[str, Scored]] = {}
+    for kind, folders in (("not_a_dog", not_dogs), ("unknown_breed", unknown_breeds)):
+        for folder in folders:
+            folder = Path(folder).expanduser()
+            if not folder.is_dir():
+                raise SourceError(f"folder {folder} does not exist")
+            name = f"{folder.name} ({folder})"
+            name += f" as {kind}" if name in sets else ""
+            sets[name] = (kind, _score_folder(ctx, folder, batch_size))
+    rows = dev_report(dogs, sets)
+    report = ctx.bundle.report_dir
+    report.mkdir(parents=True, exist_ok=True)
+    files = {"json": report / "gate_dev.json", "csv": report / "gate_dev.csv"}
+    gate = ctx.bundle.manifest.get("gate") or {}
+    atomic_write_text(files["json"], json.dumps({
+        "head": head, "sets": rows,
+        "thresholds": {k: gate.get(k) for k in ("k", "dog_threshold", "not_dog_threshold")},
+        "top_probability_floor": (gate.get("heads") or {}).get(head or "", {}).get(
+            "top_probability_floor"),
+        "note": "thresholds were calibrated on the bundle's own rows; these photo sets only"
+                " measure the gate. Test dogs are scored against all other rows (themselves"
+                " left out).",
+    }, indent=2, default=float))
+    with atomic_path(files["csv"]) as tmp:
+        pd.DataFrame(rows).to_csv(tmp, index=False)
+    return GateEvaluation(rows, {k: str(v.relative_to(ctx.bundle.root)) for k, v in
+                                 files.items()}, head)
