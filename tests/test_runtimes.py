@@ -363,6 +363,23 @@ def test_the_protocol_declares_what_callers_use() -> None:
         "check_parity", "calibrate", "describe"}
 
 
+def test_callers_use_the_protocol_not_probes() -> None:
+    """No `getattr`/`hasattr` on a runtime and no dispatch on its name outside the runtimes:
+    the Protocol is the whole contract (how the Ray path once skipped int8 unnoticed)."""
+    import re
+
+    root = Path(runtimes.__file__).parent
+    probes = re.compile(r"(getattr|hasattr)\(\s*[\w.]*runtime\b"
+                        r"|runtime\.name\s*(==|!=|\.startswith)"
+                        r"|\.(float_|parity_|seconds_|error_|fell_back_|cache_file)\b")
+    own = {"runtimes.py", "keras_runtime.py", "litert_runtime.py", "litert_model.py",
+           "int8_runtime.py"}
+    found = [f"{path.name}:{n}: {line.strip()}" for path in sorted(root.glob("*.py"))
+             if path.name not in own
+             for n, line in enumerate(path.read_text().splitlines(), 1) if probes.search(line)]
+    assert found == []
+
+
 def check_contract(rt: object) -> None:
     missing = sorted(m for m in protocol_members() if not hasattr(rt, m))
     assert missing == [], f"{type(rt).__name__} lacks {missing}"
