@@ -27,6 +27,8 @@ Failures: Ray Data's actor pools restart a dead actor and retry its task (their 
 `max_restarts=-1`, `max_task_retries=-1`), and shard files are written atomically (the rows
 file last), so a worker killed mid-shard leaves nothing that counts. A build that dies is
 resumed by running it again: complete planned shards are kept (same items, same --workers).
+An address where nothing answers is refused within `JOIN_TIMEOUT_S` seconds, before Ray
+would retry for minutes.
 
 Ray is imported only inside this module's functions: the core install and `--help` never
 need it.
@@ -38,6 +40,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -76,6 +79,7 @@ INSTALL_HINT = 'pip install "embed-dogs[ray]" (or pip install "ray[data]>=2.40")
 # 1-core actors embed faster than one 2-core actor (and than the local engine), at the cost of
 # a model per core in memory (peak RSS per worker is in the manifest).
 CORES_PER_WORKER = 1
+JOIN_TIMEOUT_S = 5.0  # a cluster's address must answer within this (Ray itself retries ~10 min)
 JOIN_HINT = "start one with `ray start --head`, or leave out --ray-address for a local one"
 
 
@@ -93,6 +97,44 @@ def import_ray() -> Any:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def cluster_endpoint(address: str) -> tuple[str, int] | None:
+    """The host and port joining `address` connects to: HOST:PORT (or ray://HOST:PORT) as
+    given, "auto" as Ray resolves it (RAY_ADDRESS, else the last `ray start`); None when it
+    cannot be told (then Ray's own join decides)."""
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address
+
+            address = canonicalize_bootstrap_address("auto") or ""
+        except ConnectionError as exc:  # no cluster known on this machine
+            raise EngineError(f"could not join a Ray cluster at auto ({first_line(exc)});"
+                              f" {JOIN_HINT}") from None
+        except Exception:  # a Ray version without this helper: let ray.init decide
+            return None
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_answers(address: str, timeout: float | None = None) -> None:
+    """Refuse, within `timeout` seconds (default JOIN_TIMEOUT_S), an address where nothing
+    accepts a connection: Ray would retry for about ten minutes (holding the bundle's lock)
+    before saying so."""
+    endpoint = cluster_endpoint(address)
+    if endpoint is None:
+        return
+    timeout = JOIN_TIMEOUT_S if timeout is None else timeout
+    try:
+        with socket.create_connection(endpoint, timeout=timeout):
+            pass
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or first_line(exc))
+        raise EngineError(f"could not join a Ray cluster at {address}: nothing answers at"
+                          f" {endpoint[0]}:{endpoint[1]} ({why} within {timeout:g} s);"
+                          f" {JOIN_HINT}") from None
 
 
 @dataclass(frozen=True)
@@ -165,6 +207,8 @@ class RayEngine:
                 "logging_level": logging.INFO if verbose else logging.ERROR,
                 "log_to_driver": verbose,
             }
+            if address is not None:
+                check_answers(address)  # seconds, not Ray's ten minutes of retries
             try:
                 if address is None:  # "local": a new cluster, even where `ray start` runs one
                     ray.init(address="local", num_cpus=cpu_cores(), **kwargs)

@@ -100,6 +100,53 @@ def test_the_plan_fixes_shards_by_item_range() -> None:
         (3, [0, 1, 2, 3]), (4, [4, 5, 6, 7]), (5, [8, 9])]
 
 
+def test_an_address_where_nothing_answers_fails_within_seconds(tmp_path: Path,
+                                                               dataset: Path) -> None:
+    """`--ray-address 127.0.0.1:1` (nothing listens there) is one line and exit 2 within
+    seconds, before any model loads, and leaves the bundle's lock free (Ray itself retried
+    for about ten minutes)."""
+    import ray
+
+    from embed.engines import make_engine
+    from ui.cli import app
+
+    started = time.perf_counter()
+    with pytest.raises(EngineError, match=r"could not join a Ray cluster at 127\.0\.0\.1:1:"
+                       r" nothing answers"), make_engine("ray", "127.0.0.1:1"):
+        pass
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(app, [
+        "build-index", "--source", str(dataset), "--out", str(out), "--backbone", TINY,
+        "--weights", "none", "--engine", "ray", "--ray-address", "127.0.0.1:1"])
+    seconds = time.perf_counter() - started
+    assert result.exit_code == 2, result.output
+    assert "nothing answers at 127.0.0.1:1" in unboxed(result.output)
+    assert "Traceback" not in result.output and seconds < 20, seconds
+    assert not ray.is_initialized() and not out.exists()
+    for lock in tmp_path.glob(".bundle*.lock"):  # whatever the lock file, nobody holds it
+        import fcntl
+
+        with lock.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_listening_address_passes_the_join_check() -> None:
+    """The check refuses only where nothing answers; it parses the address forms Ray takes."""
+    import socket as sockets
+
+    from embed.ray_engine import check_answers, cluster_endpoint
+
+    assert cluster_endpoint("ray://head.example:10001") == ("head.example", 10001)
+    assert cluster_endpoint("[::1]:6379") == ("::1", 6379)
+    assert cluster_endpoint("not-an-address") is None
+    with sockets.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_answers(f"127.0.0.1:{server.getsockname()[1]}", timeout=2)
+    with pytest.raises(EngineError, match="nothing answers"):
+        check_answers("127.0.0.1:1", timeout=2)
+
+
 # ---- slow: a real local Ray cluster ----------------------------------------------------
 def with_bad_files(root: Path) -> Path:
     """60 photos in 3 breeds, a truncated and an empty JPEG (62 items), and a text file."""
