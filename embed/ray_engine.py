@@ -27,8 +27,8 @@ Failures: Ray Data's actor pools restart a dead actor and retry its task (their 
 `max_restarts=-1`, `max_task_retries=-1`), and shard files are written atomically (the rows
 file last), so a worker killed mid-shard leaves nothing that counts. A build that dies is
 resumed by running it again: complete planned shards are kept (same items, same --workers).
-An address where nothing answers is refused within `JOIN_TIMEOUT_S` seconds, before Ray
-would retry for minutes.
+Joining a cluster (`embed.ray_cluster`) refuses an address where nothing answers within
+seconds, before Ray would retry for minutes.
 
 Ray is imported only inside this module's functions: the core install and `--help` never
 need it.
@@ -38,11 +38,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import socket
 import time
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -57,9 +54,14 @@ from embed.build import (
 )
 from embed.bundle import Bundle
 from embed.embedder import Embedder, save_serving_model
-from embed.environment import VERBOSE_ENV, cpu_cores
 from embed.errors import BundleError, EngineError
 from embed.pipeline import DEFAULT_BATCH_SIZE
+from embed.ray_cluster import (
+    Cluster,
+    RayOptions,
+    import_ray,
+    start_or_join,
+)
 from embed.ray_plan import (
     INPUTS_DIR,
     finished_shards,
@@ -73,89 +75,6 @@ from embed.shards import clear_leftovers
 from embed.sources import Source, encoded_images
 
 log = logging.getLogger(__name__)
-
-INSTALL_HINT = 'pip install "embed-dogs[ray]" (or pip install "ray[data]>=2.40")'
-# Default actor size. Measured on 2 cores (benchmarks/ray_scaling.py, 1800 photos): two
-# 1-core actors embed faster than one 2-core actor (and than the local engine), at the cost of
-# a model per core in memory (peak RSS per worker is in the manifest).
-CORES_PER_WORKER = 1
-JOIN_TIMEOUT_S = 5.0  # a cluster's address must answer within this (Ray itself retries ~10 min)
-JOIN_HINT = "start one with `ray start --head`, or leave out --ray-address for a local one"
-
-
-def import_ray() -> Any:
-    """The `ray` module with Ray Data, or an EngineError that says how to install it."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise EngineError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}"
-                          ) from None
-    return ray
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def cluster_endpoint(address: str) -> tuple[str, int] | None:
-    """The host and port joining `address` connects to: HOST:PORT (or ray://HOST:PORT) as
-    given, "auto" as Ray resolves it (RAY_ADDRESS, else the last `ray start`); None when it
-    cannot be told (then Ray's own join decides)."""
-    if address == "auto":
-        try:
-            from ray._private.services import canonicalize_bootstrap_address
-
-            address = canonicalize_bootstrap_address("auto") or ""
-        except ConnectionError as exc:  # no cluster known on this machine
-            raise EngineError(f"could not join a Ray cluster at auto ({first_line(exc)});"
-                              f" {JOIN_HINT}") from None
-        except Exception:  # a Ray version without this helper: let ray.init decide
-            return None
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not host or not port.isdigit():
-        return None
-    return host.strip("[]"), int(port)
-
-
-def check_answers(address: str, timeout: float | None = None) -> None:
-    """Refuse, within `timeout` seconds (default JOIN_TIMEOUT_S), an address where nothing
-    accepts a connection: Ray would retry for about ten minutes (holding the bundle's lock)
-    before saying so."""
-    endpoint = cluster_endpoint(address)
-    if endpoint is None:
-        return
-    timeout = JOIN_TIMEOUT_S if timeout is None else timeout
-    try:
-        with socket.create_connection(endpoint, timeout=timeout):
-            pass
-    except OSError as exc:
-        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or first_line(exc))
-        raise EngineError(f"could not join a Ray cluster at {address}: nothing answers at"
-                          f" {endpoint[0]}:{endpoint[1]} ({why} within {timeout:g} s);"
-                          f" {JOIN_HINT}") from None
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where to run: `address` None starts a local cluster on this machine's usable cores;
-    "auto" or "HOST:PORT" joins a running one. `workers` actors (None: one per
-    CORES_PER_WORKER cores of the cluster)."""
-
-    address: str | None = None
-    workers: int | None = None
-
-
-@dataclass(frozen=True)
-class Cluster:
-    address: str  # as asked: "local", "auto" or HOST:PORT
-    gcs_address: str | None  # the cluster's own address, as Ray reports it
-    nodes: int
-    cpus: int
-    workers: int
-    cpus_per_worker: float
-    threads: int  # LiteRT and decode threads per actor
 
 
 class RayEngine:
@@ -192,44 +111,8 @@ class RayEngine:
 
     def cluster(self) -> Cluster:
         """Start or join the cluster (once) and size the actor pool."""
-        if self._cluster is not None:
-            return self._cluster
-        ray = import_ray()
-        address = self.options.address
-        verbose = bool(os.environ.get(VERBOSE_ENV))
-        if not verbose:  # Ray Data's INFO lines and notices; errors still show
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
-        if not ray.is_initialized():
-            log.info("starting a local Ray cluster" if address is None
-                     else f"joining the Ray cluster at {address}")
-            kwargs: dict[str, Any] = {
-                "include_dashboard": False,
-                "logging_level": logging.INFO if verbose else logging.ERROR,
-                "log_to_driver": verbose,
-            }
-            if address is not None:
-                check_answers(address)  # seconds, not Ray's ten minutes of retries
-            try:
-                if address is None:  # "local": a new cluster, even where `ray start` runs one
-                    ray.init(address="local", num_cpus=cpu_cores(), **kwargs)
-                else:
-                    ray.init(address=address, **kwargs)
-            except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError
-                where = "start a local Ray cluster" if address is None else (
-                    f"join a Ray cluster at {address}")
-                raise EngineError(f"could not {where} ({first_line(exc)}); {JOIN_HINT}"
-                                  ) from None
-            self._started = True
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        workers = self.options.workers or max(1, cpus // CORES_PER_WORKER)
-        share = cpus // workers if workers <= cpus else cpus / workers
-        gcs = getattr(ray.get_runtime_context(), "gcs_address", None)
-        self._cluster = Cluster(address or "local", gcs, nodes, cpus, workers, share,
-                                max(1, int(share)))
+        if self._cluster is None:
+            self._cluster, self._started = start_or_join(self.options)
         return self._cluster
 
     def items_per_shard(self, items: int, rows_per_shard: int) -> int:
