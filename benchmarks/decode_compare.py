@@ -133,7 +133,7 @@ def stage_breakdown(files: list[Path], size: int, repeats: int) -> list[tuple[st
 
     from embed.backbones import preprocess_table
     from embed.images import jpeg_orientation, resize_square
-    from embed.litert_runtime import _lookup_into
+    from embed.litert_model import _lookup_into
 
     datas = [f.read_bytes() for f in files]
     scaled = [simplejpeg.decode_jpeg(d, "RGB", min_height=size, min_width=size) for d in datas]

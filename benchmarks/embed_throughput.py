@@ -170,7 +170,7 @@ def run_mode(mode: str, args: dict[str, Any]) -> dict[str, Any]:
     from embed.build import prepare_runtime
     from embed.embedder import load_embedder
     from embed.environment import cpu_cores
-    from embed.litert_runtime import TFLiteModel
+    from embed.litert_model import TFLiteModel
     from embed.pipeline import ReaderConfig, iter_embedded_batches, iter_image_batches_threads
     from embed.sources import folder_source
 

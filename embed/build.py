@@ -25,6 +25,7 @@ from embed.sources import ImageItem, Source, encoded_images
 ProgressCallback = Callable[[int], None]  # called with the number of items just processed
 DEFAULT_ROWS_PER_SHARD = 4096
 TFDS_SAMPLE_POOL = 3000  # int8 samples of a tfds source come from its first items (a stream)
+PARITY_SCAN_ITEMS = 256  # the parity check runs on the first readable batch among these
 
 
 @dataclass
@@ -128,13 +129,16 @@ def load_payloads(source: Source, items: list[ImageItem]) -> list[bytes | None]:
     return found
 
 
-def prepare_runtime(source: Source, embedder: Embedder, batch_size: int = DEFAULT_BATCH_SIZE
-                    ) -> dict[str, float]:
-    """The runtime's one-time work, done before the embedding loop so that the loop's
-    images/s is the steady state: the parity check against Keras on the first batch, and for
-    int8 the calibration (a seeded sample of the source's images) and the task check (another
-    seeded sample, embedded with both models). Returns the one-time costs in seconds:
-    start-up, conversion, parity, int8 conversion, int8 check."""
+def prepare_runtime(source: Source, embedder: Embedder, batch_size: int = DEFAULT_BATCH_SIZE,
+                    calibrate: bool = True) -> dict[str, float]:
+    """The runtime's one-time work, done once before the embedding loop (on the driver, for
+    every engine) so that the loop's images/s is the steady state and every worker embeds
+    with what was decided here: the parity check against Keras on the first readable batch,
+    and for int8 (`calibrate`, for builds; an `add` keeps the bundle's model) the
+    calibration on a seeded sample of the source's images and the task check on another.
+    Afterwards `embedder.runtime.model_file` is the model that produces the vectors.
+    Returns the one-time costs in seconds: start-up, conversion, parity, int8 conversion,
+    int8 check."""
     runtime = embedder.runtime
     config = embedder.reader_config(batch_size)
 
@@ -147,15 +151,13 @@ def prepare_runtime(source: Source, embedder: Embedder, batch_size: int = DEFAUL
             ids = batch.row_ids[batch.ok].tolist()
             yield batch.inputs[batch.ok], [labels[i] for i in ids]
 
-    checked = getattr(runtime, "float_", runtime)  # the float LiteRT model under int8
-    if getattr(checked, "parity_", 0) is None and source.items:  # LiteRT, not checked yet
-        first = source.items[:batch_size]
-        for inputs, _ in batches(first, load_payloads(source, first)):
-            if len(inputs):
-                checked.embed(inputs)  # its first batch runs the parity check against Keras
-                break
-    calibrate = getattr(runtime, "calibrate", None)
-    if calibrate is not None and source.items:
+    for start in range(0, min(len(source.items), PARITY_SCAN_ITEMS), batch_size):
+        if not runtime.parity_pending:
+            break
+        chunk = source.items[start:start + batch_size]
+        for inputs, _ in batches(chunk, load_payloads(source, chunk)):
+            runtime.check_parity(inputs)  # a no-op on a batch without a readable image
+    if calibrate and runtime.calibrates and source.items:
         pool = source.items[:TFDS_SAMPLE_POOL] if source.kind == "tfds" else source.items
         samples = pick_samples(pool)
         calibration = load_payloads(source, samples.calibration)
@@ -164,11 +166,10 @@ def prepare_runtime(source: Source, embedder: Embedder, batch_size: int = DEFAUL
         check_id = sample_identity(
             [hashlib.sha256(p).hexdigest() if p is not None else "-" for p in check],
             config.image_size, config.preprocessing, [it.label for it in samples.check])
-        calibrate(lambda: (x for x, _ in batches(samples.calibration, calibration)),
-                  sample_identity(digests, config.image_size, config.preprocessing),
-                  batches(samples.check, check), len(digests), check_id)
-    seconds = dict(getattr(getattr(runtime, "float_", runtime), "seconds_", {}))
-    seconds.update(getattr(runtime, "seconds_", {}) if hasattr(runtime, "float_") else {})
+        runtime.calibrate(lambda: (x for x, _ in batches(samples.calibration, calibration)),
+                          sample_identity(digests, config.image_size, config.preprocessing),
+                          batches(samples.check, check), len(digests), check_id)
+    seconds = runtime.seconds
     start_up = embedder.load_seconds - seconds.get("conversion", 0.0)
     return {"start-up": round(max(start_up, 0.0), 2),
             **{k: round(v, 2) for k, v in seconds.items()}}
@@ -279,6 +280,7 @@ def append_source(
     """Embed the items of `source` whose content the bundle does not hold yet, as new shards
     after the existing ones (row ids continue); rewrites metadata and skipped rows."""
     items = new_items(bundle, source)
+    prepare_runtime(source, embedder, batch_size, calibrate=False)  # the bundle's model stays
     embeddings = bundle.manifest.embeddings
     writer = ShardWriter(bundle, embedder.dim, embeddings.rows_per_shard or len(items) or 1,
                          shards=[s.model_dump() for s in embeddings.shards])

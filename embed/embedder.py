@@ -28,7 +28,7 @@ from embed.backbones import (
 from embed.bundle import SERVING_MODEL, Bundle, check_same_backbone
 from embed.errors import BundleError, WeightsUnavailableError
 from embed.images import DECODER_VERSION, MAX_PIXELS, decode_image
-from embed.litert_runtime import BundledLiteRTRuntime
+from embed.litert_model import BundledLiteRTRuntime
 from embed.pipeline import (
     DEFAULT_BATCH_SIZE,
     EmbeddedBatch,
@@ -171,15 +171,17 @@ def save_serving_weights(embedder: Embedder, bundle: Bundle) -> None:
 
 
 def save_serving_model(embedder: Embedder, bundle: Bundle) -> None:
-    """Copy the LiteRT model that produced the vectors into the bundle (when LiteRT did, after
-    its parity check; the int8 model when it passed its task check), so queries embed with
-    exactly it and without TensorFlow."""
-    source = getattr(embedder.runtime, "cache_file", None)
-    if not embedder.runtime.name.startswith("litert") or source is None:
+    """Copy the model that produces the vectors (`Runtime.model_file`: LiteRT's after its
+    parity check, the int8 model when it passed its task check) into the bundle, so queries
+    and Ray workers embed with exactly it and without TensorFlow. Nothing when Keras
+    produces them (the bundle's weights rebuild it)."""
+    source = embedder.runtime.model_file
+    if source is None:
         return
     path = bundle.root / SERVING_MODEL
-    with atomic_path(path, suffix=".tflite") as tmp:
-        shutil.copyfile(source, tmp)
+    if not (path.is_file() and path.resolve() == Path(source).resolve()):  # not its own yet
+        with atomic_path(path, suffix=".tflite") as tmp:
+            shutil.copyfile(source, tmp)
     bundle.record_files(path)
     embedder.serving_model = bundle.relative(path)
     bundle.update_manifest(backbone=embedder.identity())

@@ -288,22 +288,18 @@ def embed_batch(runtime: Runtime, inputs: np.ndarray) -> np.ndarray:
 
 
 def embed_pixels(runtime: Runtime, pixels: np.ndarray, preprocessing: str) -> np.ndarray:
-    """uint8 RGB (N, size, size, 3) to unit-length vectors. Runtimes that preprocess into
-    their own input buffers (``embed_pixels``: LiteRT) get the pixels, which saves a float32
-    copy of the batch; the others get preprocessed floats."""
-    take_pixels = getattr(runtime, "embed_pixels", None)
-    if take_pixels is not None:
-        return l2_normalise(take_pixels(np.asarray(pixels, np.uint8), preprocessing))
-    return embed_batch(runtime, preprocess_pixels(pixels, preprocessing))
+    """uint8 RGB (N, size, size, 3) to unit-length vectors; the runtime preprocesses them
+    (LiteRT straight into its input buffers, which saves a float32 copy of the batch)."""
+    return l2_normalise(runtime.embed_pixels(np.asarray(pixels, np.uint8), preprocessing))
 
 
 def embed_image_batch(runtime: Runtime, batch: ImageBatch) -> np.ndarray:
-    """The mapper for a reader's batch: unit-length vectors of its usable rows (see
-    `embed_pixels`; floats, when the batch already has them or the runtime needs them, are
-    kept in the batch for whoever reads `inputs` next)."""
+    """The mapper for a reader's batch: unit-length vectors of its usable rows, from its
+    uint8 pixels (see `embed_pixels`), or from its floats when the reader made them
+    (tf.data)."""
     if not batch.ok.any():
         return np.zeros((0, 0), np.float32)
-    if batch.pixels is not None and hasattr(runtime, "embed_pixels"):
+    if batch.preprocessed is None and batch.pixels is not None:
         pixels = batch.pixels if batch.ok.all() else batch.pixels[batch.ok]
         return embed_pixels(runtime, pixels, batch.preprocessing)
     inputs = batch.inputs if batch.ok.all() else batch.inputs[batch.ok]
@@ -330,7 +326,7 @@ def iter_embedded_batches(
     """
     if not items:
         return
-    workers = max(1, int(getattr(runtime, "concurrency", 1)))
+    workers = max(1, runtime.concurrency)
     chunks = _chunks(items, config.batch_size, encoded)
 
     def mapped(batch: ImageBatch) -> EmbeddedBatch:

@@ -2,29 +2,33 @@
 
 How a build runs (`RayEngine.embed_source_into`):
 
-1. The plan is fixed before anything runs. Row ids are the source's; shard k covers the
-   items [k*U, (k+1)*U) (U = `items_per_shard`), so it holds up to U embedded rows, and the
-   items that cannot be used travel in its rows file with their reason, as locally. Which
-   worker embeds which shard, and when, changes nothing in the result.
-2. The driver writes each planned shard's items to `.ray-inputs/part-NNNNN.parquet` inside
-   the staging bundle: row id, reference, label, split and, for a tfds source, the encoded
-   image bytes (tfds examples are read on the driver only; the workers read folder photos
-   themselves, by path).
+1. On the driver, the one preparation every engine shares (`embed.build.prepare_runtime`):
+   the parity check against Keras and, for int8, the calibration and the task check. The
+   model that comes out of it (float32 or int8 `.tflite`, or Keras) is saved into the
+   bundle as its serving model.
+2. The plan is fixed before anything runs (`embed.ray_plan`): shard k covers the items
+   [k*U, (k+1)*U), and each shard's items (with a tfds source's encoded images) are written
+   to `.ray-inputs/part-NNNNN.parquet` inside the staging bundle.
 3. A Ray Data pipeline over the shard list: `map_batches(ShardEmbedder, batch_size=1)` on an
-   actor pool of `--workers` actors. Each actor builds its embedder once, from the bundle's
-   own weights file and, with LiteRT, the bundle's own `.tflite` (checked against Keras on the
-   actor's first batch). Per shard it runs the local reader and mapper (decode, resize,
-   preprocess, embed: the very code of the local engine) and writes the shard's two files
-   straight into the bundle (a path every node sees: a shared filesystem), then returns the
-   shard's manifest entry with its timings.
+   actor pool of `--workers` actors (`embed.ray_worker`). Each actor builds its embedder
+   once from what the driver shipped: the bundle's own `.tflite`, run as it is without
+   TensorFlow, or the bundle's own weights when Keras produces the vectors. Per shard it
+   runs the local reader and mapper and writes the shard's two files straight into the
+   bundle (a path every node sees: a shared filesystem), then returns the shard's manifest
+   entry with its timings.
 4. The driver sorts the entries by shard number, writes metadata.parquet and skipped.csv from
-   the shards' rows files (row-id order = index order), and records the engine, the cluster,
-   and per-worker parity and throughput in the manifest. Index and heads follow as locally.
+   the shards' rows files (row-id order = index order), and records the engine, the cluster
+   and per-worker throughput in the manifest. Index and heads follow as locally.
+
+`add` runs steps 2-4 with the bundle's own serving model: the rows it adds come from the
+model its other rows came from.
 
 Failures: Ray Data's actor pools restart a dead actor and retry its task (their defaults:
 `max_restarts=-1`, `max_task_retries=-1`), and shard files are written atomically (the rows
 file last), so a worker killed mid-shard leaves nothing that counts. A build that dies is
 resumed by running it again: complete planned shards are kept (same items, same --workers).
+Joining a cluster (`embed.ray_cluster`) refuses an address where nothing answers within
+seconds, before Ray would retry for minutes.
 
 Ray is imported only inside this module's functions: the core install and `--help` never
 need it.
@@ -32,350 +36,45 @@ need it.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import math
-import os
 import shutil
-import socket
-import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import numpy as np
-
-from embed.atomic import atomic_path, atomic_save_npy
 from embed.build import (
     EmbedStats,
     ProgressCallback,
-    batch_rows,
     new_items,
+    prepare_runtime,
     record_append,
     record_build,
     resume_key,
 )
-from embed.bundle import SERVING_MODEL, Bundle
-from embed.embedder import Embedder, load_embedder, save_serving_model
-from embed.environment import VERBOSE_ENV, cpu_cores
+from embed.bundle import Bundle
+from embed.embedder import Embedder, save_serving_model
 from embed.errors import BundleError, EngineError
-from embed.litert_runtime import LiteRTRuntime
 from embed.pipeline import DEFAULT_BATCH_SIZE
-from embed.shards import clear_leftovers, shard_entry, whole_shard, write_rows
-from embed.sources import ImageItem, Source, encoded_images
+from embed.ray_cluster import (
+    Cluster,
+    RayOptions,
+    import_ray,
+    start_or_join,
+)
+from embed.ray_plan import (
+    INPUTS_DIR,
+    finished_shards,
+    inputs_path,
+    items_per_shard,
+    plan_shards,
+    write_inputs,
+)
+from embed.ray_worker import ShardEmbedder, WorkerSpec, per_worker, worker_env, worker_spec
+from embed.shards import clear_leftovers
+from embed.sources import Source, encoded_images
 
 log = logging.getLogger(__name__)
-
-INSTALL_HINT = 'pip install "embed-dogs[ray]" (or pip install "ray[data]>=2.40")'
-INPUTS_DIR = ".ray-inputs"  # per-shard item lists inside the staging bundle, removed after
-# Default actor size. Measured on 2 cores (benchmarks/ray_scaling.py, 1800 photos): two
-# 1-core actors embed faster than one 2-core actor (and than the local engine), at the cost of
-# a model per core in memory (peak RSS per worker is in the manifest).
-CORES_PER_WORKER = 1
-SHARDS_PER_WORKER = 2  # planned shards per worker: balance against each shard's start-up
-MIN_SHARD_ITEMS = 64  # each shard starts a reader (a few tenths of a second): not too small
-
-
-def import_ray() -> Any:
-    """The `ray` module with Ray Data, or an EngineError that says how to install it."""
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise EngineError(f"--engine ray needs Ray, which is not installed: {INSTALL_HINT}"
-                          ) from None
-    return ray
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where to run: `address` None starts a local cluster on this machine's usable cores;
-    "auto" or "HOST:PORT" joins a running one. `workers` actors (None: one per
-    CORES_PER_WORKER cores of the cluster)."""
-
-    address: str | None = None
-    workers: int | None = None
-
-
-@dataclass(frozen=True)
-class Cluster:
-    address: str  # as asked: "local", "auto" or HOST:PORT
-    gcs_address: str | None  # the cluster's own address, as Ray reports it
-    nodes: int
-    cpus: int
-    workers: int
-    cpus_per_worker: float
-    threads: int  # LiteRT and decode threads per actor
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What an actor needs to build its embedder and write shards: small and picklable (the
-    embedder itself is not). Everything comes from the bundle, so every node embeds with the
-    very weights and `.tflite` the bundle serves with."""
-
-    bundle: str  # the (staging) bundle's absolute path, on a filesystem every node sees
-    backbone: str
-    image_size: int
-    weights_file: str  # the bundle's own copy of the backbone weights
-    weights_sha256: str
-    serving_model: str | None  # the bundle's LiteRT model (checked against Keras), or Keras
-    requested_runtime: str
-    batch_size: int
-    source_root: str | None  # folder sources: paths are stored relative to it
-    modules: tuple[str, ...] = ()  # modules that register a custom backbone, imported first
-    threads: int = 1
-
-    def build(self) -> Embedder:
-        for name in self.modules:
-            importlib.import_module(name)
-        embedder = load_embedder(self.backbone, self.weights_file, self.image_size, "keras")
-        if embedder.weights_hash != self.weights_sha256:
-            raise BundleError(f"the backbone weights in {self.weights_file} are not the ones"
-                              " the build started with")
-        if self.serving_model:
-            embedder.runtime = LiteRTRuntime(embedder.model, tflite_path=self.serving_model,
-                                             num_threads=self.threads,
-                                             requested=self.requested_runtime)
-        return embedder
-
-
-def worker_spec(bundle: Bundle, embedder: Embedder, batch_size: int, threads: int) -> WorkerSpec:
-    """The spec of an embedder whose weights (and LiteRT model, when it runs one) are saved in
-    `bundle` (`save_serving_weights`, `save_serving_model`, or an existing bundle's own)."""
-    if not embedder.weights_file:
-        raise BundleError(f"bundle {bundle.root} carries no backbone weights for the workers")
-    litert = embedder.runtime.name == "litert" and embedder.serving_model
-    described = embedder.runtime.describe()
-    builder = embedder.spec.custom_builder
-    module = getattr(builder, "__module__", "") if builder is not None else ""
-    root = bundle.source_root
-    return WorkerSpec(
-        bundle=str(bundle.root.resolve()),
-        backbone=embedder.spec.name,
-        image_size=embedder.image_size,
-        weights_file=str(bundle.inside(embedder.weights_file)),
-        weights_sha256=embedder.weights_hash,
-        serving_model=str(bundle.inside(embedder.serving_model)) if litert else None,
-        requested_runtime=str(described.get("requested", embedder.runtime.name)),
-        batch_size=batch_size,
-        source_root=str(root) if root is not None else None,
-        modules=(module,) if module and not module.startswith("embed.") else (),
-        threads=threads,
-    )
-
-
-def code_paths(modules: tuple[str, ...]) -> list[str]:
-    """The folders this driver imports `embed` (and the backbone's modules) from, so workers
-    on this machine import the same code (a checkout, not only an installed copy)."""
-    paths: list[str] = []
-    for name in ("embed", *modules):
-        module = sys.modules.get(name) or importlib.import_module(name)
-        file = Path(str(module.__file__)).resolve()
-        root = file.parent
-        for _ in range(name.count(".") + (file.name == "__init__.py")):
-            root = root.parent
-        if str(root) not in paths:
-            paths.append(str(root))
-    return paths
-
-
-def worker_env(spec: WorkerSpec) -> dict[str, str]:
-    """Environment of the actors: the driver's code first on the path, and thread counts that
-    fit the actor's share of the cores (LiteRT, decoding, TensorFlow)."""
-    threads = str(spec.threads)
-    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    return {
-        "PYTHONPATH": os.pathsep.join(dict.fromkeys(code_paths(spec.modules) + inherited)),
-        "EMBED_DOGS_LITERT_THREADS": threads,
-        "EMBED_DOGS_DECODE_THREADS": threads,
-        "TF_NUM_INTRAOP_THREADS": threads,
-        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-    }
-
-
-# ---- the plan: fixed before the pipeline runs --------------------------------------------
-def items_per_shard(items: int, workers: int, rows_per_shard: int) -> int:
-    """Items per planned shard: about SHARDS_PER_WORKER shards per worker, at least
-    MIN_SHARD_ITEMS, at most the bundle's rows per shard."""
-    wanted = math.ceil(items / max(1, workers * SHARDS_PER_WORKER))
-    return max(1, min(rows_per_shard, max(MIN_SHARD_ITEMS, wanted)))
-
-
-def plan_shards(items: list[ImageItem], unit: int, first: int = 0
-                ) -> list[tuple[int, list[ImageItem]]]:
-    """(shard number, items) for consecutive slices of `unit` items, numbered from `first`."""
-    return [(first + k, items[start:start + unit])
-            for k, start in enumerate(range(0, len(items), unit))]
-
-
-def finished_shards(bundle: Bundle, plan: list[tuple[int, list[ImageItem]]], dim: int
-                    ) -> dict[int, dict[str, Any]]:
-    """The planned shards an interrupted run completed (in any order): both files there, the
-    rows file listing exactly the planned items, one vector per usable row."""
-    done: dict[int, dict[str, Any]] = {}
-    for number, items in plan:
-        entry = whole_shard(bundle, number, dim, [item.row_id for item in items])
-        if entry is not None:
-            done[number] = entry
-    return done
-
-
-def inputs_path(bundle: Bundle, number: int) -> Path:
-    return bundle.root / INPUTS_DIR / f"part-{number:05d}.parquet"
-
-
-def write_inputs(bundle: Bundle, todo: list[tuple[int, list[ImageItem]]],
-                 encoded: Any = None, skip: set[int] | None = None) -> None:
-    """Each shard's items as a parquet file the workers read. `encoded`: a tfds source's
-    tf.data dataset of encoded images in item order, over every planned shard including the
-    `skip`ped (finished) ones; their bytes travel in the files."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    images = encoded.as_numpy_iterator() if encoded is not None else None
-    for number, items in todo:
-        columns: dict[str, Any] = {
-            "row_id": pa.array([item.row_id for item in items], pa.int64()),
-            "ref": [item.ref for item in items],
-            "label": pa.array([item.label for item in items], pa.string()),
-            "split": [item.split for item in items],
-        }
-        if images is not None:
-            columns["image"] = pa.array([next(images) for _ in items], pa.binary())
-        if skip and number in skip:
-            continue
-        with atomic_path(inputs_path(bundle, number)) as tmp:
-            pq.write_table(pa.table(columns), tmp)
-
-
-def read_inputs(path: str) -> tuple[list[ImageItem], list[bytes] | None]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path).to_pydict()
-    items = [ImageItem(int(row_id), ref, label, split) for row_id, ref, label, split in zip(
-        table["row_id"], table["ref"], table["label"], table["split"], strict=True)]
-    return items, table.get("image")
-
-
-def embed_shard(bundle: Bundle, number: int, path: str, embedder: Embedder, batch_size: int,
-                source_root: str | None) -> tuple[dict[str, Any], float, int]:
-    """One planned shard through the local reader and mapper into its two files (rows last);
-    returns its manifest entry, and the seconds and items of its first batch."""
-    items, images = read_inputs(path)
-    encoded = None
-    if images is not None:
-        import tensorflow as tf
-
-        encoded = tf.data.Dataset.from_tensor_slices(tf.constant(images, tf.string))
-    root = Path(source_root) if source_root else None
-    by_id = {item.row_id: item for item in items}
-    rows: list[dict[str, Any]] = []
-    vectors: list[np.ndarray] = []
-    started, first = time.perf_counter(), (0.0, 0)
-    for step in embedder.embedded_batches(items, batch_size, encoded):
-        if not rows:
-            first = (time.perf_counter() - started, len(step.batch.row_ids))
-        rows += batch_rows(root, by_id, step.batch)
-        if len(step.vectors):
-            vectors.append(step.vectors)
-    block = np.concatenate(vectors) if vectors else np.zeros((0, embedder.dim), np.float32)
-    atomic_save_npy(bundle.shard_path(number), np.ascontiguousarray(block, np.float32))
-    write_rows(bundle.shard_rows_path(number), rows)  # last: the shard is complete
-    return shard_entry(bundle, number, rows, len(block)), *first
-
-
-class ShardEmbedder:
-    """The actor: builds its embedder once, then embeds and writes one shard per call."""
-
-    def __init__(self, spec: WorkerSpec) -> None:
-        started = time.perf_counter()
-        self.spec = spec
-        self.bundle = Bundle(spec.bundle)
-        self.embedder = spec.build()
-        self.node = socket.gethostname()
-        self.worker = f"{self.node}:{os.getpid()}"
-        self.init_seconds = time.perf_counter() - started
-        self.calls = 0
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = []
-        for number, path in zip(batch["shard"], batch["inputs"], strict=True):
-            started, wall, cpu = time.perf_counter(), time.time(), time.process_time()
-            entry, first_seconds, first_items = embed_shard(
-                self.bundle, int(number), str(path), self.embedder, self.spec.batch_size,
-                self.spec.source_root)
-            runtime = self.embedder.runtime
-            self.calls += 1
-            cold = {"cold_seconds": first_seconds, "cold_items": first_items} if (
-                self.calls == 1) else {}  # this process's first batch: TensorFlow warms up
-            results.append(json.dumps({
-                "shard": int(number), "entry": entry, "worker": self.worker, "node": self.node,
-                "seconds": time.perf_counter() - started, "started": wall,
-                "cpu_seconds": time.process_time() - cpu,  # every thread of the actor
-                "init_seconds": self.init_seconds, "runtime": runtime.name,
-                "parity": getattr(runtime, "parity_", None),
-                "fallback_reason": getattr(runtime, "error_", None), **cold,
-                "peak_rss_mb": peak_rss_mb(),
-            }))
-        return {"result": np.array(results, dtype=object)}
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory (Linux reports KiB, macOS bytes)."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024, 1)
-
-
-def per_worker(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What each actor did: shards, items, busy seconds, images/s (and once warm: without the
-    first batch of its life, which pays TensorFlow's cold start and the parity check),
-    runtime and parity."""
-    workers: dict[str, dict[str, Any]] = {}
-    cold: dict[str, tuple[float, int]] = {}
-    for r in sorted(results, key=lambda r: r["started"]):
-        if "cold_seconds" in r:
-            cold[r["worker"]] = (float(r["cold_seconds"]), int(r["cold_items"]))
-        w = workers.setdefault(r["worker"], {
-            "worker": r["worker"], "node": r["node"], "shards": 0, "items": 0,
-            "busy_seconds": 0.0, "cpu_seconds": 0.0,
-            "init_seconds": round(r["init_seconds"], 2),
-            "runtime": r["runtime"], "parity": r["parity"],
-            "fallback_reason": r.get("fallback_reason")})
-        w["shards"] += 1
-        w["peak_rss_mb"] = max(w.get("peak_rss_mb", 0.0), float(r.get("peak_rss_mb", 0.0)))
-        w["items"] += int(r["entry"]["items"])
-        w["busy_seconds"] += float(r["seconds"])
-        w["cpu_seconds"] += float(r.get("cpu_seconds", 0.0))
-        if r["parity"] is not None:
-            w["parity"] = r["parity"]
-    for w in workers.values():
-        w["busy_seconds"] = round(w["busy_seconds"], 3)
-        w["cpu_seconds"] = round(w["cpu_seconds"], 3)
-        w["images_per_second"] = round(w["items"] / w["busy_seconds"], 2) if (
-            w["busy_seconds"] > 0) else 0.0
-        seconds, items = cold.get(w["worker"], (0.0, 0))
-        w["cold_start_seconds"] = round(seconds, 3)
-        busy = w["busy_seconds"] - seconds
-        w["warm_images_per_second"] = round((w["items"] - items) / busy, 2) if (
-            busy > 0 and w["items"] > items) else None
-    return list(workers.values())
-
-
-def merged_parity(workers: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Every worker's first-batch parity with Keras in one record (the weakest figures)."""
-    checks = [w["parity"] for w in workers if w.get("parity")]
-    if not checks:
-        return None
-    return {"mean_cosine": min(p["mean_cosine"] for p in checks),
-            "min_cosine": min(p["min_cosine"] for p in checks),
-            "passed": all(p["passed"] for p in checks),
-            "rows": sum(int(p["rows"]) for p in checks), "workers": len(checks)}
 
 
 class RayEngine:
@@ -412,44 +111,8 @@ class RayEngine:
 
     def cluster(self) -> Cluster:
         """Start or join the cluster (once) and size the actor pool."""
-        if self._cluster is not None:
-            return self._cluster
-        ray = import_ray()
-        address = self.options.address
-        verbose = bool(os.environ.get(VERBOSE_ENV))
-        if not verbose:  # Ray Data's INFO lines and notices; errors still show
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
-        if not ray.is_initialized():
-            log.info("starting a local Ray cluster" if address is None
-                     else f"joining the Ray cluster at {address}")
-            kwargs: dict[str, Any] = {
-                "include_dashboard": False,
-                "logging_level": logging.INFO if verbose else logging.ERROR,
-                "log_to_driver": verbose,
-            }
-            try:
-                if address is None:  # "local": a new cluster, even where `ray start` runs one
-                    ray.init(address="local", num_cpus=cpu_cores(), **kwargs)
-                else:
-                    ray.init(address=address, **kwargs)
-            except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError
-                where = "start a local Ray cluster" if address is None else (
-                    f"join a Ray cluster at {address}")
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc)
-                raise EngineError(f"could not {where} ({first}); start one with `ray start"
-                                  " --head`, or leave out --ray-address for a local one"
-                                  ) from None
-            self._started = True
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        workers = self.options.workers or max(1, cpus // CORES_PER_WORKER)
-        share = cpus // workers if workers <= cpus else cpus / workers
-        gcs = getattr(ray.get_runtime_context(), "gcs_address", None)
-        self._cluster = Cluster(address or "local", gcs, nodes, cpus, workers, share,
-                                max(1, int(share)))
+        if self._cluster is None:
+            self._cluster, self._started = start_or_join(self.options)
         return self._cluster
 
     def items_per_shard(self, items: int, rows_per_shard: int) -> int:
@@ -466,7 +129,8 @@ class RayEngine:
                           batch_size: int, rows_per_shard: int,
                           on_progress: ProgressCallback | None = None) -> EmbedStats:
         cluster = self.cluster()
-        save_serving_model(embedder, bundle)  # the workers run this very file
+        fixed = prepare_runtime(source, embedder, batch_size)  # once, here on the driver
+        save_serving_model(embedder, bundle)  # the model it decided on: the workers run it
         unit = self.items_per_shard(len(source.items), rows_per_shard)
         plan = plan_shards(source.items, unit)
         done = finished_shards(bundle, plan, embedder.dim)
@@ -484,10 +148,12 @@ class RayEngine:
         clear_leftovers(bundle, set(entries))
         shutil.rmtree(bundle.root / INPUTS_DIR, ignore_errors=True)
         engine = self.describe(list(results.values()), seconds)
+        check_workers(spec, engine["per_worker"])
         stats = record_build(bundle, source, embedder, shards, seconds, reused,
-                             len(source.items) - reused, rows_per_shard, items_per_shard=unit,
-                             engine=engine)
-        self._record_runtime(bundle, embedder, engine["per_worker"])
+                             len(source.items) - reused, rows_per_shard, fixed,
+                             items_per_shard=unit, engine=engine)
+        if embedder.runtime.parity_pending:  # no readable first batch: the workers ran Keras
+            record_keras(bundle, embedder)
         return stats
 
     def append_source(self, bundle: Bundle, source: Source, embedder: Embedder,
@@ -495,6 +161,7 @@ class RayEngine:
                       on_progress: ProgressCallback | None = None) -> EmbedStats:
         cluster = self.cluster()
         items = new_items(bundle, source)
+        prepare_runtime(source, embedder, batch_size, calibrate=False)  # as `add` locally
         embeddings = bundle.manifest.embeddings.model_dump()
         old = list(embeddings["shards"])
         unit = self.items_per_shard(len(items), int(embeddings["rows_per_shard"]))
@@ -507,8 +174,9 @@ class RayEngine:
         shards = old + [results[number]["entry"] for number, _ in plan]
         clear_leftovers(bundle, set(range(len(shards))))
         shutil.rmtree(bundle.root / INPUTS_DIR, ignore_errors=True)
-        return record_append(bundle, source, items, shards, seconds,
-                             engine=self.describe(list(results.values()), seconds))
+        engine = self.describe(list(results.values()), seconds)
+        check_workers(spec, engine["per_worker"])
+        return record_append(bundle, source, items, shards, seconds, engine=engine)
 
     # ---- the pipeline ---------------------------------------------------------------------
     def _run(self, spec: WorkerSpec, bundle: Bundle, numbers: list[int],
@@ -577,24 +245,22 @@ class RayEngine:
             "per_worker": per_worker(results),
         }
 
-    def _record_runtime(self, bundle: Bundle, embedder: Embedder,
-                        workers: list[dict[str, Any]]) -> None:
-        """The backbone's runtime record from the workers: LiteRT with every worker's parity,
-        or Keras when every worker fell back (then the bundle serves with Keras too)."""
-        identity = embedder.identity()
-        runtime = dict(identity["runtime"])
-        names = {w["runtime"] for w in workers}
-        if len(names) > 1:
-            raise EngineError(
-                "some Ray workers embedded with LiteRT and some fell back to Keras (the LiteRT"
-                " export disagrees with Keras on some images); rerun with --runtime keras")
-        if names == {"keras"} and runtime.get("name") == "litert":
-            reasons = {r for w in workers if (r := w.get("fallback_reason"))}
-            runtime.update(name="keras", fallback_reason="; ".join(sorted(reasons)) or None)
-            embedder.serving_model = None
-            bundle.forget_files(SERVING_MODEL)
-            (bundle.root / SERVING_MODEL).unlink(missing_ok=True)
-            identity = embedder.identity()
-        if names == {"litert"}:
-            runtime["parity"] = merged_parity(workers)
-        bundle.update_manifest(backbone={**identity, "runtime": runtime})
+
+def check_workers(spec: WorkerSpec, workers: list[dict[str, Any]]) -> None:
+    """Every worker embedded with the runtime the driver shipped (they run its file as it
+    is, so anything else is a broken deployment, not a choice)."""
+    names = {w["runtime"] for w in workers}
+    if names - {spec.runtime}:
+        raise EngineError(f"Ray workers embedded with {', '.join(sorted(names))}, not with"
+                          f" {spec.runtime} as the driver prepared; check that every node runs"
+                          " this version of embed-dogs")
+
+
+def record_keras(bundle: Bundle, embedder: Embedder) -> None:
+    """The runtime record when the workers ran Keras because LiteRT was never checked (no
+    readable image among the first ones the preparation looked at)."""
+    identity = embedder.identity()
+    runtime = {**identity["runtime"], "name": "keras", "fallback_reason":
+               "LiteRT was not checked against Keras before the workers started (no readable"
+               " image among the first ones), so the workers ran Keras"}
+    bundle.update_manifest(backbone={**identity, "runtime": runtime})

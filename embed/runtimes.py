@@ -1,27 +1,113 @@
 """Inference runtimes: the same backbone run by Keras (the reference) or a faster engine.
 
-A runtime maps one preprocessed float32 batch (N, H, W, 3) to raw (N, dim) features. It holds
-no global state, so each worker process builds its own. The LiteRT runtimes also take uint8
-pixels (``embed_pixels(pixels, preprocessing)``) and preprocess them straight into their
-interpreters' input buffers; the pipeline uses that where a runtime has it.
+A runtime maps one preprocessed float32 batch (N, H, W, 3), or uint8 pixels, to raw (N, dim)
+features. It holds no global state, so each worker process builds its own. `Runtime` is the
+whole contract callers rely on: the embedding loop, the build's one-time preparation
+(`embed.build.prepare_runtime`), the serving model a bundle keeps and the model Ray workers
+run all go through these members, never through probing for attributes or runtime names.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from embed.int8_runtime import LiteRTInt8Runtime
 from embed.keras_runtime import KerasRuntime
-from embed.litert_runtime import LiteRTInt8Runtime, LiteRTRuntime
+from embed.litert_runtime import LiteRTRuntime
 
 
 class Runtime(Protocol):
-    name: str
+    """What every runtime (Keras, LiteRT float32, LiteRT int8, a bundle's `.tflite`) offers.
+
+    One-time work happens before the embedding loop, through `check_parity` and
+    `calibrate`; afterwards `name`, `model_file` and `describe` say what produces the
+    vectors, and every later batch is steady-state work.
+    """
+
+    @property
+    def name(self) -> str:
+        """What produces the vectors now: "keras", "litert" or "litert-int8"."""
+        ...
+
+    @property
+    def requested(self) -> str:
+        """What the user asked for ("auto", "litert", ...), kept for the manifest."""
+        ...
+
+    @property
+    def concurrency(self) -> int:
+        """How many embed calls run side by side (the pipeline runs that many workers)."""
+        ...
+
+    @property
+    def parity(self) -> dict[str, Any] | None:
+        """The float32 model's first-batch agreement with Keras (mean_cosine, min_cosine,
+        passed, rows); None before the check, and for Keras itself."""
+        ...
+
+    @property
+    def parity_pending(self) -> bool:
+        """True while `check_parity` still has work to do on a first batch."""
+        ...
+
+    @property
+    def fallback_reason(self) -> str | None:
+        """Why the vectors do not come from the model that was asked for, or None."""
+        ...
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """One-time costs so far, in seconds (conversion, parity, int8 conversion, int8
+        check); kept apart from the embedding loop's steady state."""
+        ...
+
+    @property
+    def float_runtime(self) -> Runtime:
+        """The float32 runtime checked against Keras: the one under int8, else itself."""
+        ...
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether `calibrate` wants samples of the build's images (int8 only): callers
+        read the samples only then."""
+        ...
+
+    @property
+    def model_file(self) -> Path | None:
+        """The checked `.tflite` that produces the vectors: the file a bundle serves and
+        Ray workers run. None while unchecked, and when Keras produces them."""
+        ...
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """Raw backbone features for a preprocessed float32 batch."""
+        ...
+
+    def embed_pixels(self, pixels: np.ndarray, preprocessing: str) -> np.ndarray:
+        """Raw features for uint8 RGB pixels (N, size, size, 3) under `preprocessing`:
+        LiteRT preprocesses them straight into its input buffer, Keras into a float copy."""
+        ...
+
+    def check_parity(self, batch: np.ndarray) -> None:
+        """The one-time check against Keras on a preprocessed batch (LiteRT falls back to
+        Keras when it fails); a no-op when done or when there is nothing to check."""
+        ...
+
+    def calibrate(
+        self,
+        calibration: Callable[[], Iterator[np.ndarray]],
+        calibration_id: str,
+        check: Iterable[tuple[np.ndarray, Sequence[str | None]]],
+        calibration_rows: int | None = None,
+        check_id: str | None = None,
+    ) -> dict[str, Any] | None:
+        """int8: quantise on the calibration batches, judge on the check batches, choose
+        (see `LiteRTInt8Runtime.calibrate`); returns the manifest's int8 figures. Others:
+        None, nothing done."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -59,7 +145,7 @@ def make_runtime(
     if kind not in RUNTIME_CHOICES:
         raise ValueError(f"unknown runtime {kind!r}; choose one of {', '.join(RUNTIME_CHOICES)}")
     if kind == "keras" or (kind == "auto" and gpu_visible()):
-        return KerasRuntime(model)
+        return KerasRuntime(model, requested=kind)
     if kind == "litert-int8":
         return LiteRTInt8Runtime(model, cache_key=cache_key, cache_dir=cache_dir,
                                  num_threads=num_threads, requested=kind)

@@ -91,6 +91,11 @@ class RecordingRuntime:
             self.active -= 1
         return np.stack([batch.reshape(len(batch), -1).mean(1), np.ones(len(batch))], 1)
 
+    def embed_pixels(self, pixels: np.ndarray, preprocessing: str) -> np.ndarray:
+        from embed.backbones import preprocess_pixels
+
+        return self.embed(preprocess_pixels(pixels, preprocessing))
+
 
 def test_concurrent_workers_decode_and_embed_in_order(dataset: Path, tmp_path: Path) -> None:
     from embed.pipeline import iter_embedded_batches

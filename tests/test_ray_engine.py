@@ -9,6 +9,7 @@ product code.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -39,21 +40,27 @@ PID_DIR_ENV = "EMBED_DOGS_TEST_RAY_PIDS"
 PIDS_BACKBONE = "tiny_test_pids"
 
 
-def build_pid_recording_backbone(input_shape, weights=None):
-    """The tiny backbone; inside a Ray actor it also leaves its pid in $PID_DIR_ENV, so the
-    test can kill a worker from outside."""
-    model = build_tiny_backbone(input_shape, weights)
+def record_actor_pid() -> None:
+    """Inside a Ray actor, leave its pid in $PID_DIR_ENV, so the test can kill a worker from
+    outside. Actors import this module (it registers their backbone) whether they run the
+    shipped `.tflite` or build the Keras backbone."""
     folder = os.environ.get(PID_DIR_ENV)
     if folder and "ray" in sys.modules:
         import ray
 
         if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
             Path(folder, str(os.getpid())).write_text(str(time.time()))
-    return model
+
+
+def build_pid_recording_backbone(input_shape, weights=None):
+    """The tiny backbone under another name (its module records actor pids)."""
+    record_actor_pid()
+    return build_tiny_backbone(input_shape, weights)
 
 
 register_backbone(BackboneSpec(PIDS_BACKBONE, "", TINY_SIZE, "tf", TINY_DIM,
                                custom_builder=build_pid_recording_backbone), replace=True)
+record_actor_pid()
 
 
 # ---- fast: no cluster ------------------------------------------------------------------
@@ -91,6 +98,56 @@ def test_the_plan_fixes_shards_by_item_range() -> None:
     plan = plan_shards(items, 4, first=3)
     assert [(n, [i.row_id for i in part]) for n, part in plan] == [
         (3, [0, 1, 2, 3]), (4, [4, 5, 6, 7]), (5, [8, 9])]
+
+
+def test_an_address_where_nothing_answers_fails_within_seconds(tmp_path: Path,
+                                                               dataset: Path) -> None:
+    """`--ray-address 127.0.0.1:1` (nothing listens there) is one line and exit 2 within
+    seconds, before any model loads, and leaves the bundle's lock free (Ray itself retried
+    for about ten minutes)."""
+    import ray
+
+    from embed.engines import make_engine
+    from ui.cli import app
+
+    started = time.perf_counter()
+    with pytest.raises(EngineError, match=r"could not join a Ray cluster at 127\.0\.0\.1:1:"
+                       r" nothing answers there"), make_engine("ray", "127.0.0.1:1"):
+        pass
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(app, [
+        "build-index", "--source", str(dataset), "--out", str(out), "--backbone", TINY,
+        "--weights", "none", "--engine", "ray", "--ray-address", "127.0.0.1:1"])
+    seconds = time.perf_counter() - started
+    assert result.exit_code == 2, result.output
+    assert "could not join a Ray cluster at 127.0.0.1:1: nothing answers there" in unboxed(
+        result.output)
+    assert "Traceback" not in result.output and seconds < 20, seconds
+    assert not ray.is_initialized() and not out.exists()
+    for lock in tmp_path.glob(".bundle*.lock"):  # whatever the lock file, nobody holds it
+        import fcntl
+
+        with lock.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_an_address_where_no_ray_cluster_answers_fails_within_seconds() -> None:
+    """Something that accepts connections but is no Ray cluster is refused after the
+    timeout, not after Ray's minutes of retries; the address forms parse as Ray reads them."""
+    import socket as sockets
+
+    from embed.ray_cluster import check_answers, cluster_endpoint
+
+    assert cluster_endpoint("ray://head.example:10001") == ("head.example", 10001)
+    assert cluster_endpoint("head.example:6379") == ("head.example", 6379)
+    assert cluster_endpoint("not-an-address") is None
+    with sockets.socket() as server:
+        server.bind(("", 0))  # every interface: Ray reads 127.0.0.1 as this node's address
+        server.listen()
+        started = time.perf_counter()
+        with pytest.raises(EngineError, match="no Ray cluster answers within 2 s"):
+            check_answers(f"127.0.0.1:{server.getsockname()[1]}", timeout=2)
+        assert time.perf_counter() - started < 6
 
 
 # ---- slow: a real local Ray cluster ----------------------------------------------------
@@ -231,6 +288,17 @@ def test_an_interrupted_ray_build_resumes_from_its_complete_shards(
 
 
 @pytest.mark.slow
+def test_a_running_cluster_passes_the_join_check(ray_cluster) -> None:
+    import ray
+
+    from embed.ray_cluster import check_answers
+
+    started = time.perf_counter()
+    check_answers(ray.get_runtime_context().gcs_address, timeout=5)
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.slow
 def test_ray_build_equals_the_local_build(ray_cluster, photos: Path, local_bundle: Bundle,
                                           tmp_path: Path) -> None:
     result = build(str(photos), tmp_path / "ray", engine="ray")
@@ -245,12 +313,13 @@ def test_ray_build_equals_the_local_build(ray_cluster, photos: Path, local_bundl
     # Ray's actor pool decides which actor takes which shard: under load one actor may take
     # them all, so the test asserts what is certain: every item was embedded by some worker
     assert 1 <= len(engine["per_worker"]) <= 2
-    assert all(w["images_per_second"] > 0 and w["parity"]["passed"]
+    assert all(w["images_per_second"] > 0 and w["runtime"] == "litert"
                for w in engine["per_worker"])
     assert sum(w["items"] for w in engine["per_worker"]) == 62  # notes.txt is no item
     runtime = manifest["backbone"]["runtime"]
-    assert runtime["name"] == "litert" and runtime["parity"]["workers"] == len(
-        engine["per_worker"])
+    # checked once, on the driver, before the workers started; they ran the checked file
+    assert runtime["name"] == "litert" and runtime["parity"]["passed"]
+    assert {"parity", "start-up"} <= set(manifest["embeddings"]["fixed_seconds"])
     assert manifest["backbone"]["serving_model"] == "backbone/model.tflite"
     shards = manifest["embeddings"]["shards"]
     assert [s["first_row_id"] for s in shards] == list(range(0, 62, 8))  # fixed item ranges
@@ -316,3 +385,76 @@ def test_tfds_source_on_ray_equals_local(ray_cluster, tmp_path: Path) -> None:
     assert_same(report)
     assert report["rows"] == 12 and remote.manifest["source"]["kind"] == "tfds"
     assert len(remote.manifest["embeddings"]["shards"]) == 3
+
+
+def int8_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loose int8 task bounds: the tiny random backbone is no dog expert (the driver, this
+    process, is the only place int8 is judged)."""
+    monkeypatch.setattr("embed.quantise.MAX_TOP1_DROP", 1.0)
+    monkeypatch.setattr("embed.quantise.MIN_OVERLAP", 0.0)
+
+
+@pytest.mark.slow
+def test_ray_int8_build_quantises_like_the_local_build(
+        ray_cluster, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--engine ray --runtime litert-int8`: the driver calibrates and judges int8 once, and
+    the workers run the calibrated int8 `.tflite`, so the bundle equals a local int8 build."""
+    from embed.atomic import file_sha256
+
+    int8_bounds(monkeypatch)
+    local = Bundle.open(build(str(photos), tmp_path / "local", runtime="litert-int8").bundle)
+    remote = Bundle.open(build(str(photos), tmp_path / "ray", engine="ray",
+                               runtime="litert-int8").bundle)
+    report = compare(local, remote)
+    print("\nint8, local vs ray:", report)
+    assert_same(report)
+    assert report["min_cosine"] >= 0.99999, report  # the same int8 file ran
+    backbone = remote.manifest["backbone"]
+    runtime = backbone["runtime"]
+    print("ray + int8 backbone:", json.dumps(backbone, indent=1))
+    assert runtime["name"] == "litert-int8" and runtime["precision"] == "int8"
+    assert runtime["int8"]["passed"] is True and runtime["int8"]["calibration"]["rows"]
+    def verdict(figures: dict) -> dict:  # the second build reuses the cached model and verdict
+        return {k: v for k, v in figures.items() if k not in ("converted", "check_cached")}
+
+    assert verdict(runtime["int8"]) == verdict(local.manifest["backbone"]["runtime"]["int8"])
+    served = remote.inside(backbone["serving_model"])
+    assert file_sha256(served) == file_sha256(runtime["cache_file"])
+    assert "-int8-" in Path(runtime["cache_file"]).name
+    workers = remote.manifest["embeddings"]["engine"]["per_worker"]
+    assert workers and {w["runtime"] for w in workers} == {"litert-int8"}
+    assert {"parity", "int8 check"} <= set(remote.manifest["embeddings"]["fixed_seconds"])
+    # float32 vectors differ from int8 ones by more than that (min cosine about 0.99992), so
+    # the equality above says the workers ran the int8 model
+    float_bundle = Bundle.open(build(str(photos), tmp_path / "float").bundle)
+    assert compare(float_bundle, remote)["min_cosine"] < 0.99999
+
+
+@pytest.mark.slow
+def test_ray_add_to_an_int8_bundle_runs_its_own_tflite(
+        ray_cluster, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`add --engine ray` on an int8 bundle: the workers run the bundle's int8 `.tflite`, so
+    the added rows equal those of a local `add` (one bundle, one model)."""
+    from embed.engines import make_engine
+    from ui.workflows import add_to_bundle
+
+    int8_bounds(monkeypatch)
+    part = tmp_path / "part"
+    shutil.copytree(photos, part)
+    shutil.rmtree(part / "samoyed")
+    base = build(str(part), tmp_path / "base", runtime="litert-int8").bundle
+    assert Bundle.open(base).manifest["backbone"]["runtime"]["name"] == "litert-int8"
+    shutil.copytree(base, tmp_path / "local")
+    shutil.copytree(base, tmp_path / "ray")
+    add_to_bundle(tmp_path / "local", str(photos), batch_size=4)
+    stats = add_to_bundle(tmp_path / "ray", str(photos), batch_size=4,
+                          engine=make_engine("ray", workers=2))
+    assert stats.embedded == 20
+    local, remote = Bundle.open(tmp_path / "local"), Bundle.open(tmp_path / "ray")
+    report = compare(local, remote)
+    print("\nint8 add, local vs ray:", report)
+    assert report["rows"] == 60 and report["rows_equal"] and report["whole"], report
+    assert report["min_cosine"] >= 0.99999, report
+    workers = remote.manifest["embeddings"]["engine"]["per_worker"]
+    assert workers and {w["runtime"] for w in workers} == {"litert-int8"}
+    assert remote.manifest["backbone"]["runtime"]["name"] == "litert-int8"

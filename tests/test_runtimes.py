@@ -12,12 +12,11 @@ keras = pytest.importorskip("keras")
 pytest.importorskip("ai_edge_litert")
 
 from embed import runtimes  # noqa: E402
+from embed.int8_runtime import LiteRTInt8Runtime  # noqa: E402
+from embed.litert_model import default_num_threads, default_replicas  # noqa: E402
 from embed.litert_runtime import (  # noqa: E402
-    LiteRTInt8Runtime,
     LiteRTRuntime,
     default_cache_dir,
-    default_num_threads,
-    default_replicas,
     export_litert,
     row_cosines,
 )
@@ -213,7 +212,7 @@ def test_pixels_preprocessed_into_the_interpreter_give_the_float_path_numbers(
     """uint8 pixels looked up straight into LiteRT's input buffer: exactly what the float
     path gives, for whole, sliced and padded batches, before and after the parity check."""
     from embed.backbones import preprocess_pixels
-    from embed.litert_runtime import BundledLiteRTRuntime
+    from embed.litert_model import BundledLiteRTRuntime
 
     rt = LiteRTRuntime(model, cache_key="tiny-32-abc", cache_dir=cache, max_rows=4)
     pixels = np.random.default_rng(8).integers(0, 256, (11, 32, 32, 3), dtype=np.uint8)
@@ -324,7 +323,7 @@ def test_int8_conversion_failure_falls_back(model: keras.Model, tmp_path: Path,
     def broken(*_: object) -> None:
         raise RuntimeError("no int8 kernel")
 
-    monkeypatch.setattr("embed.litert_runtime.export_int8", broken)
+    monkeypatch.setattr("embed.int8_runtime.export_int8", broken)
     rt = LiteRTInt8Runtime(model, cache_key="k", cache_dir=tmp_path)
     with pytest.warns(RuntimeWarning, match="no int8 kernel"):
         calibrate(rt)
@@ -349,3 +348,109 @@ def test_replicas_serve_concurrent_calls_with_the_serial_answers(
         parallel = list(pool.map(rt.embed, batches))
     for a, b in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+# ---- the Runtime contract --------------------------------------------------------------
+def protocol_members() -> set[str]:
+    """Every member `embed.runtimes.Runtime` declares."""
+    return {name for name in vars(runtimes.Runtime) if not name.startswith("_")}
+
+
+def test_the_protocol_declares_what_callers_use() -> None:
+    assert protocol_members() == {
+        "name", "requested", "concurrency", "parity", "parity_pending", "fallback_reason",
+        "seconds", "float_runtime", "calibrates", "model_file", "embed", "embed_pixels",
+        "check_parity", "calibrate", "describe"}
+
+
+def test_callers_use_the_protocol_not_probes() -> None:
+    """No `getattr`/`hasattr` on a runtime and no dispatch on its name outside the runtimes:
+    the Protocol is the whole contract (how the Ray path once skipped int8 unnoticed)."""
+    import re
+
+    root = Path(runtimes.__file__).parent
+    probes = re.compile(r"(getattr|hasattr)\(\s*[\w.]*runtime\b"
+                        r"|runtime\.name\s*(==|!=|\.startswith)"
+                        r"|\.(float_|parity_|seconds_|error_|fell_back_|cache_file)\b")
+    own = {"runtimes.py", "keras_runtime.py", "litert_runtime.py", "litert_model.py",
+           "int8_runtime.py"}
+    found = [f"{path.name}:{n}: {line.strip()}" for path in sorted(root.glob("*.py"))
+             if path.name not in own
+             for n, line in enumerate(path.read_text().splitlines(), 1) if probes.search(line)]
+    assert found == []
+
+
+def check_contract(rt: object) -> None:
+    missing = sorted(m for m in protocol_members() if not hasattr(rt, m))
+    assert missing == [], f"{type(rt).__name__} lacks {missing}"
+
+
+def test_keras_implements_the_contract_with_honest_no_ops(model: keras.Model) -> None:
+    from embed.backbones import preprocess_pixels
+
+    rt = make_runtime(model, "keras")
+    check_contract(rt)
+    assert rt.concurrency == 1 and rt.parity is None and not rt.parity_pending
+    assert rt.fallback_reason is None and rt.seconds == {} and rt.float_runtime is rt
+    assert not rt.calibrates and rt.model_file is None and rt.requested == "keras"
+    rt.check_parity(images(2))
+    assert rt.calibrate(lambda: iter(()), "id", []) is None
+    pixels = np.random.default_rng(3).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(rt.embed_pixels(pixels, "tf"),
+                                  rt.embed(preprocess_pixels(pixels, "tf")))
+
+
+def test_litert_ships_its_model_only_once_checked(model: keras.Model, tmp_path: Path) -> None:
+    rt = LiteRTRuntime(model, cache_key="k", cache_dir=tmp_path)
+    check_contract(rt)
+    assert rt.parity_pending and rt.model_file is None and rt.float_runtime is rt
+    assert not rt.calibrates and rt.calibrate(lambda: iter(()), "id", []) is None
+    rt.check_parity(images(0))  # nothing to check on: still pending
+    assert rt.parity_pending
+    rt.check_parity(images(3))
+    assert not rt.parity_pending and rt.parity is not None and rt.parity["passed"]
+    assert rt.model_file == rt.cache_file and rt.fallback_reason is None
+    assert {"conversion", "parity"} <= set(rt.seconds)
+    rt.check_parity(images(2, seed=5))
+    assert rt.parity["rows"] == 3  # checked once
+
+
+def test_litert_that_fails_parity_ships_nothing(model: keras.Model, tmp_path: Path) -> None:
+    wrong = export_litert(tiny_model(seed=7, name="other"), tmp_path / "wrong.tflite")
+    rt = LiteRTRuntime(model, tflite_path=wrong)
+    with pytest.warns(RuntimeWarning):
+        rt.check_parity(images(4))
+    assert rt.model_file is None and rt.name == "keras" and rt.concurrency == 1
+    assert "disagrees with Keras" in rt.fallback_reason and not rt.parity_pending
+
+
+def test_int8_contract_follows_the_task_check(model: keras.Model, tmp_path: Path) -> None:
+    rt = LiteRTInt8Runtime(model, cache_key="k", cache_dir=tmp_path, max_top1_drop=1.0,
+                           min_overlap=0.0)
+    check_contract(rt)
+    assert rt.calibrates and rt.float_runtime is rt.float_ and rt.parity_pending
+    rt.check_parity(images(3))  # the float model's parity check
+    assert not rt.parity_pending and rt.parity == rt.float_.parity
+    assert rt.model_file == rt.float_.cache_file and rt.fallback_reason is None
+    calibrate(rt)
+    assert rt.model_file == rt.int8_file and "-int8-" in rt.model_file.name
+    assert {"conversion", "parity", "int8 conversion", "int8 check"} <= set(rt.seconds)
+    strict = LiteRTInt8Runtime(model, cache_key="k", cache_dir=tmp_path, min_overlap=1.01)
+    strict.check_parity(images(3))
+    with pytest.warns(RuntimeWarning):
+        calibrate(strict)
+    assert strict.model_file == strict.float_.cache_file and strict.name == "litert"
+    assert strict.fallback_reason.startswith("int8 model not used: neighbour overlap@10")
+
+
+def test_a_bundled_model_is_trusted_as_it_is(runtime: LiteRTRuntime) -> None:
+    from embed.litert_model import BundledLiteRTRuntime
+
+    runtime.check_parity(images(2))
+    served = BundledLiteRTRuntime(runtime.cache_file, parity=runtime.parity,
+                                  name="litert-int8", replicas=2)
+    check_contract(served)
+    assert served.model_file == runtime.cache_file and served.parity == runtime.parity
+    assert not served.parity_pending and not served.calibrates and served.seconds == {}
+    assert served.concurrency == 2 and served.requested == "litert-int8"
+    assert served.float_runtime is served and served.fallback_reason is None
