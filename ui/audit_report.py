@@ -12,6 +12,7 @@ kind's own score, highest first. Each score is in [0, 1]; what it measures is in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,9 +163,12 @@ def trusted_rows(n: int, signals: Signals) -> np.ndarray:
 
 
 def compute_signals(bundle: Any, kinds: tuple[str, ...] = KINDS, embed: Any = None,
-                    threshold: Any = None, timings: dict[str, float] | None = None) -> Signals:
+                    threshold: Any = None, timings: dict[str, float] | None = None,
+                    after_stage: Callable[[str], None] | None = None) -> Signals:
     """Every requested signal from the bundle's files. `threshold` (a Threshold) skips the
-    calibration; `embed` (bytes -> vector) replaces the bundle's serving embedder."""
+    calibration; `embed` (bytes -> vector) replaces the bundle's serving embedder; `timings`
+    collects seconds per stage, and `after_stage` is called with each stage's name as it
+    ends (a progress bar, a memory probe)."""
     import time
     from pathlib import Path
 
@@ -181,7 +185,9 @@ def compute_signals(bundle: Any, kinds: tuple[str, ...] = KINDS, embed: Any = No
     def lap(name: str) -> None:
         now = time.perf_counter()
         timings[name] = timings.get(name, 0.0) + now - clock[0]
-        clock[0] = now
+        if after_stage is not None:
+            after_stage(name)
+        clock[0] = time.perf_counter()
 
     table = bundle.metadata()
     vectors = bundle.embeddings()
