@@ -102,6 +102,7 @@ def peak_probe() -> tuple[dict[str, int], object]:
     def after(stage: str) -> None:
         status = Path("/proc/self/status").read_text().split()
         peaks[stage] = int(status[status.index("VmHWM:") + 1]) << 10
+        print(f"  {stage} done, peak RSS {peaks[stage] / 2**20:,.0f}M", flush=True)
         with contextlib.suppress(OSError):
             clear.write_text("5")  # reset VmHWM to the current RSS
 

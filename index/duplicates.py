@@ -25,35 +25,58 @@ BLOCK = 8192  # query rows per FAISS call: results stay rows x k, the scratch st
 
 # ---- the kNN graph ----------------------------------------------------------------------------
 def knn_graph(vectors: np.ndarray, k: int = GRAPH_K, index: Any = None,
-              block: int = BLOCK, base: np.ndarray | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, ids), each (n, k), best first, of every row against all rows (itself
-    included, usually first), or against the row positions `base` only (ids are still
-    positions in `vectors`). Exact (FAISS IndexFlatIP) unless a built inner-product `index`
-    over all rows in their order is given (then as exact as that index)."""
+              block: int = BLOCK, base: np.ndarray | None = None,
+              queries: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, ids), each (rows, k), best first, of every row (or of the row positions
+    `queries`) against all rows (itself included, usually first), or against the row
+    positions `base` only; ids are always positions in `vectors`, -1 where fewer than k
+    exist. Exact (FAISS IndexFlatIP) unless a built inner-product `index` over all rows in
+    their order is given (then as exact as that index)."""
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
-    if base is not None:
-        positions = np.asarray(base, np.int64)
-        if not len(positions):
-            return np.zeros((len(x), 0), np.float32), np.zeros((len(x), 0), np.int64)
+    q = x if queries is None else x[np.asarray(queries, np.int64)]
+    positions = None if base is None else np.asarray(base, np.int64)
+    if positions is not None:
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x[positions])
-        sims, ids = knn_graph(x, min(k, len(positions)), index, block)
-        return sims, np.where(ids >= 0, positions[np.maximum(ids, 0)], -1)
-    n = len(x)
-    k = min(k, n)
-    sims = np.empty((n, k), np.float32)
-    ids = np.empty((n, k), np.int64)
-    if n == 0:
-        return sims, ids
-    if index is None:
+    elif index is None:
         index = faiss.IndexFlatIP(x.shape[1])
         index.add(x)
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        sims[start:stop], ids[start:stop] = index.search(x[start:stop], k)
+    k = max(0, min(k, index.ntotal))
+    sims = np.empty((len(q), k), np.float32)
+    ids = np.empty((len(q), k), np.int64)
+    if k:
+        for start in range(0, len(q), block):
+            stop = min(len(q), start + block)
+            sims[start:stop], ids[start:stop] = index.search(q[start:stop], k)
+    if positions is not None:
+        ids = np.where(ids >= 0, positions[np.maximum(ids, 0)], -1)
+    return sims, ids
+
+
+def restricted_graph(vectors: np.ndarray, graph: tuple[np.ndarray, np.ndarray],
+                     allowed: np.ndarray, hashes: np.ndarray, k: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The kNN graph against the `allowed` rows only (a boolean mask), read off an exact
+    `graph` of all rows wherever a row keeps at least k allowed neighbours that are neither
+    itself nor an exact copy (those are then exactly its k best allowed ones); the few rows
+    left short are searched again against the allowed rows alone."""
+    sims, ids = graph
+    h = np.asarray(hashes, dtype=object).astype(str)
+    n = len(ids)
+    ok = (ids >= 0) & allowed[np.maximum(ids, 0)]
+    ids = np.where(ok, ids, -1)
+    useful = ok & (ids != np.arange(n)[:, None]) & (h[np.maximum(ids, 0)] != h[:, None])
+    short = np.flatnonzero(useful.sum(axis=1) < k)
+    if len(short):
+        extra = k + 1 + int(np.bincount(np.unique(h, return_inverse=True)[1]).max())
+        width = max(ids.shape[1], extra)
+        s2, i2 = knn_graph(vectors, width, base=np.flatnonzero(allowed), queries=short)
+        sims = np.pad(sims, ((0, 0), (0, width - sims.shape[1])), constant_values=-np.inf)
+        ids = np.pad(ids, ((0, 0), (0, width - ids.shape[1])), constant_values=-1)
+        sims[short, :s2.shape[1]], ids[short, :i2.shape[1]] = s2, i2
+        ids[short, i2.shape[1]:] = -1
     return sims, ids
 
 

@@ -21,6 +21,7 @@ from index.duplicates import (
     exact_duplicates,
     knn_graph,
     near_duplicates,
+    restricted_graph,
     same_label_neighbour_sims,
     split_leaks,
 )
@@ -150,6 +151,20 @@ def test_the_gate_refuses_a_stored_cat_but_not_the_dogs():
     graph = knn_graph(x, k=12)
     assert np.allclose(leave_one_out_knn(x, hashes, 5, graph), result.knn, atol=1e-5)
     assert np.allclose(result.knn, knn_similarity(x, x, 5, hashes, hashes))
+
+
+def test_a_graph_restricted_to_trusted_rows_equals_an_exact_search_against_them():
+    rng = np.random.default_rng(10)
+    x, _ = clusters(rng, per=30, spread=0.2)
+    cats = unit(rng.standard_normal(DIM) + 0.05 * rng.standard_normal((6, DIM)))
+    x = np.vstack([x, cats])  # six similar cats vouch for each other ...
+    hashes = np.array([f"h{i}" for i in range(len(x))], dtype=object)
+    hashes[3] = hashes[4]  # ... and one exact copy among the dogs
+    trusted = np.ones(len(x), bool)
+    trusted[-6:-1] = False  # ... until five of them leave the reference
+    graph = restricted_graph(x, knn_graph(x, k=8), trusted, hashes, 5)
+    exact = knn_similarity(x, x[trusted], 5, hashes, hashes[trusted])
+    assert np.allclose(leave_one_out_knn(x, hashes, 5, graph), exact, atol=1e-5)
 
 
 # ---- images -----------------------------------------------------------------------------------

@@ -177,7 +177,12 @@ def compute_signals(bundle: Any, kinds: tuple[str, ...] = KINDS, embed: Any = No
     from classify.label_issues import find_label_issues
     from classify.outliers import find_outliers
     from embed.image_quality import find_low_quality
-    from index.duplicates import exact_duplicates, knn_graph, near_duplicates
+    from index.duplicates import (
+        exact_duplicates,
+        knn_graph,
+        near_duplicates,
+        restricted_graph,
+    )
 
     timings = {} if timings is None else timings
     clock = [time.perf_counter()]
@@ -196,7 +201,7 @@ def compute_signals(bundle: Any, kinds: tuple[str, ...] = KINDS, embed: Any = No
     lap("read")
     out = Signals()
     graph = None
-    if {"near_duplicate", "split_leak"} & set(kinds):
+    if {"near_duplicate", "split_leak", "not_a_dog"} & set(kinds):
         graph = knn_graph(vectors)
         lap("knn graph")
     if {"exact_duplicate", "split_leak"} & set(kinds):
@@ -218,7 +223,7 @@ def compute_signals(bundle: Any, kinds: tuple[str, ...] = KINDS, embed: Any = No
         if gate is not None:
             trusted = trusted_rows(len(table), out)
             for _ in range(GATE_ROUNDS):  # refused rows leave the reference, then ask again
-                reference = knn_graph(vectors, base=np.flatnonzero(trusted))
+                reference = restricted_graph(vectors, graph, trusted, hashes, gate.k)
                 out.gate = audit_gate(gate, vectors, hashes, reference)
                 refused = out.gate.refused
                 if not trusted[refused].any():
