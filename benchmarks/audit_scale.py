@@ -41,10 +41,11 @@ def make_rows(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.n
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((BREEDS, dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    basis = np.linalg.qr(rng.standard_normal((dim, LATENT)))[0].T.astype(np.float32)
+    latent = min(LATENT, dim // 2)
+    basis = np.linalg.qr(rng.standard_normal((dim, latent)))[0].T.astype(np.float32)
     breed = rng.integers(0, BREEDS, n)
     x = centres[breed]
-    x += SPREAD / np.sqrt(LATENT) * (rng.standard_normal((n, LATENT), dtype=np.float32) @ basis)
+    x += SPREAD / np.sqrt(latent) * (rng.standard_normal((n, latent), dtype=np.float32) @ basis)
     x += NOISE / np.sqrt(dim) * rng.standard_normal((n, dim), dtype=np.float32)
     hashes = np.array([hashlib.sha256(f"{seed}-{i}".encode()).hexdigest() for i in range(n)],
                       dtype=object)
