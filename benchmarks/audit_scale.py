@@ -14,6 +14,12 @@ overlap as real ones do) plus isotropic noise, normalised.
 
     python benchmarks/audit_scale.py                     # 100k x 1280
     python benchmarks/audit_scale.py --rows 20000 --workdir /tmp/audit_scale
+
+Measured, 100k x 1280 on 2 shared AMD EPYC cores (load 1-4): read 2.8 s, kNN graph (exact
+IndexFlatIP, k=16) 152 s, label issues (5-fold logreg + cleanlab) 102 s at 2.8 GB peak RSS,
+outliers 2.8 s, not a dog 0.7 s (read off the graph), the rest under 1 s: 261 s in all. Under
+load 7-8 the graph took 505 s and, before not-a-dog reused the graph, its second exact pass
+302 s. Low quality reads every photo: about 130 photos/s on one core, 13 min for 100k.
 """
 
 from __future__ import annotations
