@@ -101,11 +101,11 @@ def _train_rows(bundle: Bundle, classes: np.ndarray, params: FinetuneParams) -> 
 
 def _require_image_files(bundle: Bundle, paths: list[str]) -> None:
     """Training through images re-reads the source: say clearly when it cannot."""
-    source = bundle.manifest.get("source") or {}
-    if source.get("kind") != "folder":
+    source = bundle.manifest.source
+    if source.kind != "folder":
         raise SourceError(
             f"training through images needs a folder source; this bundle's source is"
-            f" {source.get('location')} ({source.get('kind')}). Train the head on the stored"
+            f" {source.location} ({source.kind}). Train the head on the stored"
             " embeddings instead (--no-augment --unfreeze 0), or rebuild from an image folder"
         )
     missing = [p for p in paths if not Path(p).is_file()]
@@ -263,7 +263,7 @@ def train_finetune_head(
 
     params = params or FinetuneParams()
     manifest = bundle.manifest
-    recorded = manifest["backbone"]
+    recorded = manifest.backbone
     splits = bundle.split_arrays()
     x_train_all, y_train_all = splits["train"]
     x_test, y_test = splits["test"]
@@ -275,7 +275,7 @@ def train_finetune_head(
         _require_image_files(bundle, rows.paths)
 
     spec, backbone = bundle_backbone(bundle)
-    size, preprocessing = int(recorded["image_size"]), spec.preprocessing
+    size, preprocessing = recorded.image_size, spec.preprocessing
     model = build_model(backbone, len(classes), size, preprocessing, params)
     fit_mask, val_mask = ~rows.validation, rows.validation
     has_val = bool(val_mask.any())
@@ -348,10 +348,9 @@ def train_finetune_head(
         "metrics": {k: metrics.get(k) for k in ("test_images", "top1", "top5", "top1_ci95",
                                                 "top5_ci95")},
         "report": files,
+        "fitted_on": bundle.rows_fingerprint(),
     }
-    heads = bundle.manifest.get("heads") or {}
-    heads[HEAD] = record
-    bundle.update_manifest(heads=heads)
+    bundle.update_manifest(heads={**bundle.manifest.heads, HEAD: record})
     return record
 
 

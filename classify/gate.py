@@ -172,6 +172,8 @@ def fit_gate(bundle: Bundle, k: int = KNN_K) -> dict[str, Any] | None:
     not_dog = min(keep_threshold(other), dog_threshold) if len(other) else dog_threshold
     heads = {}
     for name in bundle.manifest.heads:
+        if bundle.manifest.head_is_stale(name):
+            continue  # not served, so no floor; refitting the head refits the gate
         heads[name] = _head_floor(load_predictor(bundle, name, accepts_images=True), held,
                                   passed)
     record = {

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePath
-from typing import Any
 
 from embed.bundle import Bundle
 from embed.manifest import Manifest

@@ -192,6 +192,20 @@ class Bundle:
             digest.update("\x1f".join(table[column].astype(str).tolist()).encode())
         return RowsFingerprint(rows=len(table), digest=digest.hexdigest())
 
+    def adopt_unrecorded_fits(self) -> None:
+        """Artifacts of a schema-2 bundle do not record their rows: they were fitted on the
+        rows the bundle has now, so record that before a change makes them stale."""
+        manifest = self.manifest.model_copy(deep=True)
+        rows = self.rows_fingerprint()
+        changed = manifest.rows is None
+        manifest.rows = manifest.rows or rows
+        for section in (*manifest.heads.values(), manifest.gate, manifest.comparison):
+            if section is not None and section.fitted_on is None:
+                section.fitted_on = rows
+                changed = True
+        if changed:
+            self.write_manifest(manifest)
+
     def seal(self) -> Manifest:
         """Before a transaction commits: the rows' fingerprint and a fresh commit id."""
         return self.update_manifest(rows=self.rows_fingerprint(), commit=uuid.uuid4().hex)
@@ -323,6 +337,8 @@ class Bundle:
         relative to the source root for folders)."""
         with atomic_path(self.metadata_path) as tmp:
             table.to_parquet(tmp, index=False)
+        if self.manifest_path.is_file():  # the rows changed: fitted artifacts compare to these
+            self.update_manifest(rows=self.rows_fingerprint())
 
     def write_skipped(self, table: Any) -> None:
         """skipped.csv: every input that could not be used, with the reason."""

@@ -178,7 +178,9 @@ class BundleWriter:
         Bundle.open(self.target)  # read under the lock: refuse a damaged bundle at once
         shutil.copytree(self.target, self.staging, copy_function=os.link)
         self._resumable = False
-        return Bundle(self.staging, writable=True)
+        staged = Bundle(self.staging, writable=True)
+        staged.adopt_unrecorded_fits()
+        return staged
 
     def commit(self) -> Path:
         """Seal the staged manifest and swap the staging folder into place in one step;

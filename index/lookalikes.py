@@ -149,7 +149,7 @@ def build_bundle_index(
     n = count_rows(shards)
     if n == 0:
         raise BundleError("no embeddings to index: every input was skipped (see skipped.csv)")
-    choice = choose_index(kind, n, int(bundle.manifest["backbone"]["dim"]), memory_budget)
+    choice = choose_index(kind, n, bundle.manifest.backbone.dim, memory_budget)
     index, choice, recall = _build(shards, n, choice)
     _save(bundle, index)
     return _record(choice, index, recall)
@@ -174,16 +174,16 @@ def extend_bundle_index(
     `auto` one climbs the ladder. Recall is measured again over all rows; the index is saved
     atomically.
     """
-    info = bundle.manifest.get("index") or {}
-    if not info or not bundle.index_path.is_file():
+    info = bundle.manifest.index
+    if info is None or not bundle.index_path.is_file():
         raise BundleError(f"bundle {bundle.root} has no index to extend; run"
                           " `embed-dogs build-index` to make one")
     shards = bundle.iter_embedding_shards
-    n, old = count_rows(shards), int(info["rows"])
-    kind = info["kind"] if str(info.get("reason", "")).startswith("requested") else "auto"
-    choice = choose_index(kind, n, int(bundle.manifest["backbone"]["dim"]), memory_budget)
-    in_place = (choice.kind == info["kind"] and _layout(choice.factory) == _layout(info["factory"])
-                and choice.params.get("nlist", 0) <= 4 * info["params"].get("nlist", 0))
+    n, old = count_rows(shards), info.rows
+    kind = info.kind if str(info.get("reason", "")).startswith("requested") else "auto"
+    choice = choose_index(kind, n, bundle.manifest.backbone.dim, memory_budget)
+    in_place = (choice.kind == info.kind and _layout(choice.factory) == _layout(info.factory)
+                and choice.params.get("nlist", 0) <= 4 * info.params.get("nlist", 0))
     if not in_place:
         _check_total(bundle, old + count_rows(lambda: new_vectors), n)
         index, choice, recall = _build(shards, n, choice)
@@ -192,10 +192,10 @@ def extend_bundle_index(
         if index.ntotal != old:
             raise IncompatibleBundleError(f"index.faiss of {bundle.root} has {index.ntotal} rows,"
                                           f" the manifest recorded {old}; rebuild the bundle")
-        stream_shards(lambda: new_vectors, index, info["kind"])
+        stream_shards(lambda: new_vectors, index, info.kind)
         _check_total(bundle, int(index.ntotal), n)
-        params = {**info["params"], "bytes": choice.params["bytes"]}
-        choice = IndexChoice(info["kind"], info["factory"], params, choice.reason)
+        params = {**info.params, "bytes": choice.params["bytes"]}
+        choice = IndexChoice(info.kind, info.factory, params, choice.reason)
         apply_search_params(index, choice.kind, choice.params)
         k = min(RECALL_K, n)
         (queries,) = gather_rows(shards, sample_positions(n, min(RECALL_QUERIES, n)))
@@ -218,7 +218,7 @@ def read_bundle_index(bundle: Bundle, mmap: bool = True) -> Any:
     A file FAISS cannot read, or an index of another dimension than the backbone's, is an
     error that says what to do, not a traceback."""
     faiss = _faiss()
-    kind = (bundle.manifest.get("index") or {}).get("kind")
+    kind = bundle.manifest.index.kind if bundle.manifest.index else None
     flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap and kind == "ivf" else 0
     try:
         index = faiss.read_index(str(bundle.index_path), flags)
@@ -227,7 +227,7 @@ def read_bundle_index(bundle: Bundle, mmap: bool = True) -> Any:
             f"{bundle.index_path.name} of {bundle.root} cannot be read ({_faiss_error(exc)});"
             f" run `embed-dogs verify --bundle {bundle.root}` or rebuild the bundle"
         ) from None
-    dim = int(bundle.manifest["backbone"]["dim"])
+    dim = bundle.manifest.backbone.dim
     if index.d != dim:
         raise IncompatibleBundleError(
             f"{bundle.index_path.name} of {bundle.root} holds {index.d}-d vectors but the"
@@ -259,21 +259,21 @@ class LookalikeIndex:
 
     def __init__(self, bundle: Bundle) -> None:
         manifest = bundle.manifest
-        if not manifest.get("index") or not bundle.index_path.is_file():
+        if manifest.index is None or not bundle.index_path.is_file():
             raise BundleError(
                 f"bundle {bundle.root} has no index; run `embed-dogs build-index` to make one"
             )
         self.bundle = bundle
-        self.info = manifest["index"]
+        self.info = manifest.index
         self.index = read_bundle_index(bundle)
-        apply_search_params(self.index, self.info["kind"], self.info.get("params", {}))
+        apply_search_params(self.index, self.info.kind, self.info.params)
         self.metadata = bundle.metadata()
         if self.index.ntotal != len(self.metadata):
             raise IncompatibleBundleError(
                 f"index of {bundle.root} has {self.index.ntotal} rows but metadata has"
                 f" {len(self.metadata)}; rebuild the bundle"
             )
-        self.dim = int(manifest["backbone"]["dim"])
+        self.dim = manifest.backbone.dim
 
     def _neighbour(self, position: int, score: float) -> Neighbour:
         r = self.metadata.iloc[int(position)]
@@ -338,7 +338,7 @@ class LookalikeIndex:
     def _search_parameters(self, selector: Any, k: int, n_allowed: int) -> Any:
         """Search parameters with `selector` and the index's own efSearch / nprobe."""
         faiss = _faiss()
-        kind, params = self.info["kind"], self.info.get("params", {})
+        kind, params = self.info.kind, self.info.params
         if kind == "hnsw":
             # a graph walk stops after about efSearch candidates: scale it by the filter's
             # selectivity so that about k of the visited rows pass

@@ -233,7 +233,7 @@ def compute_signals(bundle: Any, kinds: tuple[str, ...] = KINDS, embed: Any = No
     if "low_quality" in kinds:
         paths = table["path"].astype(str).to_numpy()
         present = np.array([Path(p).is_file() for p in paths])
-        size = int(bundle.manifest["backbone"]["image_size"])
+        size = bundle.manifest.backbone.image_size
         found = find_low_quality(paths[present], table["width"].to_numpy()[present],
                                  table["height"].to_numpy()[present], size)
         where = np.flatnonzero(present)

@@ -96,7 +96,7 @@ def head_reports(bundle: Bundle) -> list[HeadReport]:
     import pandas as pd
 
     reports = []
-    for name, record in (bundle.manifest.get("heads") or {}).items():
+    for name, record in bundle.manifest.heads.items():
         files = record.get("report") or {}
         metrics = stored_metrics(bundle.root, record)
         per_breed = pd.DataFrame(metrics.get("per_breed") or [])

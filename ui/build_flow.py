@@ -36,7 +36,7 @@ from embed.errors import BundleError, SourceError
 from embed.pipeline import DEFAULT_BATCH_SIZE
 from embed.runtimes import DEFAULT_RUNTIME
 from embed.sources import DEFAULT_SOURCE, DEFAULT_TEST_FRACTION, Source, open_source
-from embed.staging import BundleWriter
+from embed.staging import BundleWriter, change_bundle
 from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET, choose_index
 from index.lookalikes import build_bundle_index, extend_bundle_index
 
@@ -142,9 +142,59 @@ def build_bundle(
         index_bundle(bundle, config.index_kind, config.memory_budget)
         if src.labelled and stats.embedded:
             fit_default_head(bundle)
-        manifest = bundle.manifest  # complete only now; the folder gets its name below
+        record_history(bundle, {"op": "build", "source": src.location})
         target = writer.commit()
-    return BuildResult(target, stats, manifest)
+    return BuildResult(target, stats, Bundle(target).manifest)
+
+
+def record_history(bundle: Bundle, event: dict[str, Any]) -> None:
+    """One entry per committed change: what, when, and which process did it."""
+    import os
+    import time
+    from datetime import datetime, timezone
+
+    entry = {"at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+             "unix_time": round(time.time(), 3), "pid": os.getpid(), **event}
+    bundle.update_manifest(history=[*bundle.manifest.history, entry])
+
+
+def refit_what_is_cheap(bundle: Bundle) -> None:
+    """After the rows changed: logistic regression and the gate are refitted; a fine-tuned
+    head is left as it is and shows as stale (it is not served until `train` refreshes it);
+    the comparison is kept only among heads fitted on these rows. With fewer than 2 breeds
+    in the train split there is no head at all: heads, gate, comparison and their reports
+    go, and `info` says why."""
+    splits = bundle.split_arrays()
+    breeds = len(set(splits["train"][1]))
+    if breeds < 2:
+        log.warning("the bundle now has %s breed%s in its train split: no breed head and no"
+                    " gate (they need at least 2)", breeds, "" if breeds == 1 else "s")
+        drop_fitted_artifacts(bundle)
+        return
+    fit_default_head(bundle)
+    refresh_comparison(bundle)
+
+
+def refresh_comparison(bundle: Bundle) -> None:
+    fresh = [h for h in bundle.manifest.heads if not bundle.manifest.head_is_stale(h)]
+    if len(fresh) > 1:
+        compare_heads(bundle)
+    elif bundle.manifest.comparison is not None:
+        bundle.update_manifest(comparison=None)
+
+
+def drop_fitted_artifacts(bundle: Bundle) -> None:
+    """Remove every head, the gate and the comparison, with their files and reports."""
+    manifest = bundle.manifest
+    relative = [rel for head in manifest.heads.values()
+                for rel in (head.file, head.serving_file, head.dense_file,
+                            *head.report.values()) if rel]
+    if manifest.comparison is not None:
+        relative += list(manifest.comparison.files.values())
+    for rel in relative:
+        bundle.inside(rel).unlink(missing_ok=True)
+    bundle.forget_files(*relative)
+    bundle.update_manifest(heads={}, gate=None, comparison=None)
 
 
 def refresh_after_change(bundle: Bundle, event: dict[str, Any],
@@ -152,29 +202,23 @@ def refresh_after_change(bundle: Bundle, event: dict[str, Any],
     """After rows were added or removed: the index (extended in place with `new_shards` when
     the ladder keeps its layout, else rebuilt as it was requested), the logistic-regression
     head, its report and the gate when labelled, the comparison, the history."""
-    import time
-
     import numpy as np
 
-    index = bundle.manifest.get("index") or {}
-    budget = index.get("memory_budget", DEFAULT_MEMORY_BUDGET)
-    if new_shards is not None:
+    index = bundle.manifest.index
+    budget = (index.memory_budget if index else None) or DEFAULT_MEMORY_BUDGET
+    requested = (index.requested if index else None) or DEFAULT_INDEX_KIND
+    if new_shards is not None and index is not None:
         log.info("adding the new rows to the FAISS index")
-        vectors = [np.load(bundle.inside(s["file"]), mmap_mode="r") for s in new_shards]
+        vectors = [np.load(bundle.inside(s["file"]), mmap_mode="r", allow_pickle=False)
+                   for s in new_shards]
         record = extend_bundle_index(bundle, vectors, budget)
-        bundle.update_manifest(index={**record, "requested": index.get("requested"),
+        bundle.update_manifest(index={**record, "requested": requested,
                                       "memory_budget": budget})
         bundle.record_files(bundle.index_path)
     else:
-        index_bundle(bundle, index.get("requested", DEFAULT_INDEX_KIND), budget)
-    splits = bundle.split_arrays()
-    if len(set(splits["train"][1])) >= 2:
-        fit_default_head(bundle)
-        if len(bundle.manifest.get("heads") or {}) > 1:
-            compare_heads(bundle)
-    history = list(bundle.manifest.get("history") or [])
-    history.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **event})
-    bundle.update_manifest(history=history)
+        index_bundle(bundle, requested, budget)
+    refit_what_is_cheap(bundle)
+    record_history(bundle, event)
 
 
 def add_to_bundle(
@@ -187,22 +231,38 @@ def add_to_bundle(
     as new shards, then refresh index, head and report. The bundle in place is replaced only
     when everything succeeded. `engine` runs the embedding (default: this process)."""
     current = Bundle.open(bundle_dir)
+    refuse_bundle_as_source(current.root, source)
     engine = engine or make_engine()
-    with BundleWriter(current.root, overwrite=True) as writer, engine:
-        staged = writer.stage_copy()
-        test_fraction = (staged.manifest.get("source") or {}).get("test_fraction",
-                                                                  DEFAULT_TEST_FRACTION)
-        src = open_source(source, test_fraction=test_fraction)
+    with change_bundle(current.root, "add") as staged, engine:
+        test_fraction = staged.manifest.source.test_fraction
+        src = open_source(source, test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None
+                          else test_fraction)
         embedder = serving_embedder(staged, runtime)  # the very model the bundle's rows came from
         on_progress = on_source(src) if on_source else None
-        old_shards = len(staged.manifest["embeddings"]["shards"])
+        old_shards = len(staged.manifest.embeddings.shards)
         stats = engine.append_source(staged, src, embedder, batch_size, on_progress)
+        new_breeds = sorted(set(staged.split_arrays()["train"][1]) - set(
+            current.split_arrays()["train"][1]))
+        if new_breeds:
+            log.info("new breed%s: %s", "" if len(new_breeds) == 1 else "s",
+                     ", ".join(new_breeds))
         refresh_after_change(staged, {"op": "add", "source": src.location,
                                       "added": stats.embedded, "skipped": stats.skipped,
-                                      "already_there": stats.reused},
-                             new_shards=staged.manifest["embeddings"]["shards"][old_shards:])
-        writer.commit()
+                                      "already_there": stats.reused, "new_breeds": new_breeds},
+                             new_shards=[s.model_dump() for s in
+                                         staged.manifest.embeddings.shards[old_shards:]])
     return stats
+
+
+def refuse_bundle_as_source(bundle_root: Path, source: str) -> None:
+    """`add --source B --bundle B` would embed the bundle's own report images as a breed."""
+    if source.startswith("tfds:"):
+        return
+    folder = Path(source).expanduser().resolve()
+    root = bundle_root.resolve()
+    if folder == root or folder.is_relative_to(root) or root.is_relative_to(folder):
+        raise SourceError(f"--source {source} is or contains the bundle {bundle_root}; add"
+                          " photos from a folder outside the bundle")
 
 
 def matching_positions(bundle: Bundle, patterns: list[str]) -> Any:
@@ -231,18 +291,15 @@ def matching_positions(bundle: Bundle, patterns: list[str]) -> Any:
 def remove_from_bundle(bundle_dir: str | Path, patterns: list[str]) -> int:
     """Drop the rows whose paths match `patterns` (paths or globs); refresh index, head and
     report. Returns how many rows went."""
-    current = Bundle.open(bundle_dir)
-    drop = matching_positions(current, patterns)
-    if not drop.any():
-        raise SourceError(f"no image of {bundle_dir} matches {', '.join(patterns)}")
-    if drop.all():
-        raise SourceError("that would remove every image; build a new bundle instead")
-    with BundleWriter(current.root, overwrite=True) as writer:
-        staged = writer.stage_copy()
+    with change_bundle(bundle_dir, "remove") as staged:
+        drop = matching_positions(staged, patterns)  # under the lock: the rows of now
+        if not drop.any():
+            raise SourceError(f"no image of {bundle_dir} matches {', '.join(patterns)}")
+        if drop.all():
+            raise SourceError("that would remove every image; build a new bundle instead")
         removed = remove_rows(staged, drop)
         refresh_after_change(staged, {"op": "remove", "patterns": patterns,
                                       "removed": removed})
-        writer.commit()
     return removed
 
 
@@ -259,12 +316,19 @@ def train_head(
     Returns {"record": the head's manifest record, "comparison": the comparison section,
     "gate": the gate section}.
     """
-    bundle = Bundle.open(bundle_dir)
-    if head == "logreg":
-        record = train_logreg_head(bundle, DEFAULT_C if c is None else c)
-    elif head == "finetune":
-        record = train_finetune_head(bundle, params or FinetuneParams(), on_epoch)
-    else:
+    if head not in HEADS:
         raise BundleError(f"unknown head {head!r}; choose one of {', '.join(HEADS)}")
-    comparison = compare_heads(bundle)
-    return {"record": record, "comparison": comparison, "gate": fit_gate(bundle)}
+    with change_bundle(bundle_dir, "train") as bundle:
+        if len(set(bundle.split_arrays()["train"][1])) < 2:
+            raise BundleError(f"bundle {bundle_dir} has fewer than 2 breeds in its train split;"
+                              " a breed head needs at least 2. Add photos of another breed")
+        if head == "logreg":
+            record = train_logreg_head(bundle, DEFAULT_C if c is None else c)
+        else:
+            record = train_finetune_head(bundle, params or FinetuneParams(), on_epoch)
+        refresh_comparison(bundle)
+        gate = fit_gate(bundle)
+        comparison = bundle.manifest.comparison
+        record_history(bundle, {"op": "train", "head": head})
+    return {"record": record, "comparison": comparison.model_dump() if comparison else None,
+            "gate": gate}

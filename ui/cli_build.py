@@ -92,16 +92,16 @@ def build_index(
         f" (see {result.bundle / 'skipped.csv'})" if stats.skipped else ""))
     table.add_row("throughput", f"{stats.images_per_second:.1f} images/s (steady state)"
                   if stats.processed else "nothing left to embed (every item reused)")
-    source = result.manifest.get("source") or {}
+    source = result.manifest.source
     if source.get("duplicates"):
-        table.add_row("duplicates", f"{source['duplicates']} files repeat another file's"
+        table.add_row("duplicates", f"{source.get('duplicates')} files repeat another file's"
                       " content; each group stays in one split")
     shown = ("backbone", "fine-tuned from", "runtime", "one-time costs", "engine", "index",
              "recall@10 vs exact search", "open-set gate")
     for name, value in manifest_facts(result.manifest):
         if name in shown or name.startswith("head "):
             table.add_row(name, value)
-    if not result.manifest.get("heads"):
+    if not result.manifest.heads:
         table.add_row("breed head", "none (unlabelled source or no test images)")
     console.print(table)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ def info(
 
         manifest = Bundle.open(bundle).manifest
     if as_json:
-        print(json.dumps(manifest, indent=2))
+        print(manifest.to_json())
         return
     table = Table(title=f"bundle {bundle}", show_header=False)
     for name, value in manifest_facts(manifest):

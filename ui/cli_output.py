@@ -65,24 +65,30 @@ def print_honesty(bundle: Any) -> None:
     from classify.leakage import leakage_warning
     from classify.selection import choose_best_head
 
-    heads = bundle.manifest.get("heads") or {}
-    best, by = choose_best_head(heads)
+    manifest = bundle.manifest
+    best, by = choose_best_head({name: head for name, head in manifest.heads.items()
+                                 if not manifest.head_is_stale(name)})
     if best:
         console.print(f"serving head: {best} (best {by})")
     warning = leakage_warning(bundle)
     if warning:
         console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
-    gate = bundle.manifest.get("gate")
-    if not gate:
+    for name in manifest.heads:
+        if manifest.head_is_stale(name):
+            console.print(f"[bold yellow]stale:[/] the {name} head was fitted before the"
+                          " bundle's rows changed and is not served; refresh it with"
+                          f" `embed-dogs train --head {name} --bundle {bundle.root}`",
+                          highlight=False, soft_wrap=True)
+    gate = manifest.gate
+    if gate is None:
         console.print("open-set gate: none (needs labelled train and test rows)")
         return
-    figures = gate.get("figures") or {}
-    floors = ", ".join(f"{h} {f['top_probability_floor']:.3f}" for h, f in
-                       (gate.get("heads") or {}).items() if f.get("top_probability_floor")
-                       is not None) or "none"
+    figures = gate.figures
+    floors = ", ".join(f"{h} {f.top_probability_floor:.3f}" for h, f in gate.heads.items()
+                       if f.top_probability_floor is not None) or "none"
     console.print(
-        f"open-set gate: kNN similarity (mean of {gate['k']} nearest) >="
-        f" {gate['dog_threshold']:.3f} for a known breed, < {gate['not_dog_threshold']:.3f}"
+        f"open-set gate: kNN similarity (mean of {gate.k} nearest) >="
+        f" {gate.dog_threshold:.3f} for a known breed, < {gate.not_dog_threshold:.3f}"
         " for not a dog; head top-probability"
         f" floor: {floors}. Calibrated on {figures.get('test_dogs')} held-out test dogs"
         f" ({figures.get('test_dogs_above_dog_threshold', 0):.1%} above the dog threshold);"

@@ -117,7 +117,7 @@ def evaluate(
         from embed.bundle import Bundle
 
         b = Bundle.open(bundle)
-        heads = b.manifest.get("heads") or {}
+        heads = b.manifest.heads
         if not heads:
             raise EmbedDogsError(f"bundle {bundle} has no breed head (was its source labelled?)")
         from classify.evaluation import stored_metrics
@@ -131,7 +131,8 @@ def evaluate(
         if as_json:
             print(json.dumps({
                 "heads": {name: stored_metrics(b.root, record) for name, record in heads.items()},
-                "gate": b.manifest.get("gate"),
+                "gate": b.manifest.gate.model_dump() if b.manifest.gate else None,
+                "stale": b.manifest.stale(),
                 "gate_dev": gate_dev.rows if gate_dev is not None else None,
             }, indent=2, default=str))
             return

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from embed.manifest import Manifest
+
 
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
@@ -26,23 +28,23 @@ def interval_caption(metrics: dict[str, Any], key: str) -> str:
     return f"{shown} (Wilson)" if shown else ""
 
 
-def gate_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+def gate_facts(manifest: Manifest) -> list[tuple[str, str]]:
     """The open-set gate's thresholds and the figures behind them, for the report page."""
-    gate = manifest.get("gate")
-    if not gate:
+    gate = manifest.gate
+    if gate is None:
         return [("open-set gate", "none (needs labelled train and test rows)")]
-    figures = gate.get("figures") or {}
+    figures = gate.figures
     rows = [
-        ("signal", f"kNN similarity: mean cosine similarity to the {gate.get('k')} nearest"
+        ("signal", f"kNN similarity: mean cosine similarity to the {gate.k} nearest"
                    " photos of the bundle"),
-        ("dog: at least", f"{gate.get('dog_threshold'):.3f} (keeps"
+        ("dog: at least", f"{gate.dog_threshold:.3f} (keeps"
                           f" {percent(figures.get('test_dogs_above_dog_threshold'))} of"
                           f" {figures.get('test_dogs')} held-out test dogs)"),
-        ("not a dog: below", f"{gate.get('not_dog_threshold'):.3f} (each breed left out in"
+        ("not a dog: below", f"{gate.not_dog_threshold:.3f} (each breed left out in"
                              " turn: 95% of those dogs stay above)"),
     ]
-    for head, record in (gate.get("heads") or {}).items():
-        floor = record.get("top_probability_floor")
+    for head, record in gate.heads.items():
+        floor = record.top_probability_floor
         rows.append((f"{head} head: top probability floor",
                      "-" if floor is None else f"{floor:.1%} (below: unknown breed)"))
     rows.append(("simulated unknown breeds not called dog",
@@ -50,9 +52,9 @@ def gate_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def engine_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+def engine_facts(manifest: Manifest) -> list[tuple[str, str]]:
     """The engine that wrote the shards, when a Ray cluster did: its size and speed."""
-    engine = (manifest.get("embeddings") or {}).get("engine") or {}
+    engine = manifest.embeddings.get("engine") or {}
     if engine.get("name") != "ray":
         return []
     workers = engine.get("per_worker") or []
@@ -79,49 +81,59 @@ def int8_summary(runtime: dict[str, Any]) -> str:
     return f"; int8 not used: {check.get('reason')}"
 
 
-def manifest_facts(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+def manifest_facts(manifest: Manifest) -> list[tuple[str, str]]:
     """The manifest as (name, value) rows a person can read: the one formatter that `info`,
     `build-index`'s summary and the app's report and sidebar all show."""
-    bb = manifest.get("backbone") or {}
-    src = manifest.get("source") or {}
-    idx = manifest.get("index") or {}
-    counts = manifest.get("counts") or {}
-    runtime = bb.get("runtime") or {}
+    bb = manifest.backbone
+    src = manifest.source
+    idx = manifest.index
+    counts = manifest.counts
+    runtime = bb.runtime.model_dump()
     rows = [
-        ("backbone", f"{bb.get('name')} @ {bb.get('image_size')} px, dim {bb.get('dim')},"
-                     f" preprocessing {bb.get('preprocessing')}"),
+        ("backbone", f"{bb.name} @ {bb.image_size} px, dim {bb.dim},"
+                     f" preprocessing {bb.preprocessing}"),
     ]
-    if bb.get("lineage"):
-        rows.append(("fine-tuned from", str(bb["lineage"].get("head_file"))))
+    if bb.lineage:
+        rows.append(("fine-tuned from", str(bb.lineage.get("head_file"))))
     parity = runtime.get("parity") or {}
     rows += [
-        ("weights", str(bb.get("weights"))),
-        ("weights sha256", str(bb.get("weights_sha256", ""))[:16] + "…"),
+        ("weights", str(bb.weights)),
+        ("weights sha256", str(bb.weights_sha256)[:16] + "…"),
         ("runtime", str(runtime.get("name", "-")) + (
             f" (parity with Keras: mean cosine {parity['mean_cosine']:.5f})"
             if parity.get("mean_cosine") is not None else "") + int8_summary(runtime)),
         *engine_facts(manifest),
-        ("source", f"{src.get('kind')} {src.get('location')}"),
-        ("splits", ", ".join(f"{k} {v}" for k, v in (src.get("splits") or {}).items()) or "-"),
-        ("images", ", ".join(f"{k} {v}" for k, v in counts.items()) or "-"),
-        ("index", f"{idx.get('kind')} ({idx.get('factory')}), metric {idx.get('metric')}"),
-        ("recall@10 vs exact search", str(idx.get("recall@10"))),
+        ("source", f"{src.kind} {src.location}"),
+        ("splits", ", ".join(f"{k} {v}" for k, v in src.splits.items()) or "-"),
+        ("images", f"images {counts.images}, embedded {counts.embedded},"
+                   f" skipped {counts.skipped}"),
+        ("index", f"{idx.kind} ({idx.factory}), metric {idx.metric}" if idx else "none"),
+        ("recall@10 vs exact search", str(idx.get("recall@10") if idx else None)),
     ]
-    fixed = (manifest.get("embeddings") or {}).get("fixed_seconds") or {}
+    fixed = manifest.embeddings.get("fixed_seconds") or {}
     if fixed:
         rows.append(("one-time costs", ", ".join(f"{k} {v:.1f} s" for k, v in fixed.items())
                      + f" (total {sum(fixed.values()):.1f} s, not in images/s)"))
-    for name, head in (manifest.get("heads") or {}).items():
-        rows.append((f"head {name}: test top-1 / top-5", head_summary(head.get("metrics") or {})))
-    best = (manifest.get("comparison") or {}).get("best")
-    if best:
-        by = (manifest.get("comparison") or {}).get("by", "test top1")
-        rows.append(("best head", f"{best} (by {by})"))
-    gate = manifest.get("gate")
-    rows.append(("open-set gate", f"kNN >= {gate['dog_threshold']:.3f} dog, <"
-                 f" {gate['not_dog_threshold']:.3f} not a dog" if gate else "none"))
+    for name, head in manifest.heads.items():
+        if manifest.head_is_stale(name):
+            fitted = head.fitted_on.rows if head.fitted_on else "?"
+            now = manifest.rows.rows if manifest.rows else "?"
+            rows.append((f"head {name}", f"STALE, not served: fitted on {fitted} rows, the"
+                         f" bundle now has {now}; refresh with `embed-dogs train --head"
+                         f" {name}`"))
+        else:
+            rows.append((f"head {name}: test top-1 / top-5", head_summary(head.metrics)))
+    if not manifest.heads and src.kind:
+        rows.append(("breed head", "none (needs labelled photos of at least 2 breeds)"))
+    comparison = manifest.comparison
+    if comparison is not None and comparison.best:
+        rows.append(("best head", f"{comparison.best} (by {comparison.get('by', 'test top1')})"))
+    gate = manifest.gate
+    stale_gate = " (stale)" if "gate" in manifest.stale() else ""
+    rows.append(("open-set gate", f"kNN >= {gate.dog_threshold:.3f} dog, <"
+                 f" {gate.not_dog_threshold:.3f} not a dog{stale_gate}" if gate else "none"))
     rows += [
-        ("created", str(manifest.get("created_at"))),
-        ("versions", ", ".join(f"{k} {v}" for k, v in (manifest.get("versions") or {}).items())),
+        ("created", manifest.created_at),
+        ("versions", ", ".join(f"{k} {v}" for k, v in manifest.versions.items())),
     ]
     return rows

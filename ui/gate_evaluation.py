@@ -88,12 +88,14 @@ def evaluate_gate(
     report = ctx.bundle.report_dir
     report.mkdir(parents=True, exist_ok=True)
     files = {"json": report / "gate_dev.json", "csv": report / "gate_dev.csv"}
-    gate = ctx.bundle.manifest.get("gate") or {}
+    gate = ctx.bundle.manifest.gate
+    assert gate is not None  # checked above: ctx.gate exists
+    floor = gate.heads.get(head or "")
     atomic_write_text(files["json"], json.dumps({
         "head": head, "sets": rows,
-        "thresholds": {k: gate.get(k) for k in ("k", "dog_threshold", "not_dog_threshold")},
-        "top_probability_floor": (gate.get("heads") or {}).get(head or "", {}).get(
-            "top_probability_floor"),
+        "thresholds": {"k": gate.k, "dog_threshold": gate.dog_threshold,
+                       "not_dog_threshold": gate.not_dog_threshold},
+        "top_probability_floor": floor.top_probability_floor if floor else None,
         "note": "thresholds were calibrated on the bundle's own rows; these photo sets only"
                 " measure the gate. Test dogs are scored against all other rows (themselves"
                 " left out).",

@@ -26,8 +26,8 @@ for head in heads:
     c.metric("Test images", f"{m['test_images']:,}")
     a.caption(facts.interval_caption(m, "top1"))
     b.caption(facts.interval_caption(m, "top5"))
-    validation = (ctx.bundle.manifest.get("heads", {}).get(head.name, {}).get("validation")
-                  or {}).get("top1")
+    record = ctx.bundle.manifest.heads.get(head.name)
+    validation = (record.get("validation") or {}).get("top1") if record else None
     if validation is not None:
         c.caption(f"validation top-1 {validation:.1%} (chooses the serving head)")
     table_col, plot_col = st.columns(2)

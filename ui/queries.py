@@ -44,11 +44,16 @@ def open_for_queries(
 ) -> QueryContext:
     """`accepts_images`: the caller passes preprocessed images along with vectors, so the
     default head may be a fine-tuned one that needs images."""
-    bundle = Bundle.open(bundle_dir)
-    index = LookalikeIndex(bundle)
-    predictor = load_predictor(bundle, head, accepts_images)
-    embedder = serving_embedder(bundle, runtime)
-    return QueryContext(bundle, embedder, index, predictor, Gate.from_manifest(bundle.manifest))
+    from embed.reading import read_whole
+
+    def load(bundle: Bundle) -> QueryContext:
+        index = LookalikeIndex(bundle)
+        predictor = load_predictor(bundle, head, accepts_images)
+        embedder = serving_embedder(bundle, runtime)
+        return QueryContext(bundle, embedder, index, predictor,
+                            Gate.from_manifest(bundle.manifest, bundle.root))
+
+    return read_whole(bundle_dir, load)  # one commit, even while another process writes
 
 
 @dataclass
