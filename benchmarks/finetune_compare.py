@@ -80,7 +80,7 @@ def run_config(name: str, config: dict[str, Any], args: argparse.Namespace) -> d
         build_bundle(BuildConfig(source=str(args.source), out=base, runtime=args.runtime,
                                  batch_size=32, overwrite=True, **config))
         _log(f"[{name}] built in {time.perf_counter() - start:.0f}s")
-    rows = [_row("logreg", Bundle(base).manifest["heads"]["logreg"])]
+    rows = [_row("logreg", Bundle(base).manifest.model_dump()["heads"]["logreg"])]
 
     def progress(phase: str, epoch: int, total: int, logs: dict[str, float]) -> None:
         _log(f"  {phase} {epoch}/{total} loss {logs.get('loss', 0):.3f}"
@@ -107,7 +107,8 @@ def run_config(name: str, config: dict[str, Any], args: argparse.Namespace) -> d
                                      batch_size=32, overwrite=True,
                                      backbone_from=out / f"{name}-unfrozen"))
     refit_seconds = time.perf_counter() - start
-    rows.append(_row("logreg on re-embedded bundle", built.manifest["heads"]["logreg"]))
+    rows.append(_row("logreg on re-embedded bundle",
+                     built.manifest.model_dump()["heads"]["logreg"]))
     before = bundle_precision_at_k(Bundle(base), 5)
     after = bundle_precision_at_k(Bundle(refit), 5)
     return {"config": name, **config, "heads": rows,

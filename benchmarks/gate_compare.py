@@ -102,7 +102,7 @@ def compare(bundle_dir: Path, cache: Path) -> dict[str, Any]:
     bundle = Bundle.open(bundle_dir)
     more = extras(bundle_dir, cache)
     new, record = after(bundle, more)
-    return {"bundle": str(bundle_dir), "backbone": bundle.manifest["backbone"]["name"],
+    return {"bundle": str(bundle_dir), "backbone": bundle.manifest.model_dump()["backbone"]["name"],
             "before": before(bundle, more), "after": new, "record": record}
 
 

@@ -107,7 +107,7 @@ def child_query(bundle_dir: str) -> None:
     start = time.perf_counter()
     lookalikes = LookalikeIndex(bundle)
     load = time.perf_counter() - start
-    dim, seed = lookalikes.dim, int(bundle.manifest.get("seed", 0))
+    dim, seed = lookalikes.dim, int(bundle.manifest.model_dump().get("seed", 0))
     queries = synthetic(QUERIES + WARMUP, dim, 10**9, seed, structure(dim, seed))  # unseen
     raw, api = [], []
     for i, query in enumerate(queries):

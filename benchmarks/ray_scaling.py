@@ -121,11 +121,11 @@ def equality(local: Path, other: Path) -> str:
     columns = ["row_id", "path", "label", "split", "sha256", "width", "height"]
     same = a.metadata()[columns].equals(b.metadata()[columns])
     cosines = np.einsum("ij,ij->i", a.embeddings(), b.embeddings())
-    heads = [(x.manifest.get("heads") or {}).get("logreg", {}).get("metrics", {}).get("top1")
-             for x in (a, b)]
+    heads = [x.manifest.heads["logreg"].metrics.get("top1") if "logreg" in x.manifest.heads
+             else None for x in (a, b)]
     return (f"rows equal {same} ({len(cosines)} rows), cosine min {cosines.min():.7f}"
-            f" mean {cosines.mean():.7f}, index {a.manifest['index']['kind']} /"
-            f" {b.manifest['index']['kind']}, logreg top-1 {heads[0]} / {heads[1]}")
+            f" mean {cosines.mean():.7f}, index {a.manifest.model_dump()['index']['kind']} /"
+            f" {b.manifest.model_dump()['index']['kind']}, logreg top-1 {heads[0]} / {heads[1]}")
 
 
 def main() -> None:

@@ -81,8 +81,8 @@ def compare(bundle_dir: Path, cache: Path) -> dict[str, Any]:
                      "gap_closed": round((fig["precision@5"] - raw["precision@5"]) / gap, 3)
                      if gap > 0 else None,
                      "dims": space.dim_out})
-    return {"bundle": str(bundle_dir), "backbone": bundle.manifest["backbone"]["name"],
-            "image_size": bundle.manifest["backbone"]["image_size"], "head_top1": head,
+    return {"bundle": str(bundle_dir), "backbone": bundle.manifest.model_dump()["backbone"]["name"],
+            "image_size": bundle.manifest.model_dump()["backbone"]["image_size"], "head_top1": head,
             "queries": int(test.sum()), "gallery": int(train.sum()), "spaces": rows,
             "flip": flips(vectors, more, labels, train, test)}
 

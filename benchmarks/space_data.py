@@ -82,7 +82,7 @@ def extras(bundle_dir: str | Path, cache_dir: str | Path) -> dict[str, np.ndarra
 
     embedder = serving_embedder(bundle)
     table = bundle.metadata()
-    root = Path(bundle.manifest["source"]["location"])
+    root = Path(bundle.manifest.model_dump()["source"]["location"])
     blobs = [(root / p).read_bytes() for p in table["path"]]
     out: dict[str, np.ndarray] = {}
     start = time.perf_counter()

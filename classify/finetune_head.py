@@ -16,6 +16,7 @@ from classify.breed_head import BreedHead
 from embed.backbones import file_sha256
 from embed.bundle import Bundle
 from embed.errors import BundleError
+from embed.manifest import HeadRecord
 from embed.vectors import l2_normalise
 
 HEAD = "finetune"
@@ -79,33 +80,33 @@ class FinetuneHead(BreedHead):
         return np.asarray(self.model.predict_on_batch(np.asarray(inputs, np.float32)))
 
 
-def load_finetune_head(bundle: Bundle, record: dict[str, Any]) -> FinetuneHead:
+def load_finetune_head(bundle: Bundle, record: HeadRecord) -> FinetuneHead:
     """Load `heads/finetune.keras` in Keras' safe mode, after checking it is the recorded file.
 
     A head on a frozen backbone only needs its dense layer: that is read from the `.npz`
     beside it, without TensorFlow, so queries stay light.
     """
     if record.get("input") == "vectors" and record.get("dense_file"):
-        dense_path = bundle.checked_file(record["dense_file"])
+        dense_path = bundle.checked_file(record.dense_file)
         if dense_path is not None:
             with np.load(dense_path) as dense:
-                return FinetuneHead(None, np.array(record["classes"]), False,
+                return FinetuneHead(None, np.array(record.classes or []), False,
                                     (dense["kernel"], dense["bias"]),
                                     load_model=lambda: _load_keras_head(bundle, record))
-    return FinetuneHead(_load_keras_head(bundle, record), np.array(record["classes"]),
-                        record["input"] == "images")
+    return FinetuneHead(_load_keras_head(bundle, record), np.array(record.classes or []),
+                        record.input == "images")
 
 
-def _load_keras_head(bundle: Bundle, record: dict[str, Any]) -> Any:
+def _load_keras_head(bundle: Bundle, record: HeadRecord) -> Any:
     import keras
 
-    path = bundle.inside(record["file"])
+    path = bundle.inside(record.file)
     if not path.is_file():
         raise BundleError(
             f"no fine-tuned head at {path}; train one with `embed-dogs train --bundle"
             f" {bundle.root} --head finetune`"
         )
-    if record.get("sha256") and file_sha256(path) != record["sha256"]:
+    if record.get("sha256") and file_sha256(path) != record.get("sha256"):
         raise BundleError(
             f"{path} is not the file the manifest recorded (sha256 differs); refusing to load"
             " it. Retrain it with `embed-dogs train --head finetune`"

@@ -159,10 +159,11 @@ class Bundle:
             raise BundleError(f"{self.root} was opened for reading; changes go through a"
                               " transaction (embed.staging.change_bundle)")
 
-    def write_manifest(self, manifest: Manifest) -> None:
+    def write_manifest(self, manifest: Manifest | dict[str, Any]) -> None:
         """Replace the staged manifest (validated again, so no bad value reaches disk)."""
         self._check_writable()
-        manifest = Manifest.model_validate(manifest.model_dump())
+        data = manifest.model_dump() if isinstance(manifest, Manifest) else manifest
+        manifest = parse_manifest(data, self.root)
         atomic_write_text(self.manifest_path, manifest.to_json())
         self._manifest = manifest
 

@@ -233,10 +233,10 @@ def parse_manifest(data: Any, root: str | Path) -> Manifest:
         value = repr(first.get("input"))
         value = value if len(value) <= 60 else value[:57] + "..."
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise BundleError(
-            f"the manifest of {root} is damaged: {_where(first)} is {value}:"
-            f" {first.get('msg', 'invalid').lower()}{more}; {REBUILD_HINT.format(root=root)}"
-        ) from None
+        what = (f"{_where(first)} is missing" if first.get("type") == "missing" else
+                f"{_where(first)} is {value}: {first.get('msg', 'invalid').lower()}")
+        raise BundleError(f"the manifest of {root} is damaged: {what}{more};"
+                          f" {REBUILD_HINT.format(root=root)}") from None
 
 
 def new_manifest(backbone: dict[str, Any], source: dict[str, Any]) -> Manifest:

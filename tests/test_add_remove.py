@@ -32,7 +32,7 @@ def test_add_then_remove_round_trip(tmp_path: Path) -> None:
                                 "--backbone", TINY, "--weights", "none", "--runtime", "keras"])
     assert built.exit_code == 0, built.output
     before = Bundle.open(out)
-    assert before.manifest["counts"]["embedded"] == 18
+    assert before.manifest.model_dump()["counts"]["embedded"] == 18
 
     more = write_dataset(tmp_path / "more", per_class=4, seed=9, name="new_{i}",
                          classes={"beagle": (200, 120, 60), "samoyed": (235, 235, 230)})
@@ -46,10 +46,10 @@ def test_add_then_remove_round_trip(tmp_path: Path) -> None:
     assert "1 could not be used" in said
 
     bundle = Bundle.open(out)
-    m = bundle.manifest
+    m = bundle.manifest.model_dump()
     assert m["counts"]["embedded"] == 26 and m["index"]["rows"] == 26
     assert m["index"]["rebuilt"] is False  # the new rows were added to the index in place
-    assert [h["op"] for h in m["history"]] == ["add"]
+    assert [h["op"] for h in m["history"]] == ["build", "add"]
     table = bundle.metadata()
     assert table["row_id"].is_unique and table["row_id"].max() >= 18
     assert table["path"].str.contains("/more/").sum() == 8
@@ -68,9 +68,9 @@ def test_add_then_remove_round_trip(tmp_path: Path) -> None:
     assert removed.exit_code == 0, removed.output
     assert "removed 5 images" in " ".join(removed.output.split())
     bundle = Bundle.open(out)
-    assert bundle.manifest["counts"]["embedded"] == 21
-    assert bundle.manifest["index"]["rows"] == 21 and len(bundle.embeddings()) == 21
-    assert [h["op"] for h in bundle.manifest["history"]] == ["add", "remove"]
+    assert bundle.manifest.model_dump()["counts"]["embedded"] == 21
+    assert bundle.manifest.model_dump()["index"]["rows"] == 21 and len(bundle.embeddings()) == 21
+    assert [h["op"] for h in bundle.manifest.model_dump()["history"]] == ["build", "add", "remove"]
     assert all(h["path"] != str(new_photo.resolve()) for h in search(out, new_photo, k=21))
     assert runner.invoke(app, ["verify", "--bundle", str(out)]).exit_code == 0
     nothing = runner.invoke(app, ["remove", "--bundle", str(out), "no/such/*.jpg"])

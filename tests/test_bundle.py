@@ -19,7 +19,7 @@ def _rows(ids: range, bad: set[int] = frozenset()) -> list[dict]:
 
 
 def test_shard_writer_fixed_rows_per_shard_and_rows_files(tmp_path: Path) -> None:
-    bundle = Bundle(tmp_path)
+    bundle = Bundle(tmp_path, writable=True)
     writer = ShardWriter(bundle, dim=3, rows_per_shard=4)
     rng = np.random.default_rng(0)
     sizes, bad, start, blocks = (3, 3, 5, 0, 1), {4, 11}, 0, []
@@ -45,7 +45,7 @@ def test_shard_writer_fixed_rows_per_shard_and_rows_files(tmp_path: Path) -> Non
 
 
 def test_complete_shards_stop_at_the_first_partial_one(tmp_path: Path) -> None:
-    bundle = Bundle(tmp_path)
+    bundle = Bundle(tmp_path, writable=True)
     writer = ShardWriter(bundle, dim=3, rows_per_shard=2)
     writer.add(_rows(range(6)), np.ones((6, 3), np.float32))
     writer.close()
@@ -63,16 +63,17 @@ def test_staged_bundle_appears_only_when_complete(tmp_path: Path) -> None:
         bundle.write_manifest(MINIMAL)
         raise RuntimeError("crash half-way")
     assert not target.exists()
-    assert list(tmp_path.iterdir()) == []  # no staging folder or lock left behind
+    # no staging folder left behind; the lock file stays (deleting it let two writers in)
+    assert [p.name for p in tmp_path.iterdir()] == [".b.lock"]
     with staged_bundle(target) as bundle:
-        bundle.write_manifest({**MINIMAL, "n": 1})
-    assert Bundle.open(target).manifest["n"] == 1
+        bundle.write_manifest({**MINIMAL, "history": [{"n": 1}]})
+    assert Bundle.open(target).manifest.history == [{"n": 1}]
     with pytest.raises(BundleError, match="already exists"), staged_bundle(target):
         pass
     with staged_bundle(target, overwrite=True) as bundle:
-        bundle.write_manifest({**MINIMAL, "n": 2})
-    assert Bundle.open(target).manifest["n"] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+        bundle.write_manifest({**MINIMAL, "history": [{"n": 2}]})
+    assert Bundle.open(target).manifest.history == [{"n": 2}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.lock", "b"]
 
 
 def test_open_refuses_missing_incomplete_and_other_schema(tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ def test_vectors_from_another_decoder_version_are_refused() -> None:
 
 def test_tiny_bundle_layout_and_manifest(tiny_bundle: Path) -> None:
     bundle = Bundle.open(tiny_bundle)
-    m = bundle.manifest
+    m = bundle.manifest.model_dump()
     assert m["schema_version"] == SCHEMA_VERSION
     assert m["counts"] == {"images": 30, "embedded": 30, "skipped": 0}
     assert m["backbone"]["name"] == "tiny_test" and len(m["backbone"]["weights_sha256"]) == 64

@@ -141,7 +141,7 @@ def test_one_breed_is_not_enough() -> None:
 
 def test_bundle_head_is_recorded_and_predicts(tiny_bundle: Path) -> None:
     bundle = Bundle.open(tiny_bundle)
-    record = bundle.manifest["heads"]["logreg"]
+    record = bundle.manifest.model_dump()["heads"]["logreg"]
     assert record["train_images"] == 24 and record["breeds"] == 3
     assert record["metrics"]["test_images"] == 6
     predictor = load_predictor(bundle)

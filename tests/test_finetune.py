@@ -42,8 +42,8 @@ def bundle_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
 
 def test_head_only_trains_on_stored_embeddings(bundle_copy: Path) -> None:
     result = train_head(bundle_copy, "finetune", params=FinetuneParams(**FAST))
-    bundle = Bundle(bundle_copy)
-    record = bundle.manifest["heads"]["finetune"]
+    bundle = Bundle(bundle_copy, writable=True)
+    record = bundle.manifest.model_dump()["heads"]["finetune"]
     assert record == result["record"]
     assert record["training_path"] == {"head": PATH_EMBEDDINGS, "fine_tune": None}
     assert record["input"] == "vectors" and record["unfrozen_layers"] == 0
@@ -69,7 +69,7 @@ def test_vector_predictions_match_the_whole_model_on_images(bundle_copy: Path) -
     from embed.sources import ImageItem
 
     train_head(bundle_copy, "finetune", params=FinetuneParams(**FAST))
-    bundle = Bundle(bundle_copy)
+    bundle = Bundle(bundle_copy, writable=True)
     predictor = load_predictor(bundle, "finetune")
     x_test, _ = bundle.split_arrays()["test"]
     table = bundle.metadata()
@@ -88,9 +88,9 @@ def test_vector_predictions_match_the_whole_model_on_images(bundle_copy: Path) -
 def test_comparison_report_and_manifest(bundle_copy: Path) -> None:
     train_head(bundle_copy, "finetune", params=FinetuneParams(**FAST))
     comparison = train_head(bundle_copy, "logreg", c=0.5)["comparison"]
-    bundle = Bundle(bundle_copy)
-    assert bundle.manifest["heads"]["logreg"]["params"]["C"] == 0.5
-    assert bundle.manifest["comparison"] == comparison
+    bundle = Bundle(bundle_copy, writable=True)
+    assert bundle.manifest.model_dump()["heads"]["logreg"]["params"]["C"] == 0.5
+    assert bundle.manifest.model_dump()["comparison"] == comparison
     assert set(comparison["heads"]) == {"logreg", "finetune"}
     assert comparison["best"] in ("logreg", "finetune")
     summary = pd.read_csv(bundle_copy / comparison["files"]["csv"])
@@ -114,7 +114,7 @@ def test_unfrozen_backbone_trains_through_images_and_lends_its_backbone(
     assert record["input"] == "images" and record["unfrozen_layers"] == 1
     assert record["history"]["fine_tune"]["loss"]
 
-    bundle = Bundle(bundle_copy)
+    bundle = Bundle(bundle_copy, writable=True)
     predictor = load_predictor(bundle, "finetune")
     with pytest.raises(BundleError, match="unfrozen backbone"):
         predictor.predict_top_k(np.ones((1, 16), np.float32))
@@ -124,17 +124,17 @@ def test_unfrozen_backbone_trains_through_images_and_lends_its_backbone(
     out = tmp_path / "refit"
     built = build_bundle(BuildConfig(source=str(dataset), out=out, backbone_from=bundle_copy,
                                      batch_size=8, runtime="keras"))
-    lineage = built.manifest["backbone"]["lineage"]
+    lineage = built.manifest.model_dump()["backbone"]["lineage"]
     assert lineage["bundle"] == str(bundle_copy.resolve())
     assert lineage["head_file"] == str(bundle.head_path("finetune").resolve())
     assert lineage["head_sha256"] == record["sha256"]
     assert lineage["base_backbone"]["name"] == TINY
-    assert built.manifest["backbone"]["name"] == TINY
-    assert built.manifest["backbone"]["weights_sha256"] != (
-        bundle.manifest["backbone"]["weights_sha256"])
+    assert built.manifest.model_dump()["backbone"]["name"] == TINY
+    assert built.manifest.model_dump()["backbone"]["weights_sha256"] != (
+        bundle.manifest.model_dump()["backbone"]["weights_sha256"])
 
     # query-time embedding rebuilds the fine-tuned backbone and reproduces the stored vectors
-    new = Bundle(out)
+    new = Bundle(out, writable=True)
     embedder = embedder_for_bundle(new, "keras")
     first = new.metadata().iloc[0]
     vector = embedder.embed_image_bytes(Path(first["path"]).read_bytes())
@@ -155,8 +155,8 @@ def test_unfrozen_backbone_trains_through_images_and_lends_its_backbone(
 
 
 def test_images_path_needs_a_folder_source(bundle_copy: Path) -> None:
-    bundle = Bundle(bundle_copy)
-    manifest = bundle.manifest
+    bundle = Bundle(bundle_copy, writable=True)
+    manifest = bundle.manifest.model_dump()
     manifest["source"] = {**manifest["source"], "kind": "tfds", "location": "tfds:dogs"}
     bundle.write_manifest(manifest)
     with pytest.raises(SourceError, match="folder source"):
@@ -198,8 +198,8 @@ def test_cli_train_then_classify_with_either_head(
         assert len(table) == 10 and table["breed_1"].notna().all()
 
     # no --head: the better one on the validation slice of train (not on test)
-    bundle = Bundle(bundle_copy)
-    manifest = bundle.manifest
+    bundle = Bundle(bundle_copy, writable=True)
+    manifest = bundle.manifest.model_dump()
     manifest["heads"]["finetune"]["validation"]["top1"] = 1.0
     manifest["heads"]["logreg"]["validation"]["top1"] = 0.5
     manifest["heads"]["finetune"]["metrics"]["top1"] = 0.5

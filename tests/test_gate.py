@@ -74,7 +74,7 @@ def vector_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -
     from ui.workflows import fit_default_head, index_bundle
 
     root = Path(shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("gate") / "vectors"))
-    bundle = Bundle(root)
+    bundle = Bundle(root, writable=True)
     meta = bundle.metadata()
     seen: dict[str, int] = {}
     vectors = []
@@ -119,7 +119,7 @@ def test_constructed_vectors_get_exact_verdicts(vector_ctx) -> None:
 
 
 def test_thresholds_and_figures_are_in_the_manifest(vector_bundle: Path) -> None:
-    gate = Bundle.open(vector_bundle).manifest["gate"]
+    gate = Bundle.open(vector_bundle).manifest.model_dump()["gate"]
     query = constructed("beagle", "test", 0)
     test_to_train = float(TRAIN_VECTOR["beagle"] @ query)
     # every test row's 5 nearest rows are train rows of its breed: all score test_to_train
@@ -185,11 +185,11 @@ def test_train_recalibrates_the_gate(vector_bundle: Path, tmp_path: Path) -> Non
     from ui.workflows import train_head
 
     copy = Path(shutil.copytree(vector_bundle, tmp_path / "copy"))
-    bundle = Bundle(copy)
-    expected = bundle.manifest["gate"]
+    bundle = Bundle(copy, writable=True)
+    expected = bundle.manifest.model_dump()["gate"]
     bundle.update_manifest(gate={**expected, "dog_threshold": 0.123})
     result = train_head(copy, "logreg", c=0.5)
-    gate = Bundle.open(copy).manifest["gate"]
+    gate = Bundle.open(copy).manifest.model_dump()["gate"]
     assert result["gate"] == gate and gate["dog_threshold"] == expected["dog_threshold"]
     assert result["comparison"]["by"] == BY_VALIDATION
 
@@ -198,14 +198,14 @@ def test_add_and_remove_recalibrate_the_gate(tiny_bundle: Path, tmp_path: Path) 
     from ui.workflows import add_to_bundle, remove_from_bundle
 
     copy = Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
-    before = Bundle.open(copy).manifest["gate"]["figures"]["test_dogs"]
+    before = Bundle.open(copy).manifest.model_dump()["gate"]["figures"]["test_dogs"]
     more = write_dataset(tmp_path / "more", per_class=10, seed=5, name="extra_{i}",
                          classes={"beagle": (200, 120, 60), "samoyed": (235, 235, 230)})
     add_to_bundle(copy, str(more), runtime="keras")
-    added = Bundle.open(copy).manifest["gate"]["figures"]["test_dogs"]
+    added = Bundle.open(copy).manifest.model_dump()["gate"]["figures"]["test_dogs"]
     assert added == before + 4  # 20 % of each new breed folder is held out
     remove_from_bundle(copy, ["beagle/extra_*.jpg"])
-    assert Bundle.open(copy).manifest["gate"]["figures"]["test_dogs"] == before + 2
+    assert Bundle.open(copy).manifest.model_dump()["gate"]["figures"]["test_dogs"] == before + 2
 
 
 # ---- the verdict everywhere the answer shows ---------------------------------------------------
@@ -239,8 +239,8 @@ def test_classify_csv_has_verdicts_and_refuses_tiny_images(tiny_bundle: Path, da
 def strict_copy(tiny_bundle: Path, tmp_path: Path, dog: float, not_dog: float) -> Path:
     """A copy of the tiny bundle whose gate thresholds force one verdict."""
     copy = Path(shutil.copytree(tiny_bundle, tmp_path / "strict"))
-    bundle = Bundle(copy)
-    bundle.update_manifest(gate={**bundle.manifest["gate"], "dog_threshold": dog,
+    bundle = Bundle(copy, writable=True)
+    bundle.update_manifest(gate={**bundle.manifest.model_dump()["gate"], "dog_threshold": dog,
                                  "not_dog_threshold": not_dog})
     return copy
 
@@ -299,7 +299,7 @@ def test_app_says_not_a_dog_and_hides_lookalikes(tiny_bundle: Path, tmp_path: Pa
     from streamlit.testing.v1 import AppTest
 
     copy = strict_copy(tiny_bundle, tmp_path, 1.5, 1.5)
-    gate = Bundle(copy).manifest["gate"]
+    gate = Bundle(copy).manifest.model_dump()["gate"]
     monkeypatch.setenv(core.BUNDLE_ENV, str(copy))
     monkeypatch.setenv("EMBED_DOGS_CACHE", str(tmp_path / "cache"))
     at = AppTest.from_file(str(REPO / "ui" / "app.py"), default_timeout=120).run()
@@ -315,7 +315,7 @@ def test_app_says_not_a_dog_and_hides_lookalikes(tiny_bundle: Path, tmp_path: Pa
 
     # another folder: the app caches what it loaded per bundle path
     lenient = Path(shutil.copytree(copy, tmp_path / "lenient"))
-    Bundle(lenient).update_manifest(gate={**gate, "dog_threshold": 1.5,
+    Bundle(lenient, writable=True).update_manifest(gate={**gate, "dog_threshold": 1.5,
                                           "not_dog_threshold": -1.0})
     monkeypatch.setenv(core.BUNDLE_ENV, str(lenient))
     at = AppTest.from_file(str(REPO / "ui" / "app.py"), default_timeout=120).run()
@@ -346,8 +346,8 @@ def test_load_predictor_and_comparison_use_validation(vector_bundle: Path, tmp_p
     from classify.heads import load_predictor
 
     copy = Path(shutil.copytree(vector_bundle, tmp_path / "copy"))
-    bundle = Bundle(copy)
-    heads = bundle.manifest["heads"]
+    bundle = Bundle(copy, writable=True)
+    heads = bundle.manifest.model_dump()["heads"]
     record = heads["logreg"]
     assert record["validation"]["images"] == 3 and record["validation"]["top1"] == 1.0
     assert record["metrics"]["top1_ci95"] == list(wilson_interval(6, 6))
@@ -405,11 +405,12 @@ def test_interval_of_stored_metrics() -> None:
 def test_leakage_warning(tiny_bundle: Path, tmp_path: Path) -> None:
     assert leakage_warning(Bundle.open(tiny_bundle)) is None  # random weights, own photos
     copy = Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
-    bundle = Bundle(copy)
-    backbone = {**bundle.manifest["backbone"], "weights": "imagenet"}
+    bundle = Bundle(copy, writable=True)
+    backbone = {**bundle.manifest.model_dump()["backbone"], "weights": "imagenet"}
     bundle.update_manifest(backbone=backbone)
     assert leakage_warning(bundle) is None  # ImageNet weights, but photos from elsewhere
-    source = {**bundle.manifest["source"], "kind": "tfds", "location": "tfds:stanford_dogs"}
+    source = {**bundle.manifest.model_dump()["source"], "kind": "tfds",
+              "location": "tfds:stanford_dogs"}
     bundle.update_manifest(source=source)
     warning = leakage_warning(bundle)
     assert warning and warning.startswith("Leakage: Stanford Dogs' images come from ImageNet")

@@ -164,7 +164,7 @@ def test_indexes_are_inner_product_and_recall_is_measured(kind: str) -> None:
 
 def test_bundle_index_search_returns_metadata(tiny_bundle: Path) -> None:
     bundle = Bundle.open(tiny_bundle)
-    info = bundle.manifest["index"]
+    info = bundle.manifest.model_dump()["index"]
     assert info["kind"] == "flat" and info["recall@10"] == 1.0 and info["rows"] == 30
     lookalikes = LookalikeIndex(bundle)
     vectors = bundle.embeddings()
@@ -263,7 +263,7 @@ def _rows(start: int, n: int) -> list[dict]:
 
 def _shard_bundle(root: Path, vectors: np.ndarray, rows_per_shard: int) -> Bundle:
     """A bundle of just shards, metadata and a manifest, written by the real shard writer."""
-    bundle = Bundle(root)
+    bundle = Bundle(root, writable=True)
     dim = vectors.shape[1]
     bundle.write_manifest({"schema_version": SCHEMA_VERSION,
                            "backbone": {"name": "x", "image_size": 8, "dim": dim,
@@ -273,7 +273,7 @@ def _shard_bundle(root: Path, vectors: np.ndarray, rows_per_shard: int) -> Bundl
 
 def _append(bundle: Bundle, vectors: np.ndarray, rows_per_shard: int) -> Bundle:
     """Write vectors as further shards after the bundle's own (as `add` will)."""
-    shards = (bundle.manifest.get("embeddings") or {}).get("shards") or []
+    shards = (bundle.manifest.model_dump().get("embeddings") or {}).get("shards") or []
     start = sum(s["rows"] for s in shards)
     writer = ShardWriter(bundle, vectors.shape[1], rows_per_shard, shards=shards)
     writer.add(_rows(start, len(vectors)), vectors)
@@ -300,7 +300,7 @@ def test_streamed_build_matches_the_in_memory_one(kind: str, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     vectors = _unit(3000, 32, seed=3)
     bundle = _shard_bundle(tmp_path, vectors, rows_per_shard=700)
-    assert len(bundle.manifest["embeddings"]["shards"]) == 5
+    assert len(bundle.manifest.model_dump()["embeddings"]["shards"]) == 5
     _no_full_copy(monkeypatch)
     record = build_bundle_index(bundle, kind, "1G")
     assert set(record) == RECORD_KEYS
@@ -352,7 +352,7 @@ def test_ivf_lists_are_memory_mapped_for_queries(tmp_path: Path) -> None:
     lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(lookalikes.index).invlists)
     assert type(lists).__name__ == "OnDiskInvertedLists" and lists.read_only
     loaded = faiss.read_index(str(bundle.index_path))
-    apply_search_params(loaded, "ivf", bundle.manifest["index"]["params"])
+    apply_search_params(loaded, "ivf", bundle.manifest.model_dump()["index"]["params"])
     hits = lookalikes.search(vectors[:20], k=5)
     assert [[h.position for h in row] for row in hits] == loaded.search(vectors[:20], 5)[1].tolist()
     same = lookalikes.search_filtered(vectors[7], 5, breed="breed0", mode="same", exclude=7)
@@ -391,10 +391,10 @@ def test_extend_adds_in_place_while_the_ladder_keeps_the_kind(tmp_path: Path) ->
     vectors = _unit(900, 32, seed=7)
     bundle = _shard_bundle(tmp_path, vectors[:600], rows_per_shard=250)
     bundle.update_manifest(index=build_bundle_index(bundle, "auto", "1G"))
-    before = bundle.manifest["index"]
+    before = bundle.manifest.model_dump()["index"]
     _append(bundle, vectors[600:], rows_per_shard=250)
     new_shards = [np.load(bundle.inside(s["file"]))
-                  for s in bundle.manifest["embeddings"]["shards"][3:]]
+                  for s in bundle.manifest.model_dump()["embeddings"]["shards"][3:]]
     assert sum(map(len, new_shards)) == 300  # 600 = 250 + 250 + 100: the shards after them
     record = extend_bundle_index(bundle, new_shards, "1G")
     assert set(record) == RECORD_KEYS | {"rebuilt"} and record["rebuilt"] is False
@@ -409,7 +409,7 @@ def test_extend_rebuilds_when_the_kind_must_change(tmp_path: Path) -> None:
     vectors = _unit(1000, 32, seed=8)
     bundle = _shard_bundle(tmp_path, vectors[:600], rows_per_shard=300)
     bundle.update_manifest(index=build_bundle_index(bundle, "auto", "100K"))
-    assert bundle.manifest["index"]["factory"] == "Flat"  # 75K of vectors
+    assert bundle.manifest.model_dump()["index"]["factory"] == "Flat"  # 75K of vectors
     _append(bundle, vectors[600:], rows_per_shard=300)
     record = extend_bundle_index(bundle, [vectors[600:]], "100K")  # flat would need 125K
     assert record["rebuilt"] is True and record["factory"] == "IVF25,SQ8"

@@ -53,8 +53,8 @@ def _pickled_head(root: Path) -> None:
     mode must refuse it, and the refusal must be a clear line."""
     path = root / "heads" / "finetune.keras"
     path.write_bytes(pickle.dumps({"not": "a keras file"}))
-    bundle = Bundle(root)
-    heads = dict(bundle.manifest["heads"])
+    bundle = Bundle(root, writable=True)
+    heads = dict(bundle.manifest.model_dump()["heads"])
     heads["finetune"] = {"kind": "finetune", "file": "heads/finetune.keras", "input": "vectors",
                          "classes": ["beagle", "chihuahua", "samoyed"], "metrics": {}}
     bundle.update_manifest(heads=heads)
@@ -62,8 +62,8 @@ def _pickled_head(root: Path) -> None:
 
 
 def _head_outside(root: Path) -> None:
-    bundle = Bundle(root)
-    heads = dict(bundle.manifest["heads"])
+    bundle = Bundle(root, writable=True)
+    heads = dict(bundle.manifest.model_dump()["heads"])
     heads["finetune"] = {"kind": "finetune", "file": "../elsewhere/x.keras", "input": "vectors",
                          "classes": ["beagle"], "metrics": {}}
     bundle.update_manifest(heads=heads)
@@ -76,7 +76,7 @@ CASES = {
         "logreg_serving.npz is missing or not the file that was written"),
     "manifest is a list": (_edit_manifest(lambda m: [m]), "it is a JSON list"),
     "manifest without backbone": (_edit_manifest(lambda m: m.pop("backbone") and None),
-                                  "it has no backbone section"),
+                                  "backbone is missing"),
     "dim is text": (_edit_manifest(lambda m: m["backbone"].update(dim="abc")),
                     "backbone.dim is 'abc'"),
     "truncated shard": (lambda r: _truncate(r / "embeddings" / "part-00001.npy"),

@@ -204,12 +204,12 @@ def compare(local: Bundle, other: Bundle) -> dict:
     skipped_a = local.metadata_path.with_name("skipped.csv").read_text()
     skipped_b = other.metadata_path.with_name("skipped.csv").read_text()
     cosines = np.einsum("ij,ij->i", local.embeddings(), other.embeddings())
-    heads = [{k: (bundle.manifest.get("heads") or {}).get("logreg", {}).get("metrics", {}).get(k)
+    heads = [{k: bundle.manifest.heads["logreg"].metrics.get(k)
               for k in ("top1", "top5", "test_images")} for bundle in (local, other)]
     return {
         "rows": len(a), "rows_equal": a.equals(b), "skipped_equal": skipped_a == skipped_b,
         "min_cosine": float(cosines.min()) if len(cosines) else 1.0,
-        "index": (local.manifest["index"]["kind"], other.manifest["index"]["kind"]),
+        "index": (local.manifest.index.kind, other.manifest.index.kind),
         "heads": heads, "whole": other.check(full=True) == [],
     }
 
@@ -249,7 +249,7 @@ def test_cli_build_and_add_on_a_cluster_it_starts(tmp_path: Path, photos: Path,
     assert "added 20 images" in result.output
     bundle = Bundle.open(out)
     assert bundle.check(full=True) == []
-    engine = bundle.manifest["embeddings"]["engine"]
+    engine = bundle.manifest.model_dump()["embeddings"]["engine"]
     assert engine["name"] == "ray" and engine["workers"] == 1
     assert engine["cluster_cpus"] == cores
     # every photo's vector equals the local build's vector of the same photo
@@ -307,7 +307,7 @@ def test_ray_build_equals_the_local_build(ray_cluster, photos: Path, local_bundl
     print("\nequality, local vs ray:", report)
     assert_same(report)
     assert result.stats.embedded == 60 and result.stats.skipped == 3
-    manifest = bundle.manifest
+    manifest = bundle.manifest.model_dump()
     engine = manifest["embeddings"]["engine"]
     assert engine["name"] == "ray" and engine["workers"] == 2 and engine["nodes"] == 1
     # Ray's actor pool decides which actor takes which shard: under load one actor may take
@@ -357,7 +357,7 @@ def test_a_worker_killed_mid_run_is_retried(ray_cluster, photos: Path, local_bun
     thread.join(600)
     assert "error" not in outcome, outcome.get("error")
     bundle = Bundle.open(outcome["result"].bundle)
-    engine = bundle.manifest["embeddings"]["engine"]
+    engine = bundle.manifest.model_dump()["embeddings"]["engine"]
     workers = [w["worker"] for w in engine["per_worker"]]
     report = {**compare(local_bundle, bundle), "killed_pid": int(victim.name),
               "shards_done_at_kill": shards_at_kill, "shards": 31,
@@ -366,8 +366,8 @@ def test_a_worker_killed_mid_run_is_retried(ray_cluster, photos: Path, local_bun
     assert shards_at_kill < 31  # it died mid-run
     # Ray restarts the dead actor and retries its shard, on the new actor or another one of
     # the pool, whichever is free first: either way every shard is there, exactly once
-    assert sorted(s["first_row_id"] for s in bundle.manifest["embeddings"]["shards"]) == list(
-        range(0, 62, 2))
+    shards = bundle.manifest.embeddings.shards
+    assert sorted(s.first_row_id for s in shards) == list(range(0, 62, 2))
     assert_same(report)  # the same seeded weights under another name: the same vectors
 
 
@@ -383,8 +383,8 @@ def test_tfds_source_on_ray_equals_local(ray_cluster, tmp_path: Path) -> None:
     report = compare(Bundle.open(local.bundle), Bundle.open(remote.bundle))
     print("\ntfds, local vs ray:", report)
     assert_same(report)
-    assert report["rows"] == 12 and remote.manifest["source"]["kind"] == "tfds"
-    assert len(remote.manifest["embeddings"]["shards"]) == 3
+    assert report["rows"] == 12 and remote.manifest.model_dump()["source"]["kind"] == "tfds"
+    assert len(remote.manifest.model_dump()["embeddings"]["shards"]) == 3
 
 
 def int8_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -409,7 +409,7 @@ def test_ray_int8_build_quantises_like_the_local_build(
     print("\nint8, local vs ray:", report)
     assert_same(report)
     assert report["min_cosine"] >= 0.99999, report  # the same int8 file ran
-    backbone = remote.manifest["backbone"]
+    backbone = remote.manifest.model_dump()["backbone"]
     runtime = backbone["runtime"]
     print("ray + int8 backbone:", json.dumps(backbone, indent=1))
     assert runtime["name"] == "litert-int8" and runtime["precision"] == "int8"
@@ -417,13 +417,13 @@ def test_ray_int8_build_quantises_like_the_local_build(
     def verdict(figures: dict) -> dict:  # the second build reuses the cached model and verdict
         return {k: v for k, v in figures.items() if k not in ("converted", "check_cached")}
 
-    assert verdict(runtime["int8"]) == verdict(local.manifest["backbone"]["runtime"]["int8"])
+    assert verdict(runtime["int8"]) == verdict(local.manifest.backbone.runtime.get("int8"))
     served = remote.inside(backbone["serving_model"])
     assert file_sha256(served) == file_sha256(runtime["cache_file"])
     assert "-int8-" in Path(runtime["cache_file"]).name
-    workers = remote.manifest["embeddings"]["engine"]["per_worker"]
+    workers = remote.manifest.model_dump()["embeddings"]["engine"]["per_worker"]
     assert workers and {w["runtime"] for w in workers} == {"litert-int8"}
-    assert {"parity", "int8 check"} <= set(remote.manifest["embeddings"]["fixed_seconds"])
+    assert {"parity", "int8 check"} <= set(remote.manifest.embeddings.get("fixed_seconds"))
     # float32 vectors differ from int8 ones by more than that (min cosine about 0.99992), so
     # the equality above says the workers ran the int8 model
     float_bundle = Bundle.open(build(str(photos), tmp_path / "float").bundle)
@@ -443,7 +443,7 @@ def test_ray_add_to_an_int8_bundle_runs_its_own_tflite(
     shutil.copytree(photos, part)
     shutil.rmtree(part / "samoyed")
     base = build(str(part), tmp_path / "base", runtime="litert-int8").bundle
-    assert Bundle.open(base).manifest["backbone"]["runtime"]["name"] == "litert-int8"
+    assert Bundle.open(base).manifest.model_dump()["backbone"]["runtime"]["name"] == "litert-int8"
     shutil.copytree(base, tmp_path / "local")
     shutil.copytree(base, tmp_path / "ray")
     add_to_bundle(tmp_path / "local", str(photos), batch_size=4)
@@ -455,6 +455,6 @@ def test_ray_add_to_an_int8_bundle_runs_its_own_tflite(
     print("\nint8 add, local vs ray:", report)
     assert report["rows"] == 60 and report["rows_equal"] and report["whole"], report
     assert report["min_cosine"] >= 0.99999, report
-    workers = remote.manifest["embeddings"]["engine"]["per_worker"]
+    workers = remote.manifest.model_dump()["embeddings"]["engine"]["per_worker"]
     assert workers and {w["runtime"] for w in workers} == {"litert-int8"}
-    assert remote.manifest["backbone"]["runtime"]["name"] == "litert-int8"
+    assert remote.manifest.model_dump()["backbone"]["runtime"]["name"] == "litert-int8"

@@ -39,7 +39,7 @@ def _run_cli(*args: str | Path) -> tuple[subprocess.CompletedProcess, list[str]]
 
 
 def test_bundle_carries_its_serving_model(litert_bundle: Path) -> None:
-    manifest = Bundle.open(litert_bundle).manifest
+    manifest = Bundle.open(litert_bundle).manifest.model_dump()
     assert manifest["backbone"]["runtime"]["name"] == "litert"
     assert manifest["backbone"]["serving_model"] == "backbone/model.tflite"
     assert "backbone/model.tflite" in manifest["files"]
@@ -114,7 +114,7 @@ def int8_bundle(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_int8_bundle_serves_its_int8_model_and_records_the_check(int8_bundle: Path) -> None:
     from embed.atomic import file_sha256
 
-    manifest = Bundle.open(int8_bundle).manifest
+    manifest = Bundle.open(int8_bundle).manifest.model_dump()
     runtime = manifest["backbone"]["runtime"]
     assert runtime["name"] == "litert-int8" and runtime["precision"] == "int8"
     check = runtime["int8"]
@@ -154,7 +154,7 @@ def test_int8_failing_its_check_builds_with_float32(dataset: Path, tmp_path: Pat
 
     with pytest.warns(RuntimeWarning, match="int8 model not used"):
         bundle = _build_int8(tmp_path, dataset, MIN_OVERLAP=1.01)
-    manifest = Bundle.open(bundle).manifest
+    manifest = Bundle.open(bundle).manifest.model_dump()
     runtime = manifest["backbone"]["runtime"]
     assert runtime["name"] == "litert" and runtime["precision"] == "float32"
     assert runtime["int8"]["passed"] is False and "overlap@10" in runtime["int8"]["reason"]

@@ -345,8 +345,8 @@ def test_tfds_source_builds_a_bundle(tmp_path: Path) -> None:
     assert result.stats.embedded == 12 and result.stats.skipped == 0
     assert Counter(table["split"]) == {"train": 6, "test": 6}
     assert table["width"].tolist() == [48] * 12 and table["height"].tolist() == [40] * 12
-    assert result.manifest["source"]["kind"] == "tfds"
-    assert result.manifest["heads"]["logreg"]["metrics"]["test_images"] == 6
+    assert result.manifest.model_dump()["source"]["kind"] == "tfds"
+    assert result.manifest.model_dump()["heads"]["logreg"]["metrics"]["test_images"] == 6
 
 
 def test_tfds_source_calibrates_and_judges_int8_on_its_own_images(
@@ -372,7 +372,7 @@ def test_tfds_source_calibrates_and_judges_int8_on_its_own_images(
     # the sample's bytes are the very images the bundle embedded, in the sample's order
     assert [hashlib.sha256(p).hexdigest() for p in payloads] == [
         table.loc[item.row_id, "sha256"] for item in samples.check]
-    runtime = result.manifest["backbone"]["runtime"]
+    runtime = result.manifest.model_dump()["backbone"]["runtime"]
     assert runtime["precision"] == "int8" and runtime["name"] == "litert-int8"
     assert runtime["int8"]["passed"] is True and runtime["int8"]["rows"] == 12
     assert runtime["int8"]["calibration"]["rows"] == 12  # too small for two samples

@@ -184,8 +184,8 @@ def test_kill_9_at_three_moments_then_resume_equals_a_clean_build(tmp_path: Path
         Path(p).name for p in reference.metadata()["path"]]
     np.testing.assert_allclose(resumed.embeddings(), reference.embeddings(), atol=1e-6)
     for key in ("counts", "index"):
-        assert resumed.manifest[key] == reference.manifest[key], key
-    assert resumed.manifest["heads"]["logreg"]["metrics"] == (
-        reference.manifest["heads"]["logreg"]["metrics"])
+        assert resumed.manifest.model_dump()[key] == reference.manifest.model_dump()[key], key
+    assert resumed.manifest.model_dump()["heads"]["logreg"]["metrics"] == (
+        reference.manifest.model_dump()["heads"]["logreg"]["metrics"])
     assert json.loads((out / "manifest.json").read_text())["embeddings"]["reused_items"] == reused
     shutil.rmtree(tmp_path / "photos")

@@ -162,7 +162,7 @@ def test_bundle_without_head_or_files(tiny_bundle: Path, tmp_path: Path,
     from embed.bundle import Bundle
 
     copy = Path(shutil.copytree(tiny_bundle, tmp_path / "bare"))
-    bundle = Bundle(copy)
+    bundle = Bundle(copy, writable=True)
     bundle.update_manifest(heads={})
     table = bundle.metadata()
     table["path"] = [f"tfds:stanford_dogs/train/{i}" for i in range(len(table))]
