@@ -79,7 +79,7 @@ def write_bundle(root: Path, n: int, dim: int, seed: int, rows_per_shard: int = 
     start = time.perf_counter()
     x, labels, hashes = make_rows(n, dim, seed)
     split = np.where(np.random.default_rng(seed + 1).random(n) < 0.2, "test", "train")
-    bundle = Bundle(root)
+    bundle = Bundle(root, writable=True)
     bundle.write_manifest({"schema_version": SCHEMA_VERSION, "backbone": {
         "name": "synthetic", "image_size": 160, "dim": dim, "preprocessing": "tf"}})
     writer = ShardWriter(bundle, dim, rows_per_shard)
@@ -95,7 +95,7 @@ def write_bundle(root: Path, n: int, dim: int, seed: int, rows_per_shard: int = 
     knn = knn_similarity(x[test], x, 5, hashes[test], hashes)
     threshold = keep_threshold(knn)
     bundle.update_manifest(embeddings={"shards": shards, "rows_per_shard": rows_per_shard},
-                           counts={"embedded": n}, seed=seed,
+                           counts={"embedded": n}, history=[{"op": "synthetic", "seed": seed}],
                            gate={"version": GATE_VERSION, "k": 5, "dog_threshold": threshold,
                                  "not_dog_threshold": threshold * 0.9, "heads": {}})
     return time.perf_counter() - start
@@ -137,7 +137,7 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
             seconds = write_bundle(root, args.rows, args.dim, args.seed)
             print(f"wrote {args.rows} x {args.dim} in {seconds:.0f} s to {root}", flush=True)
-        bundle = Bundle(root)
+        bundle = Bundle(root, writable=True)
         # the copies' similarities need photos; here: near copies as the generator makes them
         rng = np.random.default_rng(args.seed)
         start = time.perf_counter()

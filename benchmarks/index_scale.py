@@ -68,7 +68,7 @@ def write_bundle(root: Path, n: int, dim: int, rows_per_shard: int, seed: int) -
     from embed.shards import ShardWriter, merged_tables
 
     start = time.perf_counter()
-    bundle = Bundle(root)
+    bundle = Bundle(root, writable=True)
     bundle.write_manifest({"schema_version": SCHEMA_VERSION, "backbone": {
         "name": "synthetic", "image_size": 8, "dim": dim, "preprocessing": "tf"}})
     writer = ShardWriter(bundle, dim, rows_per_shard)
@@ -82,7 +82,8 @@ def write_bundle(root: Path, n: int, dim: int, rows_per_shard: int, seed: int) -
     shards = writer.close()
     bundle.write_metadata(merged_tables(bundle, shards)[0])
     bundle.update_manifest(embeddings={"shards": shards, "rows_per_shard": rows_per_shard},
-                           counts={"embedded": n}, seed=seed)
+                           counts={"embedded": n},
+                           history=[{"op": "synthetic", "seed": seed}])
     return time.perf_counter() - start
 
 
@@ -91,7 +92,7 @@ def child_build(bundle_dir: str, budget: str) -> None:
     from embed.bundle import Bundle
     from index.lookalikes import build_bundle_index
 
-    bundle = Bundle(bundle_dir)
+    bundle = Bundle(bundle_dir, writable=True)
     start = time.perf_counter()
     record = build_bundle_index(bundle, "auto", budget)
     seconds = time.perf_counter() - start

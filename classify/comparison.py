@@ -26,7 +26,9 @@ def compare_heads(bundle: Bundle) -> dict[str, Any]:
     """
     import pandas as pd
 
-    heads = bundle.manifest.heads
+    manifest = bundle.manifest
+    heads = {name: head for name, head in manifest.heads.items()
+             if not manifest.head_is_stale(name)}  # a stale head is not served: no contest
     summary: dict[str, dict[str, Any]] = {}
     per_breed: dict[str, dict[str, Any]] = {}
     for name, record in heads.items():
@@ -69,7 +71,7 @@ def compare_heads(bundle: Bundle) -> dict[str, Any]:
         "heads": {h: {k: s[k] for k in ("validation_top1", "top1", "top5", "train_seconds")}
                   for h, s in summary.items()},
         "files": {k: str(v.relative_to(bundle.root)) for k, v in files.items()},
-        "fitted_on": bundle.rows_fingerprint(),
+        "fitted_on": bundle.rows_fingerprint().model_dump(),
     }
     bundle.update_manifest(comparison=section)
     return section

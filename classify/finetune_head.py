@@ -86,6 +86,8 @@ def load_finetune_head(bundle: Bundle, record: HeadRecord) -> FinetuneHead:
     A head on a frozen backbone only needs its dense layer: that is read from the `.npz`
     beside it, without TensorFlow, so queries stay light.
     """
+    if isinstance(record, dict):
+        record = HeadRecord.model_validate(record)
     if record.get("input") == "vectors" and record.get("dense_file"):
         dense_path = bundle.checked_file(record.dense_file)
         if dense_path is not None:

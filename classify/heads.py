@@ -58,7 +58,7 @@ def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
         "metrics": {k: metrics.get(k) for k in ("test_images", "top1", "top5", "top1_ci95",
                                                 "top5_ci95")},
         "report": files,
-        "fitted_on": bundle.rows_fingerprint(),
+        "fitted_on": bundle.rows_fingerprint().model_dump(),
     }
     bundle.update_manifest(heads={**bundle.manifest.heads, "logreg": record})
     return record

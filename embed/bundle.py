@@ -190,7 +190,7 @@ class Bundle:
         digest = hashlib.sha256()
         for column in ("row_id", "sha256", "label", "split"):
             digest.update(column.encode())
-            digest.update("\x1f".join(table[column].astype(str).tolist()).encode())
+            digest.update("\x1f".join(map(str, table[column].tolist())).encode())
         return RowsFingerprint(rows=len(table), digest=digest.hexdigest())
 
     def adopt_unrecorded_fits(self) -> None:

@@ -185,7 +185,6 @@ class BundleWriter:
     def commit(self) -> Path:
         """Seal the staged manifest and swap the staging folder into place in one step;
         replaces only the bundle that was there."""
-        Bundle(self.staging, writable=True).seal()
         if (self.target.exists() or self.target.is_symlink()) and (
                 not self.overwrite or not is_bundle(self.target) or self.target.is_symlink()):
             self._resumable = True  # keep the finished build: a rerun picks it up
@@ -194,6 +193,8 @@ class BundleWriter:
                 f" build may replace; the finished build is kept in {self.staging}. Move"
                 " it or the other folder, then rerun"
             )
+        if (self.staging / MANIFEST).is_file():
+            Bundle(self.staging, writable=True).seal()
         (self.staging / BUILD_STATE).unlink(missing_ok=True)
         replace_dir(self.staging, self.target)
         self.committed = True

@@ -35,6 +35,7 @@ from classify.intervals import accuracy_interval, wilson_interval
 from classify.leakage import leakage_warning
 from classify.selection import BY_TEST, BY_VALIDATION, choose_best_head, validation_mask
 from embed.bundle import Bundle
+from embed.manifest import BackboneSection, Manifest
 from tests.conftest import REPO, shared_path, write_dataset
 from ui import core
 from ui.cli import app
@@ -149,7 +150,8 @@ def test_gate_verdict_rules() -> None:
     assert gate.verdicts(np.array([0.1, 0.5, 0.7]), np.array([0.9, 0.9, 0.9]), "logreg") == [
         NOT_A_DOG, UNKNOWN_BREED, DOG]
     assert "0.35 similar" in gate.explain(NOT_A_DOG, 0.35)
-    assert Gate.from_manifest({"gate": None}) is None
+    assert Gate.from_manifest(Manifest(backbone=BackboneSection(
+        name="x", image_size=32, preprocessing="tf", dim=4))) is None
 
 
 def test_keep_threshold_keeps_at_least_the_share_asked() -> None:
@@ -248,7 +250,7 @@ def strict_copy(tiny_bundle: Path, tmp_path: Path, dog: float, not_dog: float) -
 def test_search_prints_the_verdict_and_json_carries_it(tiny_bundle: Path, dataset: Path,
                                                        tmp_path: Path) -> None:
     image = next((dataset / "samoyed").glob("*.jpg"))
-    strict = strict_copy(tiny_bundle, tmp_path, 1.5, 1.5)  # no similarity reaches 1.5
+    strict = strict_copy(tiny_bundle, tmp_path, 1.0, 1.0)  # no other photo is that similar
     shown = runner.invoke(app, ["search", str(image), "--bundle", str(strict)])
     assert shown.exit_code == 0, shown.output
     said = " ".join(shown.output.split())
@@ -298,7 +300,7 @@ def test_app_says_not_a_dog_and_hides_lookalikes(tiny_bundle: Path, tmp_path: Pa
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from streamlit.testing.v1 import AppTest
 
-    copy = strict_copy(tiny_bundle, tmp_path, 1.5, 1.5)
+    copy = strict_copy(tiny_bundle, tmp_path, 1.0, 1.0)
     gate = Bundle(copy).manifest.model_dump()["gate"]
     monkeypatch.setenv(core.BUNDLE_ENV, str(copy))
     monkeypatch.setenv("EMBED_DOGS_CACHE", str(tmp_path / "cache"))
@@ -315,7 +317,7 @@ def test_app_says_not_a_dog_and_hides_lookalikes(tiny_bundle: Path, tmp_path: Pa
 
     # another folder: the app caches what it loaded per bundle path
     lenient = Path(shutil.copytree(copy, tmp_path / "lenient"))
-    Bundle(lenient, writable=True).update_manifest(gate={**gate, "dog_threshold": 1.5,
+    Bundle(lenient, writable=True).update_manifest(gate={**gate, "dog_threshold": 1.0,
                                           "not_dog_threshold": -1.0})
     monkeypatch.setenv(core.BUNDLE_ENV, str(lenient))
     at = AppTest.from_file(str(REPO / "ui" / "app.py"), default_timeout=120).run()
@@ -420,7 +422,9 @@ def test_leakage_warning(tiny_bundle: Path, tmp_path: Path) -> None:
 def test_imagenet_file_names_mark_a_folder_source() -> None:
     from classify.leakage import imagenet_source
 
-    manifest = {"source": {"kind": "folder", "location": "/x"}}
+    manifest = Manifest(backbone=BackboneSection(name="x", image_size=32, preprocessing="tf",
+                                                 dim=4), source={"kind": "folder",
+                                                                 "location": "/x"})
     names = [f"/x/beagle/n02088364_{i}.JPEG" for i in range(3)] + ["/x/beagle/mine.jpg"]
     assert "3 of 4 photos carry ImageNet file names" in imagenet_source(manifest, names)
     assert imagenet_source(manifest, ["/x/a.jpg", "/x/n0208_1.jpg"]) is None

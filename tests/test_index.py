@@ -7,6 +7,7 @@ import pytest
 
 from embed.bundle import SCHEMA_VERSION, Bundle
 from embed.errors import BundleError, EmbedDogsError, IncompatibleBundleError
+from embed.manifest import IndexSection
 from embed.shards import ShardWriter, merged_tables
 from index.choice import (
     IndexBudgetError,
@@ -200,7 +201,8 @@ def _wrapped(kind: str, vectors: np.ndarray, labels: np.ndarray) -> LookalikeInd
     choice = choose_index(kind, len(vectors), vectors.shape[1], "1G")
     lookalikes = LookalikeIndex.__new__(LookalikeIndex)
     lookalikes.index = build_faiss_index(vectors, choice)
-    lookalikes.info = {"kind": kind, "params": choice.params}
+    lookalikes.info = IndexSection(kind=kind, factory=choice.factory, rows=len(vectors),
+                                   dim=vectors.shape[1], params=choice.params)
     lookalikes.metadata = pd.DataFrame({
         "row_id": np.arange(len(vectors)), "path": [f"{i}.jpg" for i in range(len(vectors))],
         "label": labels, "split": "train",
@@ -218,7 +220,7 @@ def _brute_force(lookalikes: LookalikeIndex, vectors: np.ndarray, labels: np.nda
         allowed &= same if mode == "same" else ~same
     if exclude is not None:
         allowed[exclude] = False
-    if lookalikes.info["kind"] == "ivf":
+    if lookalikes.info.kind == "ivf":
         import faiss
 
         quantizer = faiss.extract_index_ivf(lookalikes.index).quantizer

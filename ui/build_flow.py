@@ -177,7 +177,7 @@ def refit_what_is_cheap(bundle: Bundle) -> None:
 
 def refresh_comparison(bundle: Bundle) -> None:
     fresh = [h for h in bundle.manifest.heads if not bundle.manifest.head_is_stale(h)]
-    if len(fresh) > 1:
+    if fresh:
         compare_heads(bundle)
     elif bundle.manifest.comparison is not None:
         bundle.update_manifest(comparison=None)
