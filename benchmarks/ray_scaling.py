@@ -75,7 +75,7 @@ def run(args: argparse.Namespace, out: Path, engine: str, workers: int | None
         overwrite=True, engine=engine, workers=workers), on_source=on_source)
     total = time.perf_counter() - started
     stats, manifest = result.stats, result.manifest
-    record = manifest["embeddings"].get("engine") or {}
+    record = manifest.embeddings.get("engine") or {}
     row = {"engine": engine, "workers": record.get("workers", 1),
            "threads": record.get("threads_per_worker", record.get("cluster_cpus")),
            "images": stats.processed, "embed_s": stats.seconds,

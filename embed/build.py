@@ -45,12 +45,17 @@ class EmbedStats:
 
 
 def stored_ref(root: Path | None, item: ImageItem) -> str:
-    """How the bundle records an item: relative to the bundle's source root when it lies
-    there, so a bundle and its photos can move together; otherwise as it is (tfds references,
-    or photos added later from another folder)."""
-    if root is None or item.ref.startswith("tfds:"):
-        return item.ref
-    path = Path(item.ref)
+    """How the bundle records an item: see `stored_path`."""
+    return stored_path(root, item.ref)
+
+
+def stored_path(root: Path | None, ref: str) -> str:
+    """How the bundle records a path, in metadata and skipped.csv alike: relative to the
+    bundle's source root when it lies there, so a bundle and its photos can move together;
+    otherwise as it is (tfds references, or photos added later from another folder)."""
+    if root is None or ref.startswith("tfds:"):
+        return ref
+    path = Path(ref)
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
@@ -192,10 +197,13 @@ def write_tables(bundle: Bundle, shards: list[dict[str, Any]], rejected: Any) ->
     return metadata, skipped
 
 
-def rejected_table(source: Source) -> Any:
+def rejected_table(bundle: Bundle, source: Source) -> Any:
+    """The folder entries `source` did not use, their paths stored like the items' (relative
+    to the bundle's source root), so skipped.csv never mixes the two forms."""
     import pandas as pd
 
-    return pd.DataFrame([{"row_id": None, "path": r.path, "reason": r.reason}
+    root = bundle.source_root
+    return pd.DataFrame([{"row_id": None, "path": stored_path(root, r.path), "reason": r.reason}
                          for r in source.rejected], columns=["row_id", "path", "reason"])
 
 
@@ -232,7 +240,7 @@ def record_build(bundle: Bundle, source: Source, embedder: Embedder,
     embeddings section (`embeddings` adds to it), whichever engine wrote the shards.
     `fixed`: one-time costs (conversion, calibration, parity), seconds."""
     fixed = dict(fixed or {})
-    metadata, skipped = write_tables(bundle, shards, rejected_table(source))
+    metadata, skipped = write_tables(bundle, shards, rejected_table(bundle, source))
     stats = EmbedStats(len(metadata), len(skipped), seconds, len(shards), reused, processed,
                        fixed)
     bundle.update_manifest(
@@ -267,7 +275,10 @@ def earlier_rejected(bundle: Bundle) -> Any:
     if not bundle.skipped_path.is_file():
         return pd.DataFrame(columns=["row_id", "path", "reason"])
     old = pd.read_csv(bundle.skipped_path)
-    return old[pd.to_numeric(old["row_id"], errors="coerce").isna()]
+    old = old[pd.to_numeric(old["row_id"], errors="coerce").isna()].copy()
+    root = bundle.source_root  # bundles written before paths were stored relative
+    old["path"] = [stored_path(root, str(p)) for p in old["path"]]
+    return old
 
 
 def append_source(
@@ -307,7 +318,7 @@ def record_append(bundle: Bundle, source: Source, items: list[ImageItem],
     import pandas as pd
 
     manifest = bundle.manifest
-    rejected = pd.concat([earlier_rejected(bundle), rejected_table(source)],
+    rejected = pd.concat([earlier_rejected(bundle), rejected_table(bundle, source)],
                          ignore_index=True).drop_duplicates("path")
     metadata, skipped = write_tables(bundle, shards, rejected)
     counts = manifest.counts.model_copy(update={

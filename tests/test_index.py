@@ -224,7 +224,7 @@ def _brute_force(lookalikes: LookalikeIndex, vectors: np.ndarray, labels: np.nda
         import faiss
 
         quantizer = faiss.extract_index_ivf(lookalikes.index).quantizer
-        _, probed = quantizer.search(vectors[q:q + 1], lookalikes.info["params"]["nprobe"])
+        _, probed = quantizer.search(vectors[q:q + 1], lookalikes.info.params["nprobe"])
         allowed &= np.isin(quantizer.assign(vectors, 1)[:, 0], probed[0])
     rows = np.flatnonzero(allowed)
     scores = vectors[rows] @ vectors[q]

@@ -177,7 +177,7 @@ def test_kill_9_at_three_moments_then_resume_equals_a_clean_build(tmp_path: Path
     print(f"after three kills the rerun printed: {stdout.strip()}")
     reused = int(stdout.split()[1])
     assert reused >= 48  # at least the three shards of 16 rows
-    assert not staging.exists() and not (tmp_path / ".resumed.lock").exists()
+    assert not staging.exists()  # the lock file stays: deleting it let two writers in
 
     resumed = Bundle.open(out)
     pd.testing.assert_frame_equal(resumed.metadata().drop(columns="path"),

@@ -78,6 +78,12 @@ def search(
         from embed.images import ImageDecodeError
         from ui.workflows import look_up_image, open_for_queries
 
+        from embed.inputs import refuse_url
+
+        refuse_url(image)  # `search https://...`: say that URLs are not fetched
+        if image.is_dir():
+            raise EmbedDogsError(f"{image} is a folder; search takes one photo (classify takes"
+                                 " folders)")
         if not image.is_file():
             raise EmbedDogsError(f"image {image} does not exist")
         ctx = open_for_queries(bundle, plain(head), plain(runtime), accepts_images=True)

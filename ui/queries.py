@@ -21,10 +21,10 @@ from embed.bundle import Bundle
 from embed.embedder import Embedder, serving_embedder
 from embed.errors import SourceError
 from embed.images import read_and_decode
+from embed.inputs import resolve_inputs
 from embed.pipeline import DEFAULT_BATCH_SIZE
 from embed.sources import ImageItem, ImageListing
 from index.lookalikes import LookalikeIndex
-from ui.inputs import resolve_inputs
 
 
 @dataclass

@@ -5,7 +5,7 @@ tests, benchmarks and older callers. New code may import from the modules themse
 
 - `ui.build_flow`: `BuildConfig` and the build steps, `add`, `remove`, `train`;
 - `ui.queries`: `QueryContext`, one photo's answer, `classify_images`, the gate's verdicts;
-- `ui.inputs`: the photos a command was given (`resolve_inputs`);
+- `embed.inputs`: the photos a command was given (`resolve_inputs`, re-exported);
 - `ui.verify`: `verify_bundle`;
 - `ui.gate_evaluation`: `evaluate --not-dogs/--unknown-breeds`.
 
@@ -15,6 +15,7 @@ Everything in `ui` sits above `classify` and `index`, which build on `embed`; no
 
 from __future__ import annotations
 
+from embed.inputs import resolve_inputs
 from ui.build_flow import (
     DEFAULT_OUT,
     HEADS,
@@ -34,7 +35,6 @@ from ui.build_flow import (
     train_head,
 )
 from ui.gate_evaluation import GateEvaluation, evaluate_gate
-from ui.inputs import resolve_inputs
 from ui.queries import (
     ImageAnswer,
     QueryContext,
