@@ -26,7 +26,7 @@ def command(op: str, bundle: Path, photos: Path, extra: Path, query: Path) -> li
     common = ["--backbone", TINY, "--weights", "none", "--runtime", "keras"]
     return {
         "build-index": ["build-index", "--source", str(photos), "--out", str(bundle),
-                        "--overwrite", "--rows-per-shard", "5", *common],
+                        "--overwrite", *common],
         "add": ["add", "--bundle", str(bundle), "--source", str(extra)],
         "remove": ["remove", "--bundle", str(bundle), "samoyed/003.jpg"],
         "train": ["train", "--bundle", str(bundle), "--head", "logreg"],
