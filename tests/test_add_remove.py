@@ -12,7 +12,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from embed.bundle import Bundle
-from tests.conftest import TINY, write_dataset
+from tests.conftest import TINY, unboxed, write_dataset
 from ui.cli import app
 
 runner = CliRunner()
@@ -75,3 +75,43 @@ def test_add_then_remove_round_trip(tmp_path: Path) -> None:
     assert runner.invoke(app, ["verify", "--bundle", str(out)]).exit_code == 0
     nothing = runner.invoke(app, ["remove", "--bundle", str(out), "no/such/*.jpg"])
     assert nothing.exit_code == 2 and "no image" in nothing.output
+
+
+def test_a_new_breed_makes_the_finetuned_head_stale_and_one_breed_means_no_head(
+        tiny_bundle: Path, tmp_path: Path) -> None:
+    """After `add` of a breed the fine-tuned head never saw, that head is not served (it would
+    name one of the old breeds) and `info` says so with the command that refreshes it; the
+    cheap logistic regression is refitted and knows the new breed. Removing all but one breed
+    leaves no head and no gate, said plainly."""
+    from classify.finetune import FinetuneParams
+    from ui.workflows import train_head
+
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    train_head(bundle, "finetune", params=FinetuneParams(epochs=1, batch_size=8))
+    husky = write_dataset(tmp_path / "new", per_class=6, seed=5,
+                          classes={"husky": (120, 120, 140)})
+    added = runner.invoke(app, ["add", "--bundle", str(bundle), "--source", str(husky)])
+    assert added.exit_code == 0, added.output
+    assert "new breed: husky" in " ".join(added.output.split())
+
+    info = unboxed(runner.invoke(app, ["info", "--bundle", str(bundle)]).output)
+    assert "head finetune STALE, not served: fitted on 30 rows, the bundle now has 36" in info
+    assert "embed-dogs train --head finetune" in info
+    photo = next((husky / "husky").glob("*.jpg"))
+    refused = runner.invoke(app, ["search", str(photo), "--bundle", str(bundle), "--head",
+                                  "finetune"])
+    assert refused.exit_code == 2 and "is stale" in refused.output
+    served = json.loads(runner.invoke(app, ["search", str(photo), "--bundle", str(bundle),
+                                            "--json"]).output)
+    # the fine-tuned head knows only the 3 old breeds: a husky answer is the refitted logreg
+    assert "husky" in [b["breed"] for b in served["breeds"]]
+
+    removed = runner.invoke(app, ["remove", "--bundle", str(bundle), "Beagle/*",
+                                  "n02085620-Chihuahua/*", "samoyed/*"])
+    assert removed.exit_code == 0, removed.output
+    after = Bundle.open(bundle).manifest
+    assert after.heads == {} and after.gate is None and after.comparison is None
+    info = unboxed(runner.invoke(app, ["info", "--bundle", str(bundle)]).output)
+    assert "breed head none (needs labelled photos of at least 2 breeds)" in info
+    assert not (bundle / "heads" / "finetune.keras").exists()
+    assert runner.invoke(app, ["verify", "--bundle", str(bundle)]).exit_code == 0

@@ -221,3 +221,36 @@ def test_schema_2_is_migrated_and_older_refused() -> None:
     old["schema_version"] = 1
     with pytest.raises(BundleError, match="schema version 1"):
         parse_manifest(old, "B")
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_staging(tmp_path: Path) -> None:
+    """ENOSPC while a change is written: the staging folder goes (it holds the space the user
+    needs back), the bundle in place is untouched, and the error says what to do."""
+    import errno
+
+    make_bundle(tmp_path / "b", "one")
+    with pytest.raises(BundleError) as err, change_bundle(tmp_path / "b", "add") as staged:
+        (staged.root / "big.bin").write_bytes(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert "no space left" in str(err.value) and "Free some space" in str(err.value)
+    assert "bundle in place is unchanged" in str(err.value)
+    assert not (tmp_path / ".b.partial").exists()
+    assert (tmp_path / "b" / "marker.txt").read_text() == "one"
+    with pytest.raises(BundleError, match="no space left"), \
+            change_bundle(tmp_path / "b", "train"):
+        raise RuntimeError("Error in faiss::FileIOWriter: No space left on device")
+
+
+def test_the_manifest_names_stale_artifacts(tmp_path: Path) -> None:
+    from embed.bundle import new_manifest
+    from embed.manifest import HeadRecord, RowsFingerprint
+
+    manifest = new_manifest(BACKBONE, {"kind": "folder", "location": "/x"})
+    old, now = RowsFingerprint(rows=10, digest="a" * 64), RowsFingerprint(rows=12, digest="b" * 64)
+    manifest.rows = now
+    manifest.heads = {"logreg": HeadRecord(kind="logreg", file="heads/logreg.skops",
+                                           fitted_on=now),
+                      "finetune": HeadRecord(kind="finetune", file="heads/finetune.keras",
+                                             fitted_on=old)}
+    assert manifest.stale() == ["head finetune"]
+    assert manifest.head_is_stale("finetune") and not manifest.head_is_stale("logreg")

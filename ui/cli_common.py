@@ -49,8 +49,12 @@ err = Console(stderr=True)
 state = {"quiet": False}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, systemd, a container stop): cleaned up like Ctrl-C, exit code 143."""
+
+
 def _terminate(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt  # SIGTERM (kill, systemd, a container stop) behaves like Ctrl-C
+    raise Terminated
 
 
 def _version(value: bool) -> None:
@@ -174,10 +178,10 @@ def clear_errors() -> Iterator[None]:
     except EmbedDogsError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         err.print("[yellow]interrupted; nothing half-written was left behind. A build-index"
                   " run again with the same options continues where it stopped.[/]")
-        raise typer.Exit(130) from None
+        raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
 
 @contextmanager
