@@ -76,9 +76,8 @@ def search(
     """The k dataset images most similar to IMAGE, with similarity and breed."""
     with clear_errors():
         from embed.images import ImageDecodeError
-        from ui.workflows import look_up_image, open_for_queries
-
         from embed.inputs import refuse_url
+        from ui.workflows import look_up_image, open_for_queries
 
         refuse_url(image)  # `search https://...`: say that URLs are not fetched
         if image.is_dir():
