@@ -205,7 +205,13 @@ def serving_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
         )
     spec = get_backbone(recorded.name)
     built = recorded.runtime
-    rt = BundledLiteRTRuntime(path, parity=built.get("parity"), name=built.name)
+    try:
+        rt = BundledLiteRTRuntime(path, parity=built.get("parity"), name=built.name)
+    except Exception as exc:  # LiteRT raises ValueError/RuntimeError for a damaged model
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise BundleError(
+            f"the bundle's serving model {path} cannot be loaded ({first}); run `embed-dogs"
+            f" verify --bundle {bundle.root}`, or rebuild the bundle") from None
     return Embedder(spec, recorded.image_size, recorded.weights, None, rt,
                     recorded.weights_sha256, dict(recorded.lineage or {}),
                     recorded.weights_file, relative, recorded.dim)

@@ -172,3 +172,43 @@ def test_rejected_entries_and_symlink_loops_are_rows(tmp_path: Path) -> None:
     table = pd.read_csv(csv, keep_default_na=False)
     errors = dict(zip(table["path"].map(lambda p: Path(p).name), table["error"], strict=True))
     assert errors["loop.jpg"] == "symlink loop" and len(table) == 14
+
+
+def _rechecksum(root: Path, relative: str) -> None:
+    """As a careless tool would: the file replaced and its new sha256 written into the
+    manifest, so every byte check passes."""
+    from embed.atomic import file_sha256
+
+    data = json.loads((root / "manifest.json").read_text())
+    data["files"][relative] = {"bytes": (root / relative).stat().st_size,
+                               "sha256": file_sha256(root / relative)}
+    (root / "manifest.json").write_text(json.dumps(data))
+
+
+def test_verify_loads_what_checksums_cannot_judge(litert_bundle: Path, dataset: Path,
+                                                   tmp_path: Path) -> None:
+    """A garbage `.tflite` and a skops head holding another type, both re-checksummed: byte
+    checks pass, so only loading them finds them. `verify` names each in one line, and a
+    query on the bundle is one line, never a traceback."""
+    import skops.io as sio
+
+    copy = Path(shutil.copytree(litert_bundle, tmp_path / "bundle"))
+    (copy / "backbone" / "model.tflite").write_bytes(b"not a flatbuffer at all" * 100)
+    _rechecksum(copy, "backbone/model.tflite")
+    sio.dump({"a": 1}, copy / "heads" / "logreg.skops")  # a dict: not the head's pipeline
+    _rechecksum(copy, "heads/logreg.skops")
+    (copy / "heads" / "logreg_serving.npz").unlink()
+    data = json.loads((copy / "manifest.json").read_text())
+    data["heads"]["logreg"]["serving_file"] = None
+    data["files"].pop("heads/logreg_serving.npz")
+    (copy / "manifest.json").write_text(json.dumps(data))
+
+    result = runner.invoke(app, ["verify", "--bundle", str(copy)])
+    out = " ".join(result.output.split())
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "serving model backbone/model.tflite does not load" in out
+    assert "head logreg does not load" in out
+    image = next(dataset.rglob("*.jpg"))
+    query = runner.invoke(app, ["search", str(image), "--bundle", str(copy)])
+    assert query.exit_code == 2 and "Traceback" not in query.output
+    assert "cannot be loaded" in query.output or "does not load" in query.output

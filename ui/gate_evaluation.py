@@ -10,6 +10,7 @@ from embed.atomic import atomic_path
 from embed.errors import BundleError, SourceError
 from embed.pipeline import DEFAULT_BATCH_SIZE
 from embed.sources import ImageItem, list_images
+from embed.staging import change_bundle
 from ui.queries import QueryContext, gate_verdicts, open_for_queries
 
 
@@ -85,22 +86,28 @@ def evaluate_gate(
             name += f" as {kind}" if name in sets else ""
             sets[name] = (kind, _score_folder(ctx, folder, batch_size))
     rows = dev_report(dogs, sets)
-    report = ctx.bundle.report_dir
-    report.mkdir(parents=True, exist_ok=True)
-    files = {"json": report / "gate_dev.json", "csv": report / "gate_dev.csv"}
     gate = ctx.bundle.manifest.gate
     assert gate is not None  # checked above: ctx.gate exists
-    floor = gate.heads.get(head or "")
-    atomic_write_text(files["json"], json.dumps({
-        "head": head, "sets": rows,
-        "thresholds": {"k": gate.k, "dog_threshold": gate.dog_threshold,
-                       "not_dog_threshold": gate.not_dog_threshold},
-        "top_probability_floor": floor.top_probability_floor if floor else None,
-        "note": "thresholds were calibrated on the bundle's own rows; these photo sets only"
-                " measure the gate. Test dogs are scored against all other rows (themselves"
-                " left out).",
-    }, indent=2, default=float))
-    with atomic_path(files["csv"]) as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
-    return GateEvaluation(rows, {k: str(v.relative_to(ctx.bundle.root)) for k, v in
-                                 files.items()}, head)
+    commit = ctx.bundle.manifest.commit
+    # the report is written like every other change: through a transaction
+    with change_bundle(ctx.bundle.root, "evaluate") as staged:
+        if staged.manifest.commit != commit:
+            raise BundleError(f"{bundle_dir} changed while its gate was being evaluated; run"
+                              " `embed-dogs evaluate` again")
+        report = staged.report_dir
+        report.mkdir(parents=True, exist_ok=True)
+        files = {"json": report / "gate_dev.json", "csv": report / "gate_dev.csv"}
+        floor = gate.heads.get(head or "")
+        atomic_write_text(files["json"], json.dumps({
+            "head": head, "sets": rows,
+            "thresholds": {"k": gate.k, "dog_threshold": gate.dog_threshold,
+                           "not_dog_threshold": gate.not_dog_threshold},
+            "top_probability_floor": floor.top_probability_floor if floor else None,
+            "note": "thresholds were calibrated on the bundle's own rows; these photo sets"
+                    " only measure the gate. Test dogs are scored against all other rows"
+                    " (themselves left out).",
+        }, indent=2, default=float))
+        with atomic_path(files["csv"]) as tmp:
+            pd.DataFrame(rows).to_csv(tmp, index=False)
+        shown = {k: str(v.relative_to(staged.root)) for k, v in files.items()}
+    return GateEvaluation(rows, shown, head)
