@@ -211,4 +211,10 @@ def test_verify_loads_what_checksums_cannot_judge(litert_bundle: Path, dataset: 
     image = next(dataset.rglob("*.jpg"))
     query = runner.invoke(app, ["search", str(image), "--bundle", str(copy)])
     assert query.exit_code == 2 and "Traceback" not in query.output
-    assert "cannot be loaded" in query.output or "does not load" in query.output
+    assert len(query.output.strip().splitlines()) == 1 and query.output.startswith("error:")
+    # with the head repaired, the garbage model alone is still one line
+    shutil.copy(litert_bundle / "heads" / "logreg.skops", copy / "heads" / "logreg.skops")
+    _rechecksum(copy, "heads/logreg.skops")
+    query = runner.invoke(app, ["search", str(image), "--bundle", str(copy)])
+    assert query.exit_code == 2 and "serving model" in query.output
+    assert "cannot be loaded" in query.output and "Traceback" not in query.output
