@@ -115,3 +115,15 @@ def test_a_new_breed_makes_the_finetuned_head_stale_and_one_breed_means_no_head(
     assert "breed head none (needs labelled photos of at least 2 breeds)" in info
     assert not (bundle / "heads" / "finetune.keras").exists()
     assert runner.invoke(app, ["verify", "--bundle", str(bundle)]).exit_code == 0
+
+
+def test_add_refuses_the_bundle_itself_as_source(tiny_bundle: Path, tmp_path: Path) -> None:
+    """`add --source B --bundle B` once embedded the report's confusion plot as a breed
+    called "report"."""
+    bundle = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+    before = (bundle / "manifest.json").read_text()
+    for source in (bundle, bundle / "report"):
+        result = runner.invoke(app, ["add", "--bundle", str(bundle), "--source", str(source)])
+        assert result.exit_code == 2 and "is or contains the bundle" in " ".join(
+            result.output.split())
+    assert (bundle / "manifest.json").read_text() == before
