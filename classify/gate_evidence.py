@@ -29,7 +29,6 @@ JSON-able record of thresholds and figures; `EvidenceGate.verdicts` answers with
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from classify.gate import DOG, NOT_A_DOG, UNKNOWN_BREED, knn_similarity
-from embed.atomic import atomic_path
+from embed.checked_arrays import read_checked_npz, save_checked_npz
 from embed.errors import BundleError
 
 EVIDENCE_VERSION = 1
@@ -176,37 +175,21 @@ class EvidenceGate:
                 "record": np.array(json.dumps(self.record, sort_keys=True))}
 
     def save(self, path: str | Path) -> str:
-        entries = self._entries()
-        entries["checksum"] = np.array(_checksum(entries))
-        with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, **entries)
-        return str(entries["checksum"])
+        return save_checked_npz(path, self._entries())
 
     @classmethod
     def load(cls, path: str | Path) -> EvidenceGate:
         try:
-            with np.load(path, allow_pickle=False) as data:
-                entries = {key: data[key] for key in data.files}
+            entries, intact = read_checked_npz(path)
         except (OSError, ValueError) as exc:
             raise BundleError(f"{path} is not a readable gate file ({exc})") from None
-        stored = str(entries.pop("checksum", ""))
-        if set(entries) != {"mean", "basis", "classes", "centres", "record"} or (
-                _checksum(entries) != stored):
+        if set(entries) != {"mean", "basis", "classes", "centres", "record"} or not intact:
             raise BundleError(f"{path} is damaged (checksum mismatch); refit the gate")
         record = json.loads(str(entries["record"]))
         if record.get("version") != EVIDENCE_VERSION:
             raise BundleError(f"{path} holds a gate this version cannot read")
         return cls(record, entries["mean"], entries["basis"], entries["classes"],
                    entries["centres"])
-
-
-def _checksum(entries: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for key in sorted(entries):
-        value = np.ascontiguousarray(entries[key])
-        digest.update(f"{key}:{value.dtype.str}:{value.shape};".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
 
 
 # ---- calibration on the train split -----------------------------------------------------------

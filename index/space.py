@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from embed.atomic import atomic_path
+from embed.checked_arrays import read_checked_npz, save_checked_npz
 from embed.errors import BundleError
 
 SPACE_VERSION = 1
@@ -136,23 +136,17 @@ class LearnedSpace:
 
     def save(self, path: str | Path) -> str:
         """Write an ``.npz`` of plain arrays (atomically); returns its internal checksum."""
-        entries = self._entries()
-        entries["checksum"] = np.array(_checksum(entries))
-        with atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, **entries)
-        return str(entries["checksum"])
+        return save_checked_npz(path, self._entries())
 
     @classmethod
     def load(cls, path: str | Path) -> LearnedSpace:
         """Read a saved space; refuses files whose arrays do not match their checksum."""
         try:
-            with np.load(path, allow_pickle=False) as data:
-                entries = {key: data[key] for key in data.files}
+            entries, intact = read_checked_npz(path)
         except (OSError, ValueError) as exc:
             raise BundleError(f"{path} is not a readable look-alike space ({exc})") from None
-        missing = [k for k in (*_ARRAYS, "meta", "checksum") if k not in entries]
-        stored = str(entries.pop("checksum", ""))
-        if missing or _checksum(entries) != stored:
+        missing = [k for k in (*_ARRAYS, "meta") if k not in entries]
+        if missing or not intact:
             raise BundleError(f"{path} is damaged (missing {missing} or checksum mismatch);"
                               " refit the look-alike space")
         meta = json.loads(str(entries["meta"]))
@@ -162,15 +156,6 @@ class LearnedSpace:
                    float(meta["learned_scale"]), float(meta["raw_weight"]),
                    float(meta["learned_weight"]), entries["classes"], entries["class_means"],
                    dict(meta.get("figures") or {}))
-
-
-def _checksum(entries: dict[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for key in sorted(entries):
-        value = np.ascontiguousarray(entries[key])
-        digest.update(f"{key}:{value.dtype.str}:{value.shape};".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
 
 
 # ---- fitting --------------------------------------------------------------------------------
