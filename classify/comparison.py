@@ -71,7 +71,7 @@ def compare_heads(bundle: Bundle) -> dict[str, Any]:
         "heads": {h: {k: s[k] for k in ("validation_top1", "top1", "top5", "train_seconds")}
                   for h, s in summary.items()},
         "files": {k: str(v.relative_to(bundle.root)) for k, v in files.items()},
-        "fitted_on": bundle.rows_fingerprint().model_dump(),
+        "fitted_on": bundle.current_rows().model_dump(),
     }
     bundle.update_manifest(comparison=section)
     return section

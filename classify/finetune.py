@@ -348,7 +348,7 @@ def train_finetune_head(
         "metrics": {k: metrics.get(k) for k in ("test_images", "top1", "top5", "top1_ci95",
                                                 "top5_ci95")},
         "report": files,
-        "fitted_on": bundle.rows_fingerprint().model_dump(),
+        "fitted_on": bundle.current_rows().model_dump(),
     }
     bundle.update_manifest(heads={**bundle.manifest.heads, HEAD: record})
     return record

@@ -197,7 +197,7 @@ def fit_gate(bundle: Bundle, k: int = KNN_K) -> dict[str, Any] | None:
         },
         "calibrated_on": "the bundle's own rows: its test split queried against the rest",
         "how": HOW,
-        "fitted_on": bundle.rows_fingerprint().model_dump(),
+        "fitted_on": bundle.current_rows().model_dump(),
     }
     bundle.update_manifest(gate=record)
     return record

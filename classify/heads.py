@@ -21,7 +21,7 @@ from classify.logreg import (
 )
 from classify.selection import choose_best_head, logreg_validation
 from embed.bundle import Bundle
-from embed.errors import BundleError
+from embed.errors import BundleError, first_line
 
 
 def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
         "metrics": {k: metrics.get(k) for k in ("test_images", "top1", "top5", "top1_ci95",
                                                 "top5_ci95")},
         "report": files,
-        "fitted_on": bundle.rows_fingerprint().model_dump(),
+        "fitted_on": bundle.current_rows().model_dump(),
     }
     bundle.update_manifest(heads={**bundle.manifest.heads, "logreg": record})
     return record
@@ -140,7 +140,6 @@ def head_problems(bundle: Bundle) -> list[str]:
                     problems.append(f"head {name} answers with probabilities of shape"
                                     f" {probs.shape}")
         except Exception as exc:  # any failure to load is a finding, said in one line
-            first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-            problems.append(f"head {name} does not load: {first}")
+            problems.append(f"head {name} does not load: {first_line(exc, 300)}")
     return problems
 

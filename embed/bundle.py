@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from embed.atomic import atomic_path, atomic_write_text, file_sha256
-from embed.errors import BundleError
+from embed.errors import BundleError, first_line
 from embed.manifest import (  # noqa: F401  (re-exported: the bundle's public names)
     BACKBONE_IDENTITY,
     REBUILD_HINT,
@@ -193,6 +193,11 @@ class Bundle:
             digest.update("\x1f".join(map(str, table[column].tolist())).encode())
         return RowsFingerprint(rows=len(table), digest=digest.hexdigest())
 
+    def current_rows(self) -> RowsFingerprint:
+        """The fingerprint of the rows now: the manifest keeps it up to date (every metadata
+        write records it, every commit seals it), so fitting an artifact reads no table."""
+        return self.manifest.rows or self.rows_fingerprint()
+
     def adopt_unrecorded_fits(self) -> None:
         """Artifacts of a schema-2 bundle do not record their rows: they were fitted on the
         rows the bundle has now, so record that before a change makes them stale."""
@@ -289,7 +294,7 @@ class Bundle:
                 rows = rows[rows["reason"] == ""]
                 vectors = np.load(self.inside(entry.file), mmap_mode="r", allow_pickle=False)
             except Exception as exc:  # numpy and pyarrow raise many types for damaged files
-                problems.append(f"cannot read shard {entry.file}: {_short(exc)}")
+                problems.append(f"cannot read shard {entry.file}: {first_line(exc)}")
                 continue
             dim = self.manifest.backbone.dim
             if vectors.ndim != 2 or vectors.shape[1] != dim or vectors.dtype != np.float32:
@@ -303,7 +308,7 @@ class Bundle:
         try:
             table = pd.read_parquet(self.metadata_path)
         except Exception as exc:
-            return [*problems, f"cannot read {METADATA}: {_short(exc)}"]
+            return [*problems, f"cannot read {METADATA}: {first_line(exc)}"]
         if not problems and (table["row_id"].tolist() != ids
                              or table["sha256"].tolist() != hashes):
             problems.append("metadata.parquet does not list the shards' rows in their order")
@@ -383,7 +388,3 @@ class Bundle:
             mask = labelled & (table["split"] == split).to_numpy()
             out[split] = (vectors[mask], table.loc[mask, "label"].astype(str).to_numpy())
         return out
-
-
-def _short(exc: BaseException) -> str:
-    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__

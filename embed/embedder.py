@@ -26,7 +26,7 @@ from embed.backbones import (
     weights_sha256,
 )
 from embed.bundle import SERVING_MODEL, Bundle, check_same_backbone
-from embed.errors import BundleError, WeightsUnavailableError
+from embed.errors import BundleError, WeightsUnavailableError, first_line
 from embed.images import DECODER_VERSION, MAX_PIXELS, decode_image
 from embed.litert_model import BundledLiteRTRuntime
 from embed.pipeline import (
@@ -208,10 +208,9 @@ def serving_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
     try:
         rt = BundledLiteRTRuntime(path, parity=built.get("parity"), name=built.name)
     except Exception as exc:  # LiteRT raises ValueError/RuntimeError for a damaged model
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise BundleError(
-            f"the bundle's serving model {path} cannot be loaded ({first}); run `embed-dogs"
-            f" verify --bundle {bundle.root}`, or rebuild the bundle") from None
+            f"the bundle's serving model {path} cannot be loaded ({first_line(exc)}); run"
+            f" `embed-dogs verify --bundle {bundle.root}`, or rebuild the bundle") from None
     return Embedder(spec, recorded.image_size, recorded.weights, None, rt,
                     recorded.weights_sha256, dict(recorded.lineage or {}),
                     recorded.weights_file, relative, recorded.dim)

@@ -27,3 +27,9 @@ class IncompatibleBundleError(BundleError):
 
 class EngineError(EmbedDogsError):
     """The embedding engine cannot run: Ray not installed, or no cluster at the address."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception as one short line for a message: its first line, or its type's name."""
+    text = str(exc)
+    return text.splitlines()[0][:limit] if text.strip() else type(exc).__name__

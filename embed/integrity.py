@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from embed.bundle import Bundle
+from embed.errors import first_line
 
 
 def serving_model_problems(bundle: Bundle) -> list[str]:
@@ -21,8 +22,8 @@ def serving_model_problems(bundle: Bundle) -> list[str]:
         size = backbone.image_size
         vectors = embedder.embed_pixels(np.zeros((1, size, size, 3), np.uint8))
     except Exception as exc:  # LiteRT raises RuntimeError/ValueError for bad models
-        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        return [f"the serving model {backbone.serving_model} does not load or run: {first}"]
+        return [f"the serving model {backbone.serving_model} does not load or run:"
+                f" {first_line(exc)}"]
     if vectors.shape != (1, backbone.dim) or not np.isfinite(vectors).all():
         return [f"the serving model {backbone.serving_model} answers with shape"
                 f" {vectors.shape}, the manifest records dim {backbone.dim}"]
