@@ -308,10 +308,20 @@ def _mock_stanford_dogs(per_split: int = 4):
     return stack
 
 
-def test_tfds_source_that_needs_a_download_fails_fast_offline(tmp_path: Path) -> None:
-    """No network here: the homepage probe answers in seconds, not minutes of retries."""
+def test_tfds_source_that_needs_a_download_fails_fast_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, the homepage probe answers in seconds, not minutes of retries. The network is
+    cut inside the test, so an online machine never starts the 750 MB download."""
+    import socket
     import time
 
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable (cut by the test)")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
     started = time.perf_counter()
     with pytest.raises(SourceError, match="is not downloaded yet and .* cannot be reached"):
         open_source("tfds:stanford_dogs", data_dir=str(tmp_path / "tfds"))
