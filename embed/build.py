@@ -173,7 +173,8 @@ def prepare_runtime(source: Source, embedder: Embedder, batch_size: int = DEFAUL
             config.image_size, config.preprocessing, [it.label for it in samples.check])
         runtime.calibrate(lambda: (x for x, _ in batches(samples.calibration, calibration)),
                           sample_identity(digests, config.image_size, config.preprocessing),
-                          batches(samples.check, check), len(digests), check_id)
+                          batches(samples.check, check), len(digests), check_id,
+                          images=len(source.items))
     seconds = runtime.seconds
     start_up = embedder.load_seconds - seconds.get("conversion", 0.0)
     return {"start-up": round(max(start_up, 0.0), 2),

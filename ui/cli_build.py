@@ -96,8 +96,8 @@ def build_index(
     if source.get("duplicates"):
         table.add_row("duplicates", f"{source.get('duplicates')} files repeat another file's"
                       " content; each group stays in one split")
-    shown = ("backbone", "fine-tuned from", "runtime", "one-time costs", "engine", "index",
-             "recall@10 vs exact search", "open-set gate")
+    shown = ("backbone", "fine-tuned from", "runtime", "runtime choice", "one-time costs",
+             "engine", "index", "recall@10 vs exact search", "open-set gate")
     for name, value in manifest_facts(result.manifest):
         if name in shown or name.startswith("head "):
             table.add_row(name, value)
