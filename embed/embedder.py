@@ -64,6 +64,7 @@ class Embedder:
     dim: int = 0
     load_seconds: float = 0.0  # building the model and its runtime (start-up, conversion)
     prepared_key: str | None = None  # its `embed.prepared` record, when it has one
+    prepared: dict[str, float] | None = None  # `embed.build.prepare_runtime`'s costs, once run
 
     def __post_init__(self) -> None:
         if not self.dim:

@@ -136,6 +136,7 @@ class LiteRTInt8Runtime:
         calibration_rows: int | None = None,
         check_id: str | None = None,
         images: int | None = None,
+        choice: str | None = None,
     ) -> dict[str, Any]:
         """Quantise (or reuse the cached int8 model for this calibration sample), embed the
         check batches with both models, judge int8 on the task and choose.
@@ -159,10 +160,15 @@ class LiteRTInt8Runtime:
                    if check_id else None)
         auto = self.requested == "auto" and not self.float_.fell_back_
         rows = min(images or quantise.CHECK_ITEMS, quantise.CHECK_ITEMS)
-        if auto:
-            choice = self._choose(path, verdict, images or 0, rows)
-            if not choice.use_int8:
-                return self._skip(figures, choice.line, start)
+        kept = " (kept from the interrupted build this resumes)"
+        if auto and choice == "litert-int8":
+            self.decision_ = f"int8{kept}"
+        elif auto and choice is not None:
+            return self._skip(figures, f"float32{kept}", start)
+        elif auto:
+            chosen = self._choose(path, verdict, images or 0, rows)
+            if not chosen.use_int8:
+                return self._skip(figures, chosen.line, start)
         try:
             figures["cache_file"] = str(path)
             if not path.is_file():
@@ -178,10 +184,10 @@ class LiteRTInt8Runtime:
         except Exception as exc:  # conversion failed: float32 still works
             figures.update(passed=False, reason=f"int8 conversion failed: {exc}")
             return self._decide(figures, start)
-        if auto and "int8 conversion" in self.seconds_:  # timed now: choose again
-            choice = self._choose(path, verdict, images or 0, rows)
-            if not choice.use_int8:
-                return self._skip(figures, choice.line, start)
+        if auto and choice is None and "int8 conversion" in self.seconds_:  # timed now
+            chosen = self._choose(path, verdict, images or 0, rows)
+            if not chosen.use_int8:
+                return self._skip(figures, chosen.line, start)
         if verdict is not None and verdict.is_file() and not self.float_.fell_back_:
             try:
                 figures.update(json.loads(verdict.read_text())["figures"], check_cached=True)

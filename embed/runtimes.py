@@ -105,11 +105,12 @@ class Runtime(Protocol):
         calibration_rows: int | None = None,
         check_id: str | None = None,
         images: int | None = None,
+        choice: str | None = None,
     ) -> dict[str, Any] | None:
         """int8: quantise on the calibration batches, judge on the check batches, choose
         (see `LiteRTInt8Runtime.calibrate`; under ``auto`` only when the `images` to embed
-        repay int8's one-time costs); returns the manifest's int8 figures. Others:
-        None, nothing done."""
+        repay int8's one-time costs, or as `choice`, an interrupted build's, said); returns
+        the manifest's int8 figures. Others: None, nothing done."""
         ...
 
     def describe(self) -> dict[str, Any]:
