@@ -319,7 +319,9 @@ def test_ray_build_equals_the_local_build(ray_cluster, photos: Path, local_bundl
     runtime = manifest["backbone"]["runtime"]
     # checked once, on the driver, before the workers started; they ran the checked file
     assert runtime["name"] == "litert" and runtime["parity"]["passed"]
-    assert {"parity", "start-up"} <= set(manifest["embeddings"]["fixed_seconds"])
+    # (or its verdict was cached beside the model by the local build of the same backbone)
+    fixed = set(manifest["embeddings"]["fixed_seconds"])
+    assert "start-up" in fixed and ("parity" in fixed or runtime["parity"].get("cached"))
     assert manifest["backbone"]["serving_model"] == "backbone/model.tflite"
     shards = manifest["embeddings"]["shards"]
     assert [s["first_row_id"] for s in shards] == list(range(0, 62, 8))  # fixed item ranges
