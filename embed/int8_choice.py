@@ -153,12 +153,16 @@ def decide_int8(outlook: Outlook) -> Choice:
 def remaining_costs(record: dict[str, Any], converted: bool, checked: bool, check_rows: int,
                     workers: int) -> dict[str, float]:
     """The one-time costs int8 still has: the conversion unless its model is cached, the
-    task check unless its verdict is; each as last paid here, else estimated."""
+    task check unless its verdict is; each as last paid here (the check scaled to
+    `check_rows`), else estimated."""
     costs: dict[str, float] = {}
     if not converted:
         costs["conversion"] = float(record.get("int8 conversion", PRIOR_CONVERSION_S))
     if not checked:
         per_image = record.get("float32", 0.01) + record.get("int8", 0.005) + DECODE_S
         estimate = PRIOR_CHECK_FIXED_S + check_rows * per_image / max(workers, 1)
-        costs["check"] = float(record.get("int8 check", estimate))
+        if "int8 check" in record:
+            paid_rows = record.get("int8 check rows") or check_rows
+            estimate = record["int8 check"] * check_rows / paid_rows
+        costs["check"] = float(estimate)
     return costs

@@ -178,6 +178,8 @@ class LiteRTInt8Runtime:
                 export_int8(self.model, path, calibration)
                 self.seconds_["int8 conversion"] = time.perf_counter() - converting
                 figures["converted"] = True
+                int8_choice.keep_speed(self.float_.cache_key, **{  # what auto will weigh
+                    "int8 conversion": self.seconds_["int8 conversion"]})
             self._int8_model = TFLiteModel(path, self.float_.num_threads, self.float_.max_rows,
                                            self.float_.replicas)
             self.int8_file = path
@@ -231,9 +233,6 @@ class LiteRTInt8Runtime:
                     {"float32": self.float_.bare_model}))
         except Exception as exc:  # timing failed: stay with float32, say why
             return int8_choice.Choice(False, f"float32: int8 could not be timed ({exc})", None)
-        if "int8 conversion" in self.seconds_:
-            record = int8_choice.keep_speed(key, **{
-                "int8 conversion": self.seconds_["int8 conversion"]})
         measured = "int8" in record
         gain = record["float32"] / record["int8"] if measured else int8_choice.prior_gain()
         checked = verdict is not None and verdict.is_file()
@@ -261,12 +260,12 @@ class LiteRTInt8Runtime:
                                        - self.seconds_.get("int8 conversion", 0.0)
                                        - self.float_.seconds_.get("parity", 0.0)
                                        + self._parity_before)
+        if "top1_float32" in figures and not figures.get("check_cached"):  # judged now
+            int8_choice.keep_speed(self.float_.cache_key, **{
+                "int8 check": self.seconds_["int8 check"], "int8 check rows": figures["rows"]})
         if self.requested == "auto":
             if self.use_int8_:
                 self.decision_ = f"{self.decision_ or 'int8'}; check passed"
-                if not figures.get("check_cached"):
-                    int8_choice.keep_speed(self.float_.cache_key,
-                                           **{"int8 check": self.seconds_["int8 check"]})
             else:
                 self.decision_ = f"float32: int8 not used ({figures.get('reason')})"
         if not self.use_int8_:

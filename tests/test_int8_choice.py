@@ -64,6 +64,8 @@ def test_cached_one_time_work_counts_as_zero() -> None:
 def test_costs_last_paid_here_replace_the_estimates() -> None:
     record = {"int8 conversion": 12.5, "int8 check": 7.0}
     assert remaining_costs(record, False, False, 600, 2) == {"conversion": 12.5, "check": 7.0}
+    record["int8 check rows"] = 600  # a check of 60 rows costs a tenth of one of 600
+    assert remaining_costs(record, True, False, 60, 2) == {"check": pytest.approx(0.7)}
 
 
 def test_untimed_gain_comes_from_the_cpu_flags_and_says_so() -> None:
