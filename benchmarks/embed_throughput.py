@@ -168,15 +168,17 @@ def auto_choice(args: dict[str, Any], source: Any, result: dict[str, Any],
     from embed.build import prepare_runtime
     from embed.embedder import load_embedder
     from embed.environment import cpu_cores
-    from embed.int8_choice import Outlook, decide_int8, read_speed
+    from embed.int8_choice import Outlook, decide_int8, read_speed, remaining_costs
+    from embed.quantise import CHECK_ITEMS
 
     auto = load_embedder(args["backbone"], args["weights"], args["image_size"], "auto")
     prepare_runtime(source, auto, args["batch_size"])
     d, d8 = (statistics.median(result["rounds"][k]) for k in ("d", "d8"))
     cores = cpu_cores()
     record = read_speed(auto.runtime.float_runtime.describe()["cache_key"])
-    cold = {"conversion": paid.get("int8 conversion", record.get("int8 conversion", 0.0)),
-            "check": paid.get("int8 check", record.get("int8 check", 0.0))}
+    rows = min(len(source.items), CHECK_ITEMS)
+    cold = remaining_costs(record, False, False, rows, cores)  # as last paid here, or priors
+    cold.update({k: paid[f"int8 {k}"] for k in ("conversion", "check") if f"int8 {k}" in paid})
     rule = {f"{n:,} images, {state}": decide_int8(Outlook(n, cores / d, d8 / d, cores,
                                                           costs)).line
             for n in (len(source.items), 100_000)
