@@ -138,3 +138,25 @@ def test_auto_on_a_small_folder_converts_nothing_and_warns_nothing(
     assert not [w for w in recwarn if "int8" in str(w.message)]
     assert "float32" in int8_choice.read_speed("tiny-auto-small")  # float32 was timed
     assert rt.embed(labelled()[0][:2]).shape == (2, TINY_DIM)
+
+
+def test_a_resume_keeps_the_choice_of_the_build_it_continues() -> None:
+    from embed.build import kept_choice
+
+    key = {"items_sha256": "abc", "runtime": "auto", "produced_by": "litert"}
+    staged = {**key, "produced_by": "litert-int8"}  # the dead build chose int8
+    assert kept_choice(staged, key) == "litert-int8"
+    assert kept_choice({**staged, "items_sha256": "other"}, key) is None  # another build
+    assert kept_choice(None, key) is None
+    assert kept_choice({"items_sha256": "abc", "runtime": "auto"}, key) is None  # older key
+
+
+@pytest.mark.parametrize("kept", ["litert", "litert-int8"])
+def test_auto_keeps_a_choice_it_is_given(model: keras.Model, tmp_path: Path, kept: str) -> None:
+    rt = LiteRTInt8Runtime(model, cache_key=f"tiny-kept-{kept}", cache_dir=tmp_path,
+                           requested="auto", max_top1_drop=1.0, min_overlap=0.0)
+    x, labels = labelled()
+    # 40 images would never repay int8's costs: only the kept choice makes it int8
+    rt.calibrate(lambda: iter([x[::3]]), "calib", [(x, labels)], 12, "check", images=40,
+                 choice=kept)
+    assert rt.name == kept and "kept from the interrupted build" in rt.decision_
