@@ -57,8 +57,9 @@ def build_index(
         help="Index memory budget for auto, e.g. 2G.", callback=memory_size)
     ] = DEFAULT_MEMORY_BUDGET,
     runtime: Annotated[RuntimeChoice, typer.Option(
-        help="Inference runtime; auto: LiteRT float32 on CPU, Keras on a GPU; litert-int8:"
-        " int8, checked on this source's images (float32 when it fails).")
+        help="Inference runtime; auto: LiteRT int8 where it pays on this CPU for this many"
+        " photos and passes its check, else float32 (Keras on a GPU); litert-int8: int8,"
+        " checked on this source's images (float32 when it fails).")
     ] = DEFAULT_RUNTIME,
     test_fraction: Annotated[float, typer.Option(
         min=0.0, max=0.9, help="Hold-out share for folders without their own split.")
