@@ -160,6 +160,32 @@ def interleaved(runtime: Any, items: list[Any], config: Any, repeats: int
             "vectors_c8": np.concatenate(vectors["c8"])}
 
 
+def auto_choice(args: dict[str, Any], source: Any, result: dict[str, Any],
+                paid: dict[str, float]) -> dict[str, Any]:
+    """What `--runtime auto` chooses for this folder (a real build's preparation, so with
+    what this run cached), and what its rule says on this run's own interleaved figures for
+    this folder and for 100,000 images, cold (one-time costs as paid here) and warm."""
+    from embed.build import prepare_runtime
+    from embed.embedder import load_embedder
+    from embed.environment import cpu_cores
+    from embed.int8_choice import Outlook, decide_int8, read_speed, remaining_costs
+    from embed.quantise import CHECK_ITEMS
+
+    auto = load_embedder(args["backbone"], args["weights"], args["image_size"], "auto")
+    prepare_runtime(source, auto, args["batch_size"])
+    d, d8 = (statistics.median(result["rounds"][k]) for k in ("d", "d8"))
+    cores = cpu_cores()
+    record = read_speed(auto.runtime.float_runtime.describe()["cache_key"])
+    rows = min(len(source.items), CHECK_ITEMS)
+    cold = remaining_costs(record, False, False, rows, cores)  # as last paid here, or priors
+    cold.update({k: paid[f"int8 {k}"] for k in ("conversion", "check") if f"int8 {k}" in paid})
+    rule = {f"{n:,} images, {state}": decide_int8(Outlook(n, cores / d, d8 / d, cores,
+                                                          costs)).line
+            for n in (len(source.items), 100_000)
+            for state, costs in (("cold", cold), ("warm", {}))}
+    return {"chose": auto.runtime.describe().get("decision"), "rule": rule}
+
+
 def run_mode(mode: str, args: dict[str, Any]) -> dict[str, Any]:
     """One mode, start to finish, in the current process."""
     from concurrent.futures import ThreadPoolExecutor
@@ -191,6 +217,11 @@ def run_mode(mode: str, args: dict[str, Any]) -> dict[str, Any]:
     if mode == "i":
         result.update(interleaved(runtime, items, config, args["repeats"]))
         result["rates"] = result["rounds"]["c8"]
+        int8 = runtime.describe().get("int8") or {}
+        paid = {k: v for k, v in runtime.seconds.items()  # only work done in this run
+                if (k == "int8 conversion" and int8.get("converted"))
+                or (k == "int8 check" and "top1_float32" in int8 and not int8.get("check_cached"))}
+        result["auto"] = auto_choice(args, source, result, paid)
     elif mode == "a":
         model = embedder.model
         paths = [item.ref for item in items]
@@ -410,6 +441,13 @@ def run_size(size: int | None, args: argparse.Namespace, folder: Path) -> dict[s
         print("  interleaved ratios (median of rounds [min-max]): " + "   ".join(
             f"{k} = {statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
             for k, v in res["ratios"].items()))
+        ratios = {k: statistics.median(v) for k, v in res["ratios"].items()}
+        print(f"  end-to-end int8 gain against the bare one: (c8/c) / (d8/d) ="
+              f" {ratios['c8/c'] / ratios['d8/d']:.2f} (target >= 0.85)")
+        if res.get("auto"):
+            print(f"  --runtime auto chose: {res['auto']['chose']}")
+            for case, line in res["auto"]["rule"].items():
+                print(f"    auto's rule on these figures, {case}: {line}")
     int8 = (results.get("c8", results.get("i", {})).get("runtime") or {}).get("int8")
     if int8:
         print(f"  build's int8 task check: passed={int8.get('passed')} top-1 "

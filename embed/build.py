@@ -87,9 +87,22 @@ def resume_key(source: Source, embedder: Embedder, runtime: str,
     return {
         "schema_version": SCHEMA_VERSION, "source": source.location,
         "items_sha256": items.hexdigest(), "runtime": runtime,
+        # what produces the vectors once `prepare_runtime` chose (auto: float32 or int8), so
+        # a resume never mixes the two; `kept_choice` reads it back for the resume
+        "produced_by": embedder.runtime.name,
         "backbone": {k: identity.get(k) for k in BACKBONE_IDENTITY},
         "rows_per_shard": rows_per_shard,
     }
+
+
+def kept_choice(staged: dict[str, Any] | None, key: dict[str, Any]) -> str | None:
+    """The runtime an interrupted build of the same key chose (`resume_key`'s
+    ``produced_by``), for its resume to keep; None when there is no such build."""
+    if not staged or "produced_by" not in staged:
+        return None
+    same = {k: v for k, v in staged.items() if k != "produced_by"} == {
+        k: v for k, v in key.items() if k != "produced_by"}
+    return str(staged["produced_by"]) if same else None
 
 
 def embed_items(
@@ -135,15 +148,19 @@ def load_payloads(source: Source, items: list[ImageItem]) -> list[bytes | None]:
 
 
 def prepare_runtime(source: Source, embedder: Embedder, batch_size: int = DEFAULT_BATCH_SIZE,
-                    calibrate: bool = True) -> dict[str, float]:
+                    calibrate: bool = True, choice: str | None = None) -> dict[str, float]:
     """The runtime's one-time work, done once before the embedding loop (on the driver, for
     every engine) so that the loop's images/s is the steady state and every worker embeds
     with what was decided here: the parity check against Keras on the first readable batch,
     and for int8 (`calibrate`, for builds; an `add` keeps the bundle's model) the
     calibration on a seeded sample of the source's images and the task check on another.
     Afterwards `embedder.runtime.model_file` is the model that produces the vectors.
+    `choice`: the runtime an interrupted build chose (`kept_choice`), which `auto` keeps.
+    Done once per embedder: a second call returns the first one's costs.
     Returns the one-time costs in seconds: start-up, conversion, parity, int8 conversion,
     int8 check."""
+    if embedder.prepared is not None:
+        return embedder.prepared
     runtime = embedder.runtime
     config = embedder.reader_config(batch_size)
 
@@ -173,11 +190,13 @@ def prepare_runtime(source: Source, embedder: Embedder, batch_size: int = DEFAUL
             config.image_size, config.preprocessing, [it.label for it in samples.check])
         runtime.calibrate(lambda: (x for x, _ in batches(samples.calibration, calibration)),
                           sample_identity(digests, config.image_size, config.preprocessing),
-                          batches(samples.check, check), len(digests), check_id)
+                          batches(samples.check, check), len(digests), check_id,
+                          images=len(source.items), choice=choice)
     seconds = runtime.seconds
     start_up = embedder.load_seconds - seconds.get("conversion", 0.0)
-    return {"start-up": round(max(start_up, 0.0), 2),
-            **{k: round(v, 2) for k, v in seconds.items()}}
+    embedder.prepared = {"start-up": round(max(start_up, 0.0), 2),
+                         **{k: round(v, 2) for k, v in seconds.items()}}
+    return embedder.prepared
 
 
 def write_tables(bundle: Bundle, shards: list[dict[str, Any]], rejected: Any) -> tuple[Any, Any]:

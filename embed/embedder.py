@@ -37,6 +37,7 @@ from embed.pipeline import (
     embed_pixels,
     iter_embedded_batches,
 )
+from embed.prepared import LazyModel, PreparedBackbone, prepared_key, read_prepared, write_prepared
 from embed.runtimes import Runtime, make_runtime
 from embed.sources import ImageItem
 
@@ -62,6 +63,8 @@ class Embedder:
     serving_model: str | None = None  # the bundle's .tflite, once saved there
     dim: int = 0
     load_seconds: float = 0.0  # building the model and its runtime (start-up, conversion)
+    prepared_key: str | None = None  # its `embed.prepared` record, when it has one
+    prepared: dict[str, float] | None = None  # `embed.build.prepare_runtime`'s costs, once run
 
     def __post_init__(self) -> None:
         if not self.dim:
@@ -126,14 +129,23 @@ def load_embedder(
     spec = get_backbone(backbone)
     weights = normalise_weights_arg(weights)
     size = resolve_image_size(spec, image_size, weights)
+    model = LazyModel(lambda: _build_logged(spec, size, weights))
+    key = prepared_key(spec, size, weights)
+    prepared = read_prepared(key)
+    if prepared is None:  # first time with these weights: build Keras to know them
+        digest, dim = weights_sha256(model), int(model.output_shape[-1])
+        write_prepared(key, digest, dim)
+        prepared = PreparedBackbone(digest, dim, None)
+    digest = prepared.weights_sha256
+    rt = make_runtime(model, runtime, cache_key=f"{spec.name}-{size}-{digest[:16]}",
+                      reuse_parity=True)
+    return Embedder(spec, size, weights, model, rt, prepared.weights_sha256, dim=prepared.dim,
+                    load_seconds=time.perf_counter() - start, prepared_key=key)
+
+
+def _build_logged(spec: BackboneSpec, size: int, weights: str | None) -> Any:
     log.info("loading backbone %s at %d px (weights: %s)", spec.name, size, weights or "random")
-    model = build_backbone(spec, size, weights)
-    digest = weights_sha256(model)
-    rt = make_runtime(
-        model, runtime, cache_key=f"{spec.name}-{size}-{digest[:16]}"
-    )
-    return Embedder(spec, size, weights, model, rt, digest,
-                    load_seconds=time.perf_counter() - start)
+    return build_backbone(spec, size, weights)
 
 
 def finetuned_lineage(bundle_dir: str | Path) -> dict[str, Any]:
@@ -164,8 +176,16 @@ def save_serving_weights(embedder: Embedder, bundle: Bundle) -> None:
     """Copy the backbone's weights into the bundle, so queries need neither the original
     weights file, nor Keras' cache, nor the bundle a fine-tuned backbone came from."""
     path = bundle.backbone_weights_path
+    key = embedder.prepared_key
+    prepared = read_prepared(key) if key else None
+    built = not isinstance(embedder.model, LazyModel) or embedder.model.built
     with atomic_path(path, suffix=".weights.h5") as tmp:
-        embedder.model.save_weights(tmp)
+        if prepared is not None and prepared.weights_copy is not None and not built:
+            shutil.copyfile(prepared.weights_copy, tmp)  # Keras saved these once already
+        else:
+            embedder.model.save_weights(tmp)
+    if key and (prepared is None or prepared.weights_copy is None):
+        write_prepared(key, embedder.weights_hash, embedder.dim, path)
     bundle.record_files(path)
     embedder.weights_file = bundle.relative(path)
 

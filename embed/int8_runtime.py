@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from embed import quantise
+from embed import int8_choice, quantise
 from embed.atomic import atomic_write_text
 from embed.litert_model import LITERT_MAX_ROWS, TFLiteModel, run_pixels
 from embed.litert_runtime import LiteRTRuntime
@@ -52,6 +52,7 @@ class LiteRTInt8Runtime:
         max_rows: int = LITERT_MAX_ROWS,
         max_top1_drop: float | None = None,
         min_overlap: float | None = None,
+        reuse_parity: bool = False,
     ) -> None:
         self.model = model
         self.requested = requested
@@ -60,8 +61,10 @@ class LiteRTInt8Runtime:
         self.min_overlap = quantise.MIN_OVERLAP if min_overlap is None else min_overlap
         self.float_ = LiteRTRuntime(model, cache_key=cache_key, cache_dir=cache_dir,
                                     num_threads=num_threads, requested=requested,
-                                    max_rows=max_rows, replicas=replicas)
+                                    max_rows=max_rows, replicas=replicas,
+                                    reuse_parity=reuse_parity)
         self.int8_: dict[str, Any] | None = None
+        self.decision_: str | None = None  # auto: the one line that says what and why
         self.use_int8_ = False
         self.seconds_: dict[str, float] = {}
         self._int8_model: TFLiteModel | None = None
@@ -132,6 +135,8 @@ class LiteRTInt8Runtime:
         check: Iterable[tuple[np.ndarray, Sequence[str | None]]],
         calibration_rows: int | None = None,
         check_id: str | None = None,
+        images: int | None = None,
+        choice: str | None = None,
     ) -> dict[str, Any]:
         """Quantise (or reuse the cached int8 model for this calibration sample), embed the
         check batches with both models, judge int8 on the task and choose.
@@ -140,14 +145,31 @@ class LiteRTInt8Runtime:
         (`embed.quantise.sample_identity`); `check` yields (inputs, labels) batches, and
         `check_id`, when given, names them so that the verdict is cached beside the int8
         model (the same model judged on the same sample needs no second look).
+        Under ``auto`` (`requested`), int8 must also finish `images` sooner than float32
+        (`embed.int8_choice`): the choice is made before converting, again once int8 was
+        timed, and `decision_` says it in one line.
         Returns the figures that go into the manifest under ``int8``.
         """
         start = time.perf_counter()
         self._parity_before = self.float_.seconds_.get("parity", 0.0)
         figures: dict[str, Any] = {"calibration": {"sha256": calibration_id,
                                                    "rows": calibration_rows}}
+        path = self.int8_path(calibration_id)
+        bounds = f"{self.max_top1_drop}-{self.min_overlap}"
+        verdict = (path.with_name(f"{path.stem}.check-{check_id[:16]}-{bounds}.json")
+                   if check_id else None)
+        auto = self.requested == "auto" and not self.float_.fell_back_
+        rows = min(images or quantise.CHECK_ITEMS, quantise.CHECK_ITEMS)
+        kept = " (kept from the interrupted build this resumes)"
+        if auto and choice == "litert-int8":
+            self.decision_ = f"int8{kept}"
+        elif auto and choice is not None:
+            return self._skip(figures, f"float32{kept}", start)
+        elif auto:
+            chosen = self._choose(path, verdict, images or 0, rows)
+            if not chosen.use_int8:
+                return self._skip(figures, chosen.line, start)
         try:
-            path = self.int8_path(calibration_id)
             figures["cache_file"] = str(path)
             if not path.is_file():
                 log.info("quantising the backbone to int8 (once per backbone, weights and"
@@ -156,15 +178,18 @@ class LiteRTInt8Runtime:
                 export_int8(self.model, path, calibration)
                 self.seconds_["int8 conversion"] = time.perf_counter() - converting
                 figures["converted"] = True
+                int8_choice.keep_speed(self.float_.cache_key, **{  # what auto will weigh
+                    "int8 conversion": self.seconds_["int8 conversion"]})
             self._int8_model = TFLiteModel(path, self.float_.num_threads, self.float_.max_rows,
                                            self.float_.replicas)
             self.int8_file = path
         except Exception as exc:  # conversion failed: float32 still works
             figures.update(passed=False, reason=f"int8 conversion failed: {exc}")
             return self._decide(figures, start)
-        bounds = f"{self.max_top1_drop}-{self.min_overlap}"
-        verdict = (path.with_name(f"{path.stem}.check-{check_id[:16]}-{bounds}.json")
-                   if check_id else None)
+        if auto and choice is None and "int8 conversion" in self.seconds_:  # timed now
+            chosen = self._choose(path, verdict, images or 0, rows)
+            if not chosen.use_int8:
+                return self._skip(figures, chosen.line, start)
         if verdict is not None and verdict.is_file() and not self.float_.fell_back_:
             try:
                 figures.update(json.loads(verdict.read_text())["figures"], check_cached=True)
@@ -191,6 +216,42 @@ class LiteRTInt8Runtime:
                 atomic_write_text(verdict, json.dumps({"figures": judged}))
         return self._decide(figures, start)
 
+    def _choose(self, path: Path, verdict: Path | None, images: int, check_rows: int
+                ) -> int8_choice.Choice:
+        """auto: time the models here unless cached, weigh int8's gain against its costs
+        not cached yet (`embed.int8_choice.decide_int8`)."""
+        key = self.float_.cache_key
+        record = int8_choice.read_speed(key)
+        converted = path.is_file()
+        try:
+            if converted and "int8" not in record:
+                int8 = self._int8_model or TFLiteModel(path, 1, self.float_.max_rows, 1)
+                record = int8_choice.keep_speed(key, **int8_choice.time_models(
+                    {"float32": self.float_.bare_model, "int8": int8}))
+            elif "float32" not in record:
+                record = int8_choice.keep_speed(key, **int8_choice.time_models(
+                    {"float32": self.float_.bare_model}))
+        except Exception as exc:  # timing failed: stay with float32, say why
+            return int8_choice.Choice(False, f"float32: int8 could not be timed ({exc})", None)
+        measured = "int8" in record
+        gain = record["float32"] / record["int8"] if measured else int8_choice.prior_gain()
+        checked = verdict is not None and verdict.is_file()
+        costs = int8_choice.remaining_costs(record, converted, checked, check_rows,
+                                            self.float_.replicas)
+        choice = int8_choice.decide_int8(int8_choice.Outlook(
+            images, record["float32"], gain, self.float_.replicas, costs, measured))
+        self.decision_ = choice.line
+        return choice
+
+    def _skip(self, figures: dict[str, Any], line: str, start: float) -> dict[str, Any]:
+        """auto chose float32: not a failure, so no warning."""
+        figures.update(passed=None, reason=line, skipped=True)
+        self.decision_ = line
+        self.use_int8_ = False
+        self.int8_ = figures
+        self.seconds_["runtime choice"] = round(time.perf_counter() - start, 3)
+        return figures
+
     def _decide(self, figures: dict[str, Any], start: float) -> dict[str, Any]:
         self.use_int8_ = bool(figures.get("passed"))
         self.int8_ = figures
@@ -199,6 +260,14 @@ class LiteRTInt8Runtime:
                                        - self.seconds_.get("int8 conversion", 0.0)
                                        - self.float_.seconds_.get("parity", 0.0)
                                        + self._parity_before)
+        if "top1_float32" in figures and not figures.get("check_cached"):  # judged now
+            int8_choice.keep_speed(self.float_.cache_key, **{
+                "int8 check": self.seconds_["int8 check"], "int8 check rows": figures["rows"]})
+        if self.requested == "auto":
+            if self.use_int8_:
+                self.decision_ = f"{self.decision_ or 'int8'}; check passed"
+            else:
+                self.decision_ = f"float32: int8 not used ({figures.get('reason')})"
         if not self.use_int8_:
             # one line wherever it shows (no source line under it, no second copy in the log)
             warnings.warn_explicit(
@@ -222,6 +291,8 @@ class LiteRTInt8Runtime:
                  precision="int8" if self.use_int8_ else "float32",
                  cache_file=str(self.cache_file),
                  int8=self.int8_ or {"passed": None, "reason": "not calibrated"})
+        if self.decision_:
+            d["decision"] = self.decision_
         return d
 
 

@@ -8,6 +8,7 @@ The interpreters themselves live in `embed.litert_model`; int8 in `embed.int8_ru
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from embed.atomic import atomic_path
+from embed.atomic import atomic_path, atomic_write_text, file_sha256
 from embed.environment import cache_dir
 from embed.keras_runtime import KerasRuntime
 from embed.litert_model import (
@@ -74,6 +75,28 @@ def export_litert(model: Any, path: Path) -> Path:
     return path
 
 
+def parity_path(model_file: Path) -> Path:
+    return model_file.with_name(f"{model_file.stem}.parity.json")
+
+
+def cached_parity(model_file: Path, bounds: list[float]) -> dict[str, Any] | None:
+    """A passed parity verdict kept beside `model_file` for these bounds, if that file is
+    still the one it judged (its sha256); then Keras need not be built to check it again."""
+    try:
+        record = json.loads(parity_path(model_file).read_text())
+        if record["bounds"] != bounds or record["sha256"] != file_sha256(model_file):
+            return None
+        return {**record["parity"], "cached": True} if record["parity"]["passed"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def keep_parity(model_file: Path, bounds: list[float], parity: dict[str, Any]) -> None:
+    """Keep a passed verdict beside the model it judged (see `cached_parity`)."""
+    record = {"bounds": bounds, "sha256": file_sha256(model_file), "parity": parity}
+    atomic_write_text(parity_path(model_file), json.dumps(record))
+
+
 class LiteRTRuntime:
     """Runs a Keras backbone through LiteRT + XNNPACK, checked against Keras on first use.
 
@@ -83,7 +106,9 @@ class LiteRTRuntime:
     parity check).
 
     ``requested`` is what the user asked for (``auto`` or ``litert``), kept for the manifest.
-    ``tflite_path`` runs that file instead of the cached export (tests use it to force a
+    ``reuse_parity`` reads a passed verdict kept beside the cached export (and keeps one
+    after a check), so a warm build never builds Keras. ``tflite_path`` runs that file
+    instead of the cached export (tests use it to force a
     parity failure); ``min_mean_cosine``/``min_min_cosine`` set the parity bound; ``max_rows``
     is the most rows one invoke runs (larger batches run in slices); ``replicas`` interpreters
     of ``num_threads`` threads each serve concurrent calls (see `default_replicas`).
@@ -102,8 +127,10 @@ class LiteRTRuntime:
         requested: str = "litert",
         max_rows: int = LITERT_MAX_ROWS,
         replicas: int | None = None,
+        reuse_parity: bool = False,
     ) -> None:
         self.model = model
+        self.reuse_parity = reuse_parity
         self.requested = requested
         self.name = "litert"  # what actually produces the vectors; "keras" after a fall-back
         self.cache_key = cache_key or model_cache_key(model)
@@ -131,6 +158,12 @@ class LiteRTRuntime:
             self._load()
         except Exception as exc:  # conversion or loading failed: Keras still works
             self._fall_back(f"LiteRT unavailable for {self.cache_key}: {exc}")
+        else:
+            if reuse_parity and tflite_path is None:
+                self.parity_ = cached_parity(self.cache_file, self._bounds())
+
+    def _bounds(self) -> list[float]:
+        return [self.min_mean_cosine, self.min_min_cosine]
 
     @property
     def concurrency(self) -> int:
@@ -166,6 +199,11 @@ class LiteRTRuntime:
         fall-back (Keras produces the vectors)."""
         passed = self.parity_ is not None and self.parity_["passed"]
         return self.cache_file if passed and not self.fell_back_ else None
+
+    @property
+    def bare_model(self) -> TFLiteModel:
+        """The interpreters over the export, for timing them bare (`embed.int8_choice`)."""
+        return self._model
 
     def check_parity(self, batch: np.ndarray) -> None:
         """Run the parity check on `batch` now (a no-op once it ran, or on an empty batch)."""
@@ -223,6 +261,8 @@ class LiteRTRuntime:
             "rows": len(cos),
         }
         self.seconds_["parity"] = time.perf_counter() - start
+        if passed and self.reuse_parity and self.tflite_path is None:
+            keep_parity(self.cache_file, self._bounds(), self.parity_)
         if not passed:
             self._fall_back(
                 f"LiteRT output disagrees with Keras on the first batch (cosine mean {mean:.5f}"

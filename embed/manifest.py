@@ -50,6 +50,9 @@ class RowsFingerprint(Section):
 
 class RuntimeRecord(Section):
     name: str = Field(min_length=1)
+    # `--runtime auto`'s choice between float32 and int8 in one line (embed.int8_choice);
+    # absent in bundles built before it, or with another runtime
+    decision: str | None = Field(default=None, max_length=500)
 
 
 class BackboneSection(Section):

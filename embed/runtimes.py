@@ -104,10 +104,13 @@ class Runtime(Protocol):
         check: Iterable[tuple[np.ndarray, Sequence[str | None]]],
         calibration_rows: int | None = None,
         check_id: str | None = None,
+        images: int | None = None,
+        choice: str | None = None,
     ) -> dict[str, Any] | None:
         """int8: quantise on the calibration batches, judge on the check batches, choose
-        (see `LiteRTInt8Runtime.calibrate`); returns the manifest's int8 figures. Others:
-        None, nothing done."""
+        (see `LiteRTInt8Runtime.calibrate`; under ``auto`` only when the `images` to embed
+        repay int8's one-time costs, or as `choice`, an interrupted build's, said); returns
+        the manifest's int8 figures. Others: None, nothing done."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -120,7 +123,12 @@ DEFAULT_RUNTIME = "auto"
 
 
 def gpu_visible() -> bool:
-    """Whether TensorFlow sees a GPU (then Keras on the GPU beats LiteRT on the CPU)."""
+    """Whether TensorFlow sees a GPU (then Keras on the GPU beats LiteRT on the CPU). Without
+    an NVIDIA device node there is none to see, and TensorFlow is not imported to say so."""
+    import glob
+
+    if not glob.glob("/dev/nvidia[0-9]*") and not os.path.exists("/dev/dxg"):
+        return False
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
@@ -133,29 +141,28 @@ def make_runtime(
     cache_key: str | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     num_threads: int | None = None,
+    reuse_parity: bool = False,
     **_: Any,
 ) -> Runtime:
     """Build a runtime for a Keras backbone.
 
-    ``auto`` picks LiteRT (XNNPACK) on CPU and Keras when a GPU is visible. ``litert-int8``
-    is the full-integer model, used once `calibrate` has judged it on the build's images
-    (float32 LiteRT until then). ``cache_key`` should name backbone, image size and weights
-    sha256 so the converted model is reused.
+    ``auto`` picks LiteRT (XNNPACK) on CPU, int8 where `calibrate` finds that it pays here
+    and passes its check (`embed.int8_choice`), and Keras when a GPU is visible.
+    ``litert-int8`` is the full-integer model, used once `calibrate` has judged it on the
+    build's images (float32 LiteRT until then). ``reuse_parity``: trust a passed parity
+    verdict cached beside the export (builds; then Keras is never built). ``cache_key``
+    should name backbone, image size and weights sha256 so the converted model is reused.
     """
     if kind not in RUNTIME_CHOICES:
         raise ValueError(f"unknown runtime {kind!r}; choose one of {', '.join(RUNTIME_CHOICES)}")
     if kind == "keras" or (kind == "auto" and gpu_visible()):
         return KerasRuntime(model, requested=kind)
-    if kind == "litert-int8":
+    if kind in ("litert-int8", "auto"):
         return LiteRTInt8Runtime(model, cache_key=cache_key, cache_dir=cache_dir,
-                                 num_threads=num_threads, requested=kind)
-    return LiteRTRuntime(
-        model,
-        cache_key=cache_key,
-        cache_dir=cache_dir,
-        num_threads=num_threads,
-        requested=kind,
-    )
+                                 num_threads=num_threads, requested=kind,
+                                 reuse_parity=reuse_parity)
+    return LiteRTRuntime(model, cache_key=cache_key, cache_dir=cache_dir,
+                         num_threads=num_threads, requested=kind, reuse_parity=reuse_parity)
 
 
 def l2_normalise(features: np.ndarray) -> np.ndarray:

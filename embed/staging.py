@@ -149,6 +149,16 @@ class BundleWriter:
             ) from None
 
     # ---- staging --------------------------------------------------------------------------
+    def staged_key(self) -> dict[str, Any] | None:
+        """The key of the build left in the staging folder (a dead writer's), if any: read
+        before `stage` so that a resume can keep what that build chose."""
+        assert self.lock.held, "staged_key() needs the lock: use the writer as a context"
+        try:
+            key = json.loads((self.staging / BUILD_STATE).read_text())
+            return key if isinstance(key, dict) else None
+        except (OSError, ValueError):
+            return None
+
     def stage(self, key: dict[str, Any] | None = None) -> tuple[Bundle, bool]:
         """The staging bundle, and whether it continues a dead writer's build of the same
         `key` (None: never resume)."""

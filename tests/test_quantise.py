@@ -35,7 +35,7 @@ def test_samples_are_seeded_disjoint_and_prefer_labelled_items() -> None:
     pool = items(1000, labelled=700)
     a, b = pick_samples(pool), pick_samples(pool)
     assert [i.row_id for i in a.check] == [i.row_id for i in b.check]
-    assert len(a.check) == 600 and len(a.calibration) == 200
+    assert len(a.check) == 600 and len(a.calibration) == 50
     assert all(i.label is not None for i in a.check)
     assert not {i.row_id for i in a.check} & {i.row_id for i in a.calibration}
     assert [i.row_id for i in pick_samples(pool, seed=1).check] != [i.row_id for i in a.check]

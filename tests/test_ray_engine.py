@@ -319,7 +319,9 @@ def test_ray_build_equals_the_local_build(ray_cluster, photos: Path, local_bundl
     runtime = manifest["backbone"]["runtime"]
     # checked once, on the driver, before the workers started; they ran the checked file
     assert runtime["name"] == "litert" and runtime["parity"]["passed"]
-    assert {"parity", "start-up"} <= set(manifest["embeddings"]["fixed_seconds"])
+    # (or its verdict was cached beside the model by the local build of the same backbone)
+    fixed = set(manifest["embeddings"]["fixed_seconds"])
+    assert "start-up" in fixed and ("parity" in fixed or runtime["parity"].get("cached"))
     assert manifest["backbone"]["serving_model"] == "backbone/model.tflite"
     shards = manifest["embeddings"]["shards"]
     assert [s["first_row_id"] for s in shards] == list(range(0, 62, 8))  # fixed item ranges
@@ -423,7 +425,8 @@ def test_ray_int8_build_quantises_like_the_local_build(
     assert "-int8-" in Path(runtime["cache_file"]).name
     workers = remote.manifest.model_dump()["embeddings"]["engine"]["per_worker"]
     assert workers and {w["runtime"] for w in workers} == {"litert-int8"}
-    assert {"parity", "int8 check"} <= set(remote.manifest.embeddings.get("fixed_seconds"))
+    fixed = set(remote.manifest.embeddings.get("fixed_seconds"))
+    assert "int8 check" in fixed and ("parity" in fixed or runtime["parity"].get("cached"))
     # float32 vectors differ from int8 ones by more than that (min cosine about 0.99992), so
     # the equality above says the workers ran the int8 model
     float_bundle = Bundle.open(build(str(photos), tmp_path / "float").bundle)

@@ -75,11 +75,12 @@ def test_auto_picks_litert_on_cpu_and_keras_on_gpu(
     monkeypatch.setattr(runtimes, "gpu_visible", lambda: gpu)
     rt = make_runtime(model, "auto", cache_key="tiny-32-abc", cache_dir=cache)
     assert rt.name == expected
-    if expected == "litert":
-        assert isinstance(rt, LiteRTRuntime)
+    if expected == "litert":  # float32 LiteRT until calibrate finds that int8 pays here
+        assert isinstance(rt, LiteRTInt8Runtime) and rt.calibrates
+        assert isinstance(rt.float_runtime, LiteRTRuntime)
         assert rt.describe()["requested"] == "auto"
-        assert rt.num_threads == default_num_threads() == 1
-        assert rt.replicas == default_replicas()
+        assert rt.float_runtime.num_threads == default_num_threads() == 1
+        assert rt.float_runtime.replicas == default_replicas()
 
 
 def test_litert_matches_keras_within_the_parity_bound(

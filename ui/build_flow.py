@@ -21,7 +21,14 @@ from classify.gate import fit_gate
 from classify.heads import train_logreg_head
 from classify.logreg import DEFAULT_C
 from embed.backbones import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
-from embed.build import DEFAULT_ROWS_PER_SHARD, EmbedStats, ProgressCallback, remove_rows
+from embed.build import (
+    DEFAULT_ROWS_PER_SHARD,
+    EmbedStats,
+    ProgressCallback,
+    kept_choice,
+    prepare_runtime,
+    remove_rows,
+)
 from embed.bundle import Bundle, new_manifest
 from embed.embedder import (
     Embedder,
@@ -132,6 +139,11 @@ def build_bundle(
         # an index that cannot fit the budget is said now, not after hours of embedding
         choose_index(config.index_kind, len(src.items), embedder.dim, config.memory_budget)
         on_progress = on_source(src) if on_source else None
+        # the runtime's one-time work (and auto's choice) before staging: the choice is part
+        # of the resume key, and a resume keeps the choice of the build it continues
+        key = engine.resume_key(src, embedder, config.runtime, config.rows_per_shard)
+        prepare_runtime(src, embedder, config.batch_size,
+                        choice=kept_choice(writer.staged_key(), key))
         bundle, _ = writer.stage(
             engine.resume_key(src, embedder, config.runtime, config.rows_per_shard))
         bundle.write_manifest(new_manifest(embedder.identity(), src.describe()))

@@ -57,8 +57,9 @@ def build_index(
         help="Index memory budget for auto, e.g. 2G.", callback=memory_size)
     ] = DEFAULT_MEMORY_BUDGET,
     runtime: Annotated[RuntimeChoice, typer.Option(
-        help="Inference runtime; auto: LiteRT float32 on CPU, Keras on a GPU; litert-int8:"
-        " int8, checked on this source's images (float32 when it fails).")
+        help="Inference runtime; auto: LiteRT int8 where it pays on this CPU for this many"
+        " photos and passes its check, else float32 (Keras on a GPU); litert-int8: int8,"
+        " checked on this source's images (float32 when it fails).")
     ] = DEFAULT_RUNTIME,
     test_fraction: Annotated[float, typer.Option(
         min=0.0, max=0.9, help="Hold-out share for folders without their own split.")
@@ -96,8 +97,8 @@ def build_index(
     if source.get("duplicates"):
         table.add_row("duplicates", f"{source.get('duplicates')} files repeat another file's"
                       " content; each group stays in one split")
-    shown = ("backbone", "fine-tuned from", "runtime", "one-time costs", "engine", "index",
-             "recall@10 vs exact search", "open-set gate")
+    shown = ("backbone", "fine-tuned from", "runtime", "runtime choice", "one-time costs",
+             "engine", "index", "recall@10 vs exact search", "open-set gate")
     for name, value in manifest_facts(result.manifest):
         if name in shown or name.startswith("head "):
             table.add_row(name, value)

@@ -71,7 +71,7 @@ def engine_facts(manifest: Manifest) -> list[tuple[str, str]]:
 def int8_summary(runtime: dict[str, Any]) -> str:
     """The int8 task check in words, when int8 was asked for."""
     check = runtime.get("int8")
-    if not check:
+    if not check or check.get("skipped"):  # auto chose float32: the decision row says why
         return ""
     if check.get("passed"):
         drop = check.get("top1_drop_points")
@@ -102,6 +102,7 @@ def manifest_facts(manifest: Manifest) -> list[tuple[str, str]]:
         ("runtime", str(runtime.get("name", "-")) + (
             f" (parity with Keras: mean cosine {parity['mean_cosine']:.5f})"
             if parity.get("mean_cosine") is not None else "") + int8_summary(runtime)),
+        *([("runtime choice", str(runtime["decision"]))] if runtime.get("decision") else []),
         *engine_facts(manifest),
         ("source", f"{src.kind} {src.location}"),
         ("splits", ", ".join(f"{k} {v}" for k, v in src.splits.items()) or "-"),
