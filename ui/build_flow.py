@@ -39,6 +39,7 @@ from embed.sources import DEFAULT_SOURCE, DEFAULT_TEST_FRACTION, Source, open_so
 from embed.staging import BundleWriter, change_bundle
 from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET, choose_index
 from index.lookalikes import build_bundle_index, extend_bundle_index
+from ui.audit_store import refresh_audit
 
 DEFAULT_OUT = "dogs-bundle"
 log = logging.getLogger(__name__)
@@ -218,6 +219,7 @@ def refresh_after_change(bundle: Bundle, event: dict[str, Any],
     else:
         index_bundle(bundle, requested, budget)
     refit_what_is_cheap(bundle)
+    refresh_audit(bundle)
     record_history(bundle, event)
 
 
@@ -303,6 +305,63 @@ def remove_from_bundle(bundle_dir: str | Path, patterns: list[str]) -> int:
     return removed
 
 
+@dataclass
+class Removal:
+    """What `remove --from-file` did or, with --dry-run, would do (paths as listed)."""
+
+    removed: list[str]
+    unknown: list[str]
+
+
+def listed_positions(bundle: Bundle, paths: list[str]) -> tuple[Any, list[str]]:
+    """Metadata positions of exactly these paths (as stored: relative to the source root, or
+    absolute), never globs: a findings file names photos, and a `[` in a name is a name.
+    Returns (mask, the paths no row has)."""
+    import numpy as np
+
+    table = bundle.metadata()
+    root = bundle.source_root
+    where: dict[str, list[int]] = {}
+    for i, path in enumerate(table["path"].astype(str)):
+        where.setdefault(path, []).append(i)
+        if root is not None and Path(path).is_relative_to(root):
+            where.setdefault(Path(path).relative_to(root).as_posix(), []).append(i)
+    mask = np.zeros(len(table), bool)
+    unknown = []
+    for path in dict.fromkeys(paths):
+        rows = where.get(path) or where.get(str(Path(path).expanduser().resolve()))
+        if rows:
+            mask[rows] = True
+        else:
+            unknown.append(path)
+    return mask, unknown
+
+
+def remove_listed(bundle_dir: str | Path, paths: list[str], dry_run: bool = False) -> Removal:
+    """Drop the rows of exactly these paths (e.g. the audit's findings) in one transaction,
+    refreshing index, head, gate and audit as `remove` does; paths the bundle does not hold
+    are reported, not fatal. `dry_run` changes nothing."""
+    import numpy as np
+
+    def listed(mask: Any, table: Any) -> list[str]:
+        return table["path"].astype(str).to_numpy()[np.flatnonzero(mask)].tolist()
+
+    if dry_run:
+        bundle = Bundle.open(bundle_dir)
+        mask, unknown = listed_positions(bundle, paths)
+        return Removal(listed(mask, bundle.metadata()), unknown)
+    with change_bundle(bundle_dir, "remove") as staged:
+        mask, unknown = listed_positions(staged, paths)  # under the lock: the rows of now
+        if mask.all():
+            raise SourceError("that would remove every image; build a new bundle instead")
+        gone = listed(mask, staged.metadata())
+        if gone:
+            removed = remove_rows(staged, mask)
+            refresh_after_change(staged, {"op": "remove", "listed": len(paths),
+                                          "removed": removed, "unknown": len(unknown)})
+    return Removal(gone, unknown)
+
+
 def train_head(
     bundle_dir: str | Path,
     head: str = "finetune",
@@ -328,6 +387,7 @@ def train_head(
             record = train_finetune_head(bundle, params or FinetuneParams(), on_epoch)
         refresh_comparison(bundle)
         gate = fit_gate(bundle)
+        refresh_audit(bundle)  # the gate changed: its not-a-dog findings may too
         comparison = bundle.manifest.comparison
         record_history(bundle, {"op": "train", "head": head})
     return {"record": record, "comparison": comparison.model_dump() if comparison else None,

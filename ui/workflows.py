@@ -21,6 +21,7 @@ from ui.build_flow import (
     HEADS,
     BuildConfig,
     BuildResult,
+    Removal,
     add_to_bundle,
     build_bundle,
     build_engine,
@@ -31,6 +32,7 @@ from ui.build_flow import (
     open_build_source,
     refresh_after_change,
     remove_from_bundle,
+    remove_listed,
     source_root,
     train_head,
 )
@@ -49,9 +51,10 @@ from ui.verify import VerifyReport, verify_bundle
 
 __all__ = [
     "DEFAULT_OUT", "HEADS", "BuildConfig", "BuildResult", "GateEvaluation", "ImageAnswer",
-    "QueryContext", "VerifyReport", "add_to_bundle", "answer_query", "build_bundle",
+    "QueryContext", "Removal", "VerifyReport", "add_to_bundle", "answer_query", "build_bundle",
     "build_engine", "classify_folder", "classify_images", "evaluate_gate", "fit_default_head",
     "gate_verdicts", "index_bundle", "look_up_image", "matching_positions",
     "open_build_embedder", "open_build_source", "open_for_queries", "refresh_after_change",
-    "remove_from_bundle", "resolve_inputs", "source_root", "train_head", "verify_bundle",
+    "remove_from_bundle", "remove_listed", "resolve_inputs", "source_root", "train_head",
+    "verify_bundle",
 ]
