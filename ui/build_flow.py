@@ -39,7 +39,7 @@ from embed.sources import DEFAULT_SOURCE, DEFAULT_TEST_FRACTION, Source, open_so
 from embed.staging import BundleWriter, change_bundle
 from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET, choose_index
 from index.lookalikes import build_bundle_index, extend_bundle_index
-from ui.audit_store import refresh_audit
+from ui.audit_store import refresh_audit, stored_paths
 
 DEFAULT_OUT = "dogs-bundle"
 log = logging.getLogger(__name__)
@@ -343,18 +343,19 @@ def remove_listed(bundle_dir: str | Path, paths: list[str], dry_run: bool = Fals
     are reported, not fatal. `dry_run` changes nothing."""
     import numpy as np
 
-    def listed(mask: Any, table: Any) -> list[str]:
+    def listed(mask: Any, bundle: Bundle) -> list[str]:  # as the bundle stores them
+        table = stored_paths(bundle, bundle.metadata())
         return table["path"].astype(str).to_numpy()[np.flatnonzero(mask)].tolist()
 
     if dry_run:
         bundle = Bundle.open(bundle_dir)
         mask, unknown = listed_positions(bundle, paths)
-        return Removal(listed(mask, bundle.metadata()), unknown)
+        return Removal(listed(mask, bundle), unknown)
     with change_bundle(bundle_dir, "remove") as staged:
         mask, unknown = listed_positions(staged, paths)  # under the lock: the rows of now
         if mask.all():
             raise SourceError("that would remove every image; build a new bundle instead")
-        gone = listed(mask, staged.metadata())
+        gone = listed(mask, staged)
         if gone:
             removed = remove_rows(staged, mask)
             refresh_after_change(staged, {"op": "remove", "listed": len(paths),
