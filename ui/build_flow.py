@@ -40,6 +40,7 @@ from embed.staging import BundleWriter, change_bundle
 from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET, choose_index
 from index.lookalikes import build_bundle_index, extend_bundle_index
 from ui.audit_store import refresh_audit, stored_paths
+from ui.build_grouping import keep_near_copies_together
 
 DEFAULT_OUT = "dogs-bundle"
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ def build_bundle(
         stats = engine.embed_source_into(  # leaves the serving model in the bundle too
             bundle, src, embedder, config.batch_size, config.rows_per_shard, on_progress
         )
+        keep_near_copies_together(bundle, embedder)  # before the index and head see splits
         index_bundle(bundle, config.index_kind, config.memory_budget)
         if src.labelled and stats.embedded:
             fit_default_head(bundle)

@@ -96,6 +96,12 @@ def build_index(
     if source.get("duplicates"):
         table.add_row("duplicates", f"{source.get('duplicates')} files repeat another file's"
                       " content; each group stays in one split")
+    if source.get("near_duplicate_groups") is not None:
+        table.add_row("near-duplicates", f"{source.get('near_duplicate_groups')} near-duplicate"
+                      " groups kept in one split"
+                      f" ({source.get('near_duplicate_rows_moved')} photos moved; similarity"
+                      f" >= {source.get('near_duplicate_threshold')['value']:.3f}, calibrated"
+                      " on edited copies of this source's photos)")
     shown = ("backbone", "fine-tuned from", "runtime", "one-time costs", "engine", "index",
              "recall@10 vs exact search", "open-set gate")
     for name, value in manifest_facts(result.manifest):
