@@ -232,6 +232,14 @@ def main() -> None:
         if args.csv:
             findings.to_csv(args.csv, index=False)
         root = bundle.source_root
+        src = bundle.manifest.source
+        if src.get("near_duplicate_groups") is not None:
+            bt = src.get("near_duplicate_threshold")
+            print(f"build: {src.get('near_duplicate_groups')} near-duplicate groups kept in one"
+                  f" split ({src.get('near_duplicate_groups_crossing')} crossed,"
+                  f" {src.get('near_duplicate_rows_moved')} photos moved), threshold"
+                  f" {bt['value']:.4f} from {bt['copies']} copies, in"
+                  f" {src.get('near_duplicate_seconds'):.1f} s")
         print(f"\n{len(table)} rows; findings per kind: "
               + ", ".join(f"{k} {v}" for k, v in findings["issue"].value_counts().items()))
         t = signals.threshold

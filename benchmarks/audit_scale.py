@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -42,8 +43,10 @@ BREEDS, LATENT, SPREAD, NOISE = 120, 64, 1.1, 0.5
 EXACT, NEAR, FLIPPED, NEAR_NOISE = 0.01, 0.01, 0.02, 0.15
 
 
-def make_rows(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(vectors, labels, sha256) with the plants in place."""
+def make_rows(n: int, dim: int, seed: int, flipped: list | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vectors, labels, sha256) with the plants in place; `flipped` (a list) receives the
+    positions whose label was flipped."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((BREEDS, dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -68,6 +71,8 @@ def make_rows(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.n
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     labels = breed.copy()
     labels[flip] = (breed[flip] + rng.integers(1, BREEDS, n_flip)) % BREEDS
+    if flipped is not None:
+        flipped.extend(int(i) for i in flip)
     return x, np.array([f"breed_{b:03d}" for b in labels], dtype=object), hashes
 
 
@@ -123,6 +128,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="Keep the bundle here (reused when present).")
+    parser.add_argument("--no-reduce", action="store_true",
+                        help="Label issues on the full vectors at any size (the memory before"
+                        " classify.label_issues.REDUCE_ABOVE), to compare.")
     parser.add_argument("--photos-per-s", type=float, default=None,
                         help="Low quality's measured rate (audit_planted) to extrapolate.")
     args = parser.parse_args()
@@ -130,6 +138,10 @@ def main() -> None:
     from index.duplicates import calibrate_threshold
     from ui.audit_report import KINDS, compose_findings, compute_signals
 
+    if args.no_reduce:
+        import classify.label_issues as label_issues
+
+        label_issues.REDUCE_ABOVE = float("inf")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="audit_scale-"))
     root = work / f"bundle-{args.rows}x{args.dim}-s{args.seed}"
     try:
@@ -173,6 +185,16 @@ def main() -> None:
         print("findings: " + ", ".join(f"{k} {v}" for k, v in counts.items())
               + f"  (planted: exact {round(EXACT * n)}, near {round(NEAR * n)},"
                 f" flipped labels {round(FLIPPED * n)})")
+        del signals, bundle
+        planted: list[int] = []
+        make_rows(args.rows, args.dim, args.seed, planted)  # after the peaks
+        stored = pd.read_parquet(root / "metadata.parquet", columns=["row_id", "path"])
+        flipped = set(stored["path"][stored["row_id"].isin(planted)])
+        label_rows = findings[findings["issue"] == "label"]
+        hits = label_rows["path"].isin(flipped).sum()
+        print(f"label: {hits / max(len(flipped), 1):.3f} of {len(flipped)} flipped labels"
+              f" found, precision {hits / max(len(label_rows), 1):.3f}"
+              f" ({len(label_rows) / max(len(flipped), 1):.2f} label rows per flipped one)")
     finally:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
