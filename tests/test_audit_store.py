@@ -125,6 +125,16 @@ def test_add_refreshes_the_audit_with_the_stored_threshold_and_finds_planted_lab
     assert invoke("verify", "--bundle", bundle_dir).exit_code == 0
 
 
+def test_train_refreshes_the_audit_for_the_refitted_gate(audited_bundle: Path, tmp_path: Path):
+    bundle_dir = copy_of(audited_bundle, tmp_path)
+    result = invoke("train", "--bundle", bundle_dir, "--head", "logreg")
+    assert result.exit_code == 0, result.output
+    bundle = Bundle.open(bundle_dir)
+    assert bundle.manifest.history[-1]["op"] == "train"
+    assert bundle.manifest.audit.refresh == "vectors"
+    assert stored_audit(bundle).state == "current"
+
+
 def test_rows_changed_without_a_refresh_show_the_audit_stale(audited_bundle: Path,
                                                              tmp_path: Path):
     from embed.build import remove_rows
