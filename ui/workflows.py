@@ -6,6 +6,7 @@ tests, benchmarks and older callers. New code may import from the modules themse
 - `ui.build_flow`: `BuildConfig` and the build steps, `add`, `remove`, `train`;
 - `ui.queries`: `QueryContext`, one photo's answer, `classify_images`, the gate's verdicts;
 - `embed.inputs`: the photos a command was given (`resolve_inputs`, re-exported);
+- `ui.remove_flow`: `remove --from-file` with the audit's CSV (`remove_listed`);
 - `ui.verify`: `verify_bundle`;
 - `ui.gate_evaluation`: `evaluate --not-dogs/--unknown-breeds`.
 
@@ -21,7 +22,6 @@ from ui.build_flow import (
     HEADS,
     BuildConfig,
     BuildResult,
-    Removal,
     add_to_bundle,
     build_bundle,
     build_engine,
@@ -32,7 +32,6 @@ from ui.build_flow import (
     open_build_source,
     refresh_after_change,
     remove_from_bundle,
-    remove_listed,
     source_root,
     train_head,
 )
@@ -47,6 +46,7 @@ from ui.queries import (
     look_up_image,
     open_for_queries,
 )
+from ui.remove_flow import Removal, remove_listed
 from ui.verify import VerifyReport, verify_bundle
 
 __all__ = [
