@@ -40,6 +40,7 @@ SKIPPED = "skipped.csv"
 INDEX = "index.faiss"
 HEADS_DIR = "heads"
 REPORT_DIR = "report"
+AUDIT_FINDINGS = "audit/findings.csv"  # the dataset audit's findings table
 BACKBONE_WEIGHTS = "backbone/weights.weights.h5"  # the backbone's weights travel with the bundle
 SERVING_MODEL = "backbone/model.tflite"  # the LiteRT model queries run, without TensorFlow
 METADATA_COLUMNS = ("row_id", "path", "label", "split", "sha256", "width", "height")
@@ -81,6 +82,10 @@ class Bundle:
     @property
     def report_dir(self) -> Path:
         return self.root / REPORT_DIR
+
+    @property
+    def audit_path(self) -> Path:
+        return self.root / AUDIT_FINDINGS
 
     @property
     def backbone_weights_path(self) -> Path:
@@ -205,7 +210,8 @@ class Bundle:
         rows = self.rows_fingerprint()
         changed = manifest.rows is None
         manifest.rows = manifest.rows or rows
-        for section in (*manifest.heads.values(), manifest.gate, manifest.comparison):
+        for section in (*manifest.heads.values(), manifest.gate, manifest.comparison,
+                        manifest.audit):
             if section is not None and section.fitted_on is None:
                 section.fitted_on = rows
                 changed = True

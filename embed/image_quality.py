@@ -14,6 +14,10 @@ Chosen by measurement on planted photos (benchmarks/audit_planted.py):
   The fence adapts to the collection (studio shots and phone snaps differ in sharpness) and
   a handful of blurred photos barely move its quartiles. Very dark photos have weak edges
   too and may be called both.
+- **washed out**: the 5th percentile of the grey level at the backbone's input size (how
+  bright the darkest parts are, from the same decode as the sharpness), above both the
+  collection's far-out upper fence (Q3 + 3 x IQR) and mid-grey. cleanvision's `light` calls
+  only nearly white photos and found none of the planted ones (blended 80 % with white).
 - **tiny**: the stored width and height against the backbone, not a fixed number: a photo
   whose shorter side is below the backbone's input size is scaled up before it is embedded.
   (cleanvision's `odd_size` is relative to the collection's typical size and flags big
@@ -31,6 +35,7 @@ import numpy as np
 
 CLEANVISION_ISSUES = ("dark", "light", "low_information")
 FAR_OUT = 3.0  # Tukey's far-out fence: Q1 - FAR_OUT x IQR
+WASHED_OUT_FLOOR = 0.5  # and a washed-out photo's darkest parts are lighter than mid-grey
 WORDS = {
     "dark": "very dark",
     "light": "very bright",
@@ -41,7 +46,7 @@ WORDS = {
 @dataclass
 class QualityFinding:
     row: int  # position in the paths passed in
-    kind: str  # blurry, dark, light, low_information or tiny
+    kind: str  # blurry, washed_out, dark, light, low_information or tiny
     score: float  # in [0, 1]: how far past the threshold (blurry: in IQRs, capped at 1)
     why: str
 
@@ -72,7 +77,9 @@ def find_low_quality(paths: Sequence[str], widths: np.ndarray, heights: np.ndarr
                                     f" {min_side} px the backbone reads"))
     if not len(paths):
         return found
-    found += find_blurry(paths, min_side)
+    measured = np.array([statistics(str(p), min_side) for p in paths], np.float64)
+    found += find_blurry(paths, min_side, values=measured[:, 0])
+    found += find_washed_out(measured[:, 1])
     table = cleanvision_scores(paths, n_jobs)
     thresholds = _thresholds()
     for kind in CLEANVISION_ISSUES:
@@ -89,35 +96,71 @@ def find_low_quality(paths: Sequence[str], widths: np.ndarray, heights: np.ndarr
     return found
 
 
-def sharpness(path: str, size: int) -> float:
-    """log10 of the variance of the Laplacian of the photo decoded as the model sees it
-    (size x size, grey); NaN when it cannot be read."""
+def statistics(path: str, size: int) -> tuple[float, float]:
+    """(sharpness, floor) of the photo decoded as the model sees it (size x size, grey), from
+    one decode: log10 of the variance of the Laplacian, and the 5th percentile of the grey
+    level in [0, 1] (how bright its darkest parts are); NaN when it cannot be read."""
     from embed.images import ImageDecodeError, opencv, read_and_decode
 
     cv2 = opencv()
     try:
         pixels = read_and_decode(path, size)[1].pixels
     except ImageDecodeError:
-        return float("nan")
+        return float("nan"), float("nan")
     grey = cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2GRAY)
-    return float(np.log10(cv2.Laplacian(grey, cv2.CV_64F).var() + 1e-6))
+    return (float(np.log10(cv2.Laplacian(grey, cv2.CV_64F).var() + 1e-6)),
+            float(np.percentile(grey, 5)) / 255.0)
 
 
-def find_blurry(paths: Sequence[str], size: int, far_out: float = FAR_OUT
-                ) -> list[QualityFinding]:
-    """Photos whose sharpness is below the collection's far-out lower fence."""
-    values = np.array([sharpness(str(p), size) for p in paths])
+def sharpness(path: str, size: int) -> float:
+    """log10 of the variance of the Laplacian at the model's input size (see statistics)."""
+    return statistics(path, size)[0]
+
+
+def _fence(values: np.ndarray, far_out: float, upper: bool = False
+           ) -> tuple[float, float, float] | None:
+    """(fence, IQR, median) of the finite values: Tukey's far-out lower (or upper) fence."""
     finite = values[np.isfinite(values)]
     if len(finite) < 4:
-        return []
+        return None
     q1, q3 = np.quantile(finite, [0.25, 0.75])
-    fence = q1 - far_out * (q3 - q1)
     iqr = max(float(q3 - q1), 1e-9)
+    return (q3 + far_out * iqr if upper else q1 - far_out * iqr), iqr, float(np.median(finite))
+
+
+def find_blurry(paths: Sequence[str], size: int, far_out: float = FAR_OUT,
+                values: np.ndarray | None = None) -> list[QualityFinding]:
+    """Photos whose sharpness is below the collection's far-out lower fence (`values`: the
+    sharpness of each photo when already measured)."""
+    if values is None:
+        values = np.array([sharpness(str(p), size) for p in paths])
+    fenced = _fence(values, far_out)
+    if fenced is None:
+        return []
+    fence, iqr, median = fenced
     return [QualityFinding(int(row), "blurry", float(np.clip((fence - values[row]) / iqr, 0, 1)),
                            f"blurry: sharpness (log10 variance of the Laplacian at {size} px)"
                            f" {values[row]:.2f}, below the collection's far-out fence"
-                           f" {fence:.2f} (median {np.median(finite):.2f})")
+                           f" {fence:.2f} (median {median:.2f})")
             for row in np.flatnonzero(np.isfinite(values) & (values < fence))]
+
+
+def find_washed_out(floors: np.ndarray, far_out: float = FAR_OUT) -> list[QualityFinding]:
+    """Washed-out photos: even their darkest 5 % of pixels are bright, far above the
+    collection's own far-out upper fence and above mid-grey. cleanvision's `light` only
+    calls a photo whose darkest parts are nearly white (it found 0 of 3 planted photos
+    blended 80 % with white, whose floor is about 0.8)."""
+    fenced = _fence(floors, far_out, upper=True)
+    if fenced is None:
+        return []
+    fence, iqr, median = fenced
+    cut = max(fence, WASHED_OUT_FLOOR)
+    return [QualityFinding(int(row), "washed_out",
+                           float(np.clip((floors[row] - cut) / max(1.0 - cut, 1e-9), 0, 1)),
+                           f"washed out (too bright, little contrast): its darkest 5 % of pixels"
+                           f" are at {floors[row]:.0%} grey, above the collection's far-out"
+                           f" fence {cut:.0%} (median {median:.0%})")
+            for row in np.flatnonzero(np.isfinite(floors) & (floors > cut))]
 
 
 def _thresholds() -> dict[str, float]:

@@ -149,6 +149,33 @@ class ComparisonSection(Section):
     fitted_on: RowsFingerprint | None = None
 
 
+class AuditThresholdRecord(Section):
+    """The near-duplicate cut and how it was set (index.duplicates.Threshold.as_dict)."""
+
+    value: float = Field(ge=-1.0, le=1.0)
+    copies: int = Field(default=0, ge=0)
+    neighbours: int = Field(default=0, ge=0)
+    copy_recall: float = Field(default=0.0, ge=0.0, le=1.0)
+    neighbour_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    how: str = ""
+    calibrated_on: RowsFingerprint | None = None  # the rows whose photos were copied
+
+
+class AuditSection(Section):
+    """The stored dataset audit (`embed-dogs audit`): its findings file, what it looked for,
+    counts per kind, the near-duplicate threshold, and the rows it describes."""
+
+    file: str = Field(min_length=1)
+    kinds: list[str] = Field(default_factory=list)
+    counts: dict[str, int] = Field(default_factory=dict)
+    threshold: AuditThresholdRecord | None = None
+    refresh: Literal["full", "vectors"] = "full"  # vectors: the stored threshold was reused
+    quality_checked_through: int | None = Field(default=None, ge=-1)  # largest row id seen
+    test_with_train_copy: int | None = Field(default=None, ge=0)
+    seconds: dict[str, float] = Field(default_factory=dict)
+    fitted_on: RowsFingerprint | None = None
+
+
 class FileRecord(Section):
     bytes: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -172,6 +199,7 @@ class Manifest(BaseModel):
     heads: dict[str, HeadRecord] = Field(default_factory=dict)
     gate: GateSection | None = None
     comparison: ComparisonSection | None = None
+    audit: AuditSection | None = None
     files: dict[str, FileRecord] = Field(default_factory=dict)
     rows: RowsFingerprint | None = None
     versions: dict[str, str] = Field(default_factory=dict)
@@ -187,7 +215,8 @@ class Manifest(BaseModel):
             return []
         out = [f"head {name}" for name, head in self.heads.items()
                if head.fitted_on is not None and head.fitted_on != self.rows]
-        for name, section in (("gate", self.gate), ("comparison", self.comparison)):
+        for name, section in (("gate", self.gate), ("comparison", self.comparison),
+                              ("audit", self.audit)):
             if section is not None and section.fitted_on not in (None, self.rows):
                 out.append(name)
         return out
@@ -202,7 +231,7 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
     """Schema 2 -> 3: the sections are the same; the new fields start empty."""
     data = dict(data)
     data["schema_version"] = SCHEMA_VERSION
-    for key in ("gate", "comparison", "index"):
+    for key in ("gate", "comparison", "index", "audit"):
         if data.get(key) == {}:
             data[key] = None
     return data

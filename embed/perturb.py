@@ -69,17 +69,20 @@ def copy_similarities(paths: Sequence[str | Path], originals: np.ndarray,
                       ) -> tuple[np.ndarray, list[str]]:
     """Cosine similarity of each photo's stored vector (`originals`, L2-normalised, one row per
     path) to the embedding of each of its near-copies; returns (similarities, kinds). Photos
-    that cannot be read or embedded any more are left out."""
+    that cannot be read any more, and copies that cannot be embedded, are left out."""
     sims: list[float] = []
     kinds: list[str] = []
     for i, path in enumerate(paths):
         try:
-            data = Path(path).read_bytes()
-            copies = near_copies(data, seed + i)
-            vectors = {kind: np.asarray(embed(copy), np.float32)
-                       for kind, copy in copies.items()}
-        except (OSError, ValueError):  # ImageDecodeError is a ValueError
+            copies = near_copies(Path(path).read_bytes(), seed + i)
+        except (OSError, ValueError):
             continue
+        vectors = {}
+        for kind, copy in copies.items():  # a copy too small to embed leaves out only itself
+            try:
+                vectors[kind] = np.asarray(embed(copy), np.float32)
+            except (OSError, ValueError):  # ImageDecodeError is a ValueError
+                continue
         for kind, vector in vectors.items():
             sims.append(float(vector @ np.asarray(originals[i], np.float32)))
             kinds.append(kind)

@@ -204,3 +204,43 @@ def split_leaks(i: np.ndarray, j: np.ndarray, splits: np.ndarray
     s = np.asarray(splits, dtype=object).astype(str)
     a, b = s[np.asarray(i, np.int64)], s[np.asarray(j, np.int64)]
     return ((a == "train") & (b == "test")) | ((a == "test") & (b == "train"))
+
+
+def one_split_per_group(i: np.ndarray, j: np.ndarray, splits: np.ndarray
+                        ) -> tuple[dict[int, str], int, int]:
+    """Keep near-duplicate groups on one side of a train/test split: the groups are the
+    connected components of the pairs (i, j) (union-find, no Python over all rows); a group
+    with rows in both train and test goes whole to the side most of its rows are on (train
+    on a tie: a test photo must never have a copy in train, and the test split stays free of
+    doubtful rows). Returns ({row position: new split} for the rows that move, how many
+    groups there are, how many of them crossed the split)."""
+    s = np.asarray(splits, dtype=object).astype(str)
+    parent: dict[int, int] = {}
+
+    def root(x: int) -> int:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(np.asarray(i, np.int64).tolist(), np.asarray(j, np.int64).tolist(),
+                    strict=True):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = {}
+    for x in list(parent):
+        groups.setdefault(root(x), []).append(x)
+    moves: dict[int, str] = {}
+    crossed = 0
+    for members in groups.values():
+        sides = s[members]
+        train, test = int((sides == "train").sum()), int((sides == "test").sum())
+        if not (train and test):
+            continue
+        crossed += 1
+        side = "test" if test > train else "train"
+        moves.update({m: side for m, here in zip(members, sides, strict=True)
+                      if here in ("train", "test") and here != side})
+    return moves, len(groups), crossed

@@ -105,6 +105,26 @@ def litert_bundle(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return root / "bundle"
 
 
+@pytest.fixture(scope="session")
+def audited_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny bundle with its audit stored by `embed-dogs audit` (read-only for
+    tests: copy it to change it). Its CLI output is in `audit-output.txt` beside it."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from ui.cli import app
+
+    root = tmp_path_factory.mktemp("audited")
+    out = root / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    result = CliRunner().invoke(app, ["audit", "--bundle", str(out), "--out",
+                                      str(root / "audit.csv")])
+    assert result.exit_code == 0, result.output
+    (root / "audit-output.txt").write_text(result.output)
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Converted-model caches go to a per-session temp folder, never the user's home."""

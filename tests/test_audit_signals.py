@@ -197,10 +197,10 @@ def test_near_copies_are_smaller_or_cropped_jpegs_of_the_original():
     assert len(sims) == 0  # unreadable photos are left out
 
 
-def test_blurred_dark_and_tiny_photos_are_found(tmp_path):
+def test_blurred_dark_washed_out_and_tiny_photos_are_found(tmp_path):
     rng = np.random.default_rng(8)
     paths = []
-    for i in range(12):
+    for i in range(20):  # the fences need a collection: 4 poor photos among 20
         img = photo(rng)
         if i == 3:
             img = img.filter(ImageFilter.GaussianBlur(5))
@@ -208,14 +208,16 @@ def test_blurred_dark_and_tiny_photos_are_found(tmp_path):
             img = Image.fromarray((np.asarray(img) * 0.05).astype(np.uint8))
         if i == 7:
             img = img.resize((60, 45))
+        if i == 9:  # washed out: blended 80 % with white
+            img = Image.blend(img, Image.new("RGB", img.size, (255, 255, 255)), 0.8)
         path = tmp_path / f"{i}.jpg"
         img.save(path, quality=92)
         paths.append(str(path))
     sizes = np.array([Image.open(p).size for p in paths])
     found = find_low_quality(paths, sizes[:, 0], sizes[:, 1], min_side=64)
     kinds = {(q.row, q.kind) for q in found}
-    assert {(3, "blurry"), (5, "dark"), (7, "tiny")} <= kinds
-    assert {row for row, _ in kinds} <= {3, 5, 7}
+    assert {(3, "blurry"), (5, "dark"), (7, "tiny"), (9, "washed_out")} <= kinds
+    assert {row for row, _ in kinds} <= {3, 5, 7, 9}
 
 
 # ---- composition ------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ def built(messy_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     assert result.exit_code == 0, result.output
     assert "images embedded" in result.output and "recall@10" in result.output
     assert "test top-1 / top-5" in result.output
+    assert "near-duplicate groups kept in one split" in " ".join(result.output.split())
     return out
 
 

@@ -25,6 +25,7 @@ page = st.navigation([
     st.Page(here / "page_browse.py", title="Browse", icon=":material/grid_view:"),
     st.Page(here / "page_map.py", title="Map", icon=":material/scatter_plot:"),
     st.Page(here / "page_report.py", title="Report", icon=":material/analytics:"),
+    st.Page(here / "page_audit.py", title="Audit", icon=":material/fact_check:"),
 ])
 widgets.sidebar_facts(ctx)
 page.run()

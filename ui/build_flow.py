@@ -46,6 +46,8 @@ from embed.sources import DEFAULT_SOURCE, DEFAULT_TEST_FRACTION, Source, open_so
 from embed.staging import BundleWriter, change_bundle
 from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET, choose_index
 from index.lookalikes import build_bundle_index, extend_bundle_index
+from ui.audit_store import refresh_audit
+from ui.build_grouping import keep_near_copies_together
 
 DEFAULT_OUT = "dogs-bundle"
 log = logging.getLogger(__name__)
@@ -151,6 +153,7 @@ def build_bundle(
         stats = engine.embed_source_into(  # leaves the serving model in the bundle too
             bundle, src, embedder, config.batch_size, config.rows_per_shard, on_progress
         )
+        keep_near_copies_together(bundle, embedder)  # before the index and head see splits
         index_bundle(bundle, config.index_kind, config.memory_budget)
         if src.labelled and stats.embedded:
             fit_default_head(bundle)
@@ -230,6 +233,7 @@ def refresh_after_change(bundle: Bundle, event: dict[str, Any],
     else:
         index_bundle(bundle, requested, budget)
     refit_what_is_cheap(bundle)
+    refresh_audit(bundle)
     record_history(bundle, event)
 
 
@@ -340,6 +344,7 @@ def train_head(
             record = train_finetune_head(bundle, params or FinetuneParams(), on_epoch)
         refresh_comparison(bundle)
         gate = fit_gate(bundle)
+        refresh_audit(bundle)  # the gate changed: its not-a-dog findings may too
         comparison = bundle.manifest.comparison
         record_history(bundle, {"op": "train", "head": head})
     return {"record": record, "comparison": comparison.model_dump() if comparison else None,

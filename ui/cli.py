@@ -10,12 +10,12 @@ runs the same app.
 
 from __future__ import annotations
 
-from ui import cli_build, cli_bundle, cli_query
+from ui import cli_audit, cli_build, cli_bundle, cli_query
 from ui.cli_bundle import streamlit_args
 from ui.cli_common import app
 
 for command in (cli_build.build_index, cli_build.add, cli_build.remove, cli_build.train,
-                cli_query.classify, cli_query.search, cli_query.evaluate,
+                cli_query.classify, cli_query.search, cli_query.evaluate, cli_audit.audit,
                 cli_bundle.info, cli_bundle.verify, cli_bundle.backbones, cli_bundle.ui):
     app.command()(command)
 

@@ -97,6 +97,12 @@ def build_index(
     if source.get("duplicates"):
         table.add_row("duplicates", f"{source.get('duplicates')} files repeat another file's"
                       " content; each group stays in one split")
+    if source.get("near_duplicate_groups") is not None:
+        table.add_row("near-duplicates", f"{source.get('near_duplicate_groups')} near-duplicate"
+                      " groups kept in one split"
+                      f" ({source.get('near_duplicate_rows_moved')} photos moved; similarity"
+                      f" >= {source.get('near_duplicate_threshold')['value']:.3f}, calibrated"
+                      " on edited copies of this source's photos)")
     shown = ("backbone", "fine-tuned from", "runtime", "runtime choice", "one-time costs",
              "engine", "index", "recall@10 vs exact search", "open-set gate")
     for name, value in manifest_facts(result.manifest):
@@ -139,20 +145,55 @@ def remove(
         help="Image paths or globs (e.g. 'beagle/*'), absolute or relative to the source.")
     ] = None,
     from_file: Annotated[Path | None, typer.Option(
-        "--from-file", help="A text file with one path or glob per line.")] = None,
+        "--from-file", help="A text file with one path or glob per line, or the CSV of"
+        " `embed-dogs audit` (its path column; exact paths).")] = None,
+    issue: Annotated[list[str] | None, typer.Option(
+        "--issue", help="With an audit CSV: only its rows of this kind (repeatable), e.g."
+        " exact_duplicate.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="List the images that would go; change nothing.")] = False,
 ) -> None:
     """Remove images from a bundle, then update its index, breed head and report."""
     with clear_errors():
-        from ui.workflows import remove_from_bundle
+        from embed.bundle import Bundle
+        from ui.audit_store import paths_from_list
+        from ui.workflows import matching_positions, remove_from_bundle, remove_listed
 
         wanted = list(patterns or [])
+        findings = False
         if from_file is not None:
             if not from_file.is_file():
                 raise EmbedDogsError(f"list file {from_file} does not exist")
-            wanted += [line.strip() for line in from_file.read_text().splitlines()
-                       if line.strip()]
+            try:
+                listed, findings = paths_from_list(from_file, issue)
+            except ValueError as exc:
+                raise EmbedDogsError(str(exc)) from None
+            if findings and wanted:
+                raise EmbedDogsError("give either an audit CSV (--from-file) or paths, not both")
+            wanted += listed
+        elif issue:
+            raise EmbedDogsError("--issue selects rows of an audit CSV: add --from-file FILE")
+        if findings:
+            result = remove_listed(bundle, wanted, dry_run)
+            for path in result.unknown:
+                err.print(f"not in the bundle: {path}", highlight=False, soft_wrap=True)
+            if dry_run:
+                for path in result.removed:
+                    console.print(path, highlight=False, soft_wrap=True)
+            verb = "would remove" if dry_run else "removed"
+            console.print(f"{verb} {len(result.removed)} images from {bundle}"
+                          + (f"; {len(result.unknown)} listed paths are not in it"
+                             if result.unknown else ""))
+            return
         if not wanted:
             raise EmbedDogsError("name the images to remove: paths, globs or --from-file")
+        if dry_run:
+            current = Bundle.open(bundle)
+            mask = matching_positions(current, wanted)
+            for path in current.metadata()["path"].astype(str)[mask]:
+                console.print(path, highlight=False, soft_wrap=True)
+            console.print(f"would remove {int(mask.sum())} images from {bundle}")
+            return
         removed = remove_from_bundle(bundle, wanted)
     console.print(f"removed {removed} images from {bundle}")
 

@@ -79,6 +79,11 @@ def print_honesty(bundle: Any) -> None:
                           " bundle's rows changed and is not served; refresh it with"
                           f" `embed-dogs train --head {name} --bundle {bundle.root}`",
                           highlight=False, soft_wrap=True)
+    from ui.facts import audit_facts
+
+    for name, value in audit_facts(manifest):
+        if name != "audit":
+            console.print(f"{name}: {value}", highlight=False, soft_wrap=True)
     gate = manifest.gate
     if gate is None:
         console.print("open-set gate: none (needs labelled train and test rows)")

@@ -133,8 +133,27 @@ def manifest_facts(manifest: Manifest) -> list[tuple[str, str]]:
     stale_gate = " (stale)" if "gate" in manifest.stale() else ""
     rows.append(("open-set gate", f"kNN >= {gate.dog_threshold:.3f} dog, <"
                  f" {gate.not_dog_threshold:.3f} not a dog{stale_gate}" if gate else "none"))
+    rows += audit_facts(manifest)
     rows += [
         ("created", manifest.created_at),
         ("versions", ", ".join(f"{k} {v}" for k, v in manifest.versions.items())),
     ]
+    return rows
+
+
+def audit_facts(manifest: Any) -> list[tuple[str, str]]:
+    """The stored audit in words: its counts (or why there is none), whether it is stale,
+    and how many test photos have a copy in train (what inflates the test score)."""
+    audit = manifest.audit
+    if audit is None:
+        return [("audit", "none yet (`embed-dogs audit --bundle B`)")]
+    stale = "audit" in manifest.stale()
+    counts = ", ".join(f"{k} {n}" for k, n in audit.counts.items() if n) or "nothing found"
+    how = "" if audit.refresh == "full" else ", refreshed with the stored threshold"
+    rows = [("audit", ("STALE (the rows changed since; run `embed-dogs audit`): " if stale
+                       else "") + counts + how)]
+    if audit.test_with_train_copy is not None:
+        cut = f" (similarity >= {audit.threshold.value:.3f})" if audit.threshold else ""
+        rows.append(("test photos with a near-copy in train",
+                     f"{audit.test_with_train_copy}{cut}" + (" (stale)" if stale else "")))
     return rows

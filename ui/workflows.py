@@ -6,6 +6,7 @@ tests, benchmarks and older callers. New code may import from the modules themse
 - `ui.build_flow`: `BuildConfig` and the build steps, `add`, `remove`, `train`;
 - `ui.queries`: `QueryContext`, one photo's answer, `classify_images`, the gate's verdicts;
 - `embed.inputs`: the photos a command was given (`resolve_inputs`, re-exported);
+- `ui.remove_flow`: `remove --from-file` with the audit's CSV (`remove_listed`);
 - `ui.verify`: `verify_bundle`;
 - `ui.gate_evaluation`: `evaluate --not-dogs/--unknown-breeds`.
 
@@ -45,13 +46,15 @@ from ui.queries import (
     look_up_image,
     open_for_queries,
 )
+from ui.remove_flow import Removal, remove_listed
 from ui.verify import VerifyReport, verify_bundle
 
 __all__ = [
     "DEFAULT_OUT", "HEADS", "BuildConfig", "BuildResult", "GateEvaluation", "ImageAnswer",
-    "QueryContext", "VerifyReport", "add_to_bundle", "answer_query", "build_bundle",
+    "QueryContext", "Removal", "VerifyReport", "add_to_bundle", "answer_query", "build_bundle",
     "build_engine", "classify_folder", "classify_images", "evaluate_gate", "fit_default_head",
     "gate_verdicts", "index_bundle", "look_up_image", "matching_positions",
     "open_build_embedder", "open_build_source", "open_for_queries", "refresh_after_change",
-    "remove_from_bundle", "resolve_inputs", "source_root", "train_head", "verify_bundle",
+    "remove_from_bundle", "remove_listed", "resolve_inputs", "source_root", "train_head",
+    "verify_bundle",
 ]
