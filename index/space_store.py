@@ -35,7 +35,12 @@ def fit_bundle_space(bundle: Bundle, kind: str = DEFAULT_KIND) -> dict[str, Any]
         drop_bundle_space(bundle)
         return None
     log.info("fitting the learned look-alike space")
-    space = fit_space(x_train, y_train, kind)
+    try:
+        space = fit_space(x_train, y_train, kind)
+    except (np.linalg.LinAlgError, ValueError) as exc:  # e.g. no spread within any breed
+        log.warning("no learned look-alike space: %s", exc)
+        drop_bundle_space(bundle)
+        return None
     figures = dict(space.figures)
     if len(splits["test"][0]):
         figures["test_split"] = space_figures(space.apply, splits["train"], splits["test"])
