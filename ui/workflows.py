@@ -7,7 +7,8 @@ tests, benchmarks and older callers. New code may import from the modules themse
 - `ui.queries`: `QueryContext`, one photo's answer, `classify_images`, the gate's verdicts;
 - `embed.inputs`: the photos a command was given (`resolve_inputs`, re-exported);
 - `ui.verify`: `verify_bundle`;
-- `ui.gate_evaluation`: `evaluate --not-dogs/--unknown-breeds`.
+- `ui.gate_evaluation`: `evaluate --not-dogs/--unknown-breeds`;
+- `ui.finetune_flow`: `build-index --fine-tune`.
 
 Everything in `ui` sits above `classify` and `index`, which build on `embed`; nothing points up
 (the import contracts in pyproject.toml keep it so).
@@ -34,6 +35,7 @@ from ui.build_flow import (
     source_root,
     train_head,
 )
+from ui.finetune_flow import FinetunedBuild, answer_figures, build_finetuned
 from ui.gate_evaluation import GateEvaluation, evaluate_gate
 from ui.queries import (
     ImageAnswer,
@@ -48,7 +50,8 @@ from ui.queries import (
 from ui.verify import VerifyReport, verify_bundle
 
 __all__ = [
-    "DEFAULT_OUT", "HEADS", "BuildConfig", "BuildResult", "GateEvaluation", "ImageAnswer",
+    "DEFAULT_OUT", "HEADS", "BuildConfig", "BuildResult", "FinetunedBuild", "GateEvaluation",
+    "ImageAnswer", "answer_figures", "build_finetuned",
     "QueryContext", "VerifyReport", "add_to_bundle", "answer_query", "build_bundle",
     "build_engine", "classify_folder", "classify_images", "evaluate_gate", "fit_default_head",
     "gate_verdicts", "index_bundle", "look_up_image", "matching_positions",
