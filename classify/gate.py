@@ -1,40 +1,21 @@
-"""The open-set gate: is a photo one of the bundle's dogs, a dog of another breed, or no dog?
+"""The open-set gate's shared pieces: verdict names, the kNN-similarity signal, the
+bundle's held-out scores, and the AUROC / FPR@95 report of `evaluate`.
 
-A breed head always names one of its breeds, even for a cat. The gate decides first whether
-naming one is honest, with three verdicts:
+Verdicts are made by the evidence gate (:mod:`classify.gate_evidence`, fitted and stored by
+:mod:`classify.gate_store`), which needs evidence of a dog before it answers `dog` or
+`unknown_breed`. What stays here:
 
-- ``dog``: the photo looks like the bundle's dogs, and the head is as sure as it is for them;
-- ``unknown_breed``: a dog, but none of the bundle's breeds fits;
-- ``not_a_dog``: far from every dog of the bundle.
-
-Signals (chosen by measurement on the team's dev photos, see README "Answers you can trust"):
-
-- **kNN similarity**: the mean cosine similarity of the photo to its ``k`` nearest rows of the
-  bundle. Dogs of a known breed sit close to their breed's rows, dogs of another breed a bit
-  further, cats and objects far away. It was the strongest signal for every backbone measured
-  and needs no head.
-- **the head's top probability**: a floor that catches dogs close to the known ones on
-  which the head still hesitates more than on any held-out dog that passed the kNN test.
-
-(The probability mass on ImageNet's dog classes is not available: backbones are built with
-``include_top=False``, so there is no ImageNet classifier.)
-
-Calibration uses only the bundle's own rows, never photos from elsewhere:
-
-- ``dog_threshold``: each test-split dog is queried against all the bundle's other rows
-  (itself and exact copies left out), as a new photo meets the index; the threshold keeps at
-  least 95 % of them (their 5th percentile).
-- ``not_dog_threshold``: each breed in turn plays the unknown breed: its test dogs are
-  queried against the rows of the *other* breeds; the threshold keeps at least 95 % of
-  these simulated unknown-breed dogs above it, so they are called ``unknown_breed``, not
-  ``not_a_dog``.
-- per head, ``top_probability_floor``: the lowest top probability among the test rows that
-  pass the kNN threshold, so the floor costs no held-out dog.
+- **kNN similarity**: the mean cosine similarity of a photo to its ``k`` nearest rows of the
+  bundle (raw space). One of the evidence gate's dog tests, the audit's not-a-dog signal, and
+  the signal `evaluate`'s AUROC / FPR at 95 % dog recall report is about (kept: it says how
+  separable the dev sets are, independent of the thresholds);
+- `Gate`: the kNN test alone, read from the manifest, for the audit's leave-one-out pass over
+  stored rows (the evidence gate's `knn_min` is its not-a-dog threshold).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -48,17 +29,9 @@ DOG = "dog"
 UNKNOWN_BREED = "unknown_breed"
 NOT_A_DOG = "not_a_dog"
 VERDICTS = (DOG, UNKNOWN_BREED, NOT_A_DOG)
-GATE_VERSION = 1
+GATE_VERSION = 1  # the kNN-threshold gate; the evidence gate records version 2
 KNN_K = 5
 DOG_RECALL = 0.95  # held-out dogs kept as `dog` (and simulated unknown breeds kept as dogs)
-HOW = (
-    "kNN similarity = mean cosine similarity to the k nearest bundle rows. dog_threshold: 5th"
-    " percentile of the test split's dogs, each queried against all other rows (itself and"
-    " exact copies left out). not_dog_threshold: 5th percentile of each breed's test dogs"
-    " queried against the other breeds' rows (simulated unknown breeds)."
-    " top_probability_floor: the lowest top probability of a test dog above dog_threshold."
-    " Only the bundle's own rows are used."
-)
 
 
 # ---- signals ----------------------------------------------------------------------------------
@@ -145,91 +118,35 @@ def held_out_scores(bundle: Bundle, k: int = KNN_K) -> HeldOut | None:
     )
 
 
-def _head_floor(predictor: Any, held: HeldOut, passed: np.ndarray) -> dict[str, Any]:
-    if predictor.needs_images:
-        return {"top_probability_floor": None,
-                "why": "this head reads images, not stored vectors: the kNN test alone decides"}
-    top = top_probability(predictor.predict_proba(held.vectors))
-    floor = float(top[passed].min()) if passed.any() else None
-    kept = passed & (top >= floor) if floor is not None else passed
-    return {"top_probability_floor": None if floor is None else round_down(floor),
-            "test_dogs_kept_as_dog": round(float(kept.mean()), 4),
-            "top_probability_of_test_dogs": _figures(top)}
-
-
-def fit_gate(bundle: Bundle, k: int = KNN_K) -> dict[str, Any] | None:
-    """Calibrate the gate on the bundle's own rows and record it as the manifest's `gate`
-    section; None (and the section removed) when the bundle has no labelled test rows."""
-    from classify.heads import load_predictor
-
-    held = held_out_scores(bundle, k)
-    if held is None:
-        bundle.update_manifest(gate=None)
-        return None
-    dog_threshold = keep_threshold(held.knn)
-    passed = held.knn >= dog_threshold
-    other = held.knn_other_breeds[np.isfinite(held.knn_other_breeds)]
-    not_dog = min(keep_threshold(other), dog_threshold) if len(other) else dog_threshold
-    heads = {}
-    for name in bundle.manifest.heads:
-        if bundle.manifest.head_is_stale(name):
-            continue  # not served, so no floor; refitting the head refits the gate
-        heads[name] = _head_floor(load_predictor(bundle, name, accepts_images=True), held,
-                                  passed)
-    record = {
-        "version": GATE_VERSION,
-        "signal": "knn_similarity",
-        "k": int(k),
-        "dog_recall_target": DOG_RECALL,
-        "dog_threshold": round_down(dog_threshold),
-        "not_dog_threshold": round_down(not_dog),
-        "heads": heads,
-        "figures": {
-            "test_dogs": int(len(held.knn)),
-            "test_dogs_above_dog_threshold": round(float(passed.mean()), 4),
-            "knn_test_dogs": _figures(held.knn),
-            "knn_as_unknown_breed": _figures(other),
-            # each breed left out in turn: how often the gate notices an unknown breed
-            "simulated_unknown_breeds_not_called_dog": round(float(
-                np.mean(other < dog_threshold)), 4) if len(other) else None,
-            "simulated_unknown_breeds_called_not_a_dog": round(float(
-                np.mean(other < not_dog)), 4) if len(other) else None,
-        },
-        "calibrated_on": "the bundle's own rows: its test split queried against the rest",
-        "how": HOW,
-        "fitted_on": bundle.current_rows().model_dump(),
-    }
-    bundle.update_manifest(gate=record)
-    return record
-
-
 # ---- verdicts ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Gate:
-    """A calibrated gate, read from the manifest."""
+    """The kNN test of the bundle's gate (not-a-dog below `not_dog_threshold`), for passes
+    over stored rows such as the audit. Query verdicts come from the evidence gate."""
 
     k: int
     dog_threshold: float
     not_dog_threshold: float
-    floors: dict[str, float | None]
-    known_breeds: int
+    floors: dict[str, float | None] = field(default_factory=dict)
+    known_breeds: int = 0
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, root: Any = "the bundle") -> Gate | None:
-        """The bundle's gate; None when it has none (no labelled test rows). A gate of
-        another version is refused, never silently dropped: without it every photo would
-        get a breed."""
+        """The bundle's kNN test; None when it has no gate. A version-1 gate's own
+        thresholds, an evidence gate's `knn_min` for both."""
         record = manifest.gate
         if record is None:
             return None
-        if record.version != GATE_VERSION:
-            raise BundleError(
-                f"the open-set gate of {root} is version {record.version}, this embed-dogs"
-                f" uses version {GATE_VERSION}; recalibrate it with `embed-dogs train --head"
-                f" logreg --bundle {root}`")
-        floors = {name: head.top_probability_floor for name, head in record.heads.items()}
         breeds = max([h.breeds for h in manifest.heads.values()] or [0])
-        return cls(record.k, record.dog_threshold, record.not_dog_threshold, floors, breeds)
+        if record.version == GATE_VERSION and record.dog_threshold is not None:
+            floors = {n: h.top_probability_floor for n, h in record.heads.items()}
+            return cls(record.k, record.dog_threshold,
+                       record.not_dog_threshold or record.dog_threshold, floors, breeds)
+        knn_min = record.thresholds.get("knn_min")
+        if knn_min is None:
+            raise BundleError(f"the open-set gate of {root} has no kNN threshold; recalibrate"
+                              f" it with `embed-dogs train --head logreg --bundle {root}`")
+        return cls(record.k, float(knn_min), float(knn_min), {}, breeds)
 
     def verdict(self, knn: float, top_prob: float | None = None,
                 head: str | None = None) -> str:
@@ -248,24 +165,6 @@ class Gate:
                  head: str | None = None) -> list[str]:
         probs = [None] * len(knn) if top_prob is None else [float(p) for p in top_prob]
         return [self.verdict(float(s), p, head) for s, p in zip(knn, probs, strict=True)]
-
-    def explain(self, verdict: str, knn: float, top_prob: float | None = None,
-                head: str | None = None) -> str:
-        """One sentence on why, in the numbers the verdict came from."""
-        if verdict == NOT_A_DOG:
-            return (f"Its nearest photos in the bundle are only {knn:.2f} similar; its dogs"
-                    f" score at least {self.not_dog_threshold:.2f} even for a breed it does not"
-                    " know.")
-        if verdict == UNKNOWN_BREED and knn < self.dog_threshold:
-            return (f"Its nearest photos are {knn:.2f} similar: like a dog, but below the"
-                    f" {self.dog_threshold:.2f} that 95% of the bundle's held-out dogs of known"
-                    " breeds reach.")
-        if verdict == UNKNOWN_BREED:
-            floor = self.floors.get(head or "")
-            return (f"The breed head is only {top_prob:.0%} sure, less than for any held-out"
-                    f" dog of a known breed ({floor:.0%}).")
-        return (f"Its nearest photos are {knn:.2f} similar (known breeds: at least"
-                f" {self.dog_threshold:.2f}).")
 
 
 # ---- reporting -------------------------------------------------------------------------------
@@ -298,11 +197,20 @@ class Scored:
     knn: np.ndarray
     top_prob: np.ndarray | None
     verdicts: list[str]
+    sure: list[bool] | None = None  # shown as a sure known breed (head and look-alikes agree)
 
 
-def verdict_shares(verdicts: list[str]) -> dict[str, float]:
+def verdict_shares(verdicts: list[str], sure: list[bool] | None = None) -> dict[str, Any]:
+    """Each verdict's share, the share shown as a sure breed, and the dog share's Wilson
+    interval."""
+    from classify.intervals import wilson_interval
+
     n = max(1, len(verdicts))
-    return {v: round(sum(x == v for x in verdicts) / n, 4) for v in VERDICTS}
+    dogs = sum(x == DOG for x in verdicts)
+    low, high = wilson_interval(dogs, len(verdicts)) or (None, None)
+    return {**{v: round(sum(x == v for x in verdicts) / n, 4) for v in VERDICTS},
+            "dog_ci95": None if low is None else [round(low, 4), round(high, 4)],
+            "sure_breed": None if sure is None else round(sum(sure) / n, 4)}
 
 
 def dev_report(dogs: Scored, sets: dict[str, tuple[str, Scored]]) -> list[dict[str, Any]]:
@@ -311,7 +219,7 @@ def dev_report(dogs: Scored, sets: dict[str, tuple[str, Scored]]) -> list[dict[s
     comes first."""
     rows = [{"set": "test dogs (held out)", "kind": "dog", "images": len(dogs.knn),
              "knn_auroc": None, "knn_fpr_at_95": None, "head_auroc": None,
-             "head_fpr_at_95": None, **verdict_shares(dogs.verdicts)}]
+             "head_fpr_at_95": None, **verdict_shares(dogs.verdicts, dogs.sure)}]
     for name, (kind, scored) in sets.items():
         row: dict[str, Any] = {"set": name, "kind": kind, "images": len(scored.knn)}
         for signal, mine, theirs in (("knn", dogs.knn, scored.knn),
@@ -319,7 +227,7 @@ def dev_report(dogs: Scored, sets: dict[str, tuple[str, Scored]]) -> list[dict[s
             ok = mine is not None and theirs is not None and len(theirs)
             row[f"{signal}_auroc"] = _round(auroc(mine, theirs)) if ok else None
             row[f"{signal}_fpr_at_95"] = _round(fpr_at_recall(mine, theirs)) if ok else None
-        row.update(verdict_shares(scored.verdicts))
+        row.update(verdict_shares(scored.verdicts, scored.sure))
         rows.append(row)
     return rows
 

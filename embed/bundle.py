@@ -43,6 +43,8 @@ REPORT_DIR = "report"
 AUDIT_FINDINGS = "audit/findings.csv"  # the dataset audit's findings table
 BACKBONE_WEIGHTS = "backbone/weights.weights.h5"  # the backbone's weights travel with the bundle
 SERVING_MODEL = "backbone/model.tflite"  # the LiteRT model queries run, without TensorFlow
+SPACE = "space/space.npz"  # the learned look-alike space's arrays (checksummed, no pickle)
+GATE = "gate/evidence.npz"  # the evidence gate's arrays (checksummed, no pickle)
 METADATA_COLUMNS = ("row_id", "path", "label", "split", "sha256", "width", "height")
 SKIPPED_COLUMNS = ("row_id", "path", "reason")
 
@@ -90,6 +92,14 @@ class Bundle:
     @property
     def backbone_weights_path(self) -> Path:
         return self.root / BACKBONE_WEIGHTS
+
+    @property
+    def space_path(self) -> Path:
+        return self.root / SPACE
+
+    @property
+    def gate_path(self) -> Path:
+        return self.root / GATE
 
     def head_path(self, head: str) -> Path:
         suffix = {"logreg": ".skops", "finetune": ".keras"}.get(head, ".bin")
@@ -210,8 +220,8 @@ class Bundle:
         rows = self.rows_fingerprint()
         changed = manifest.rows is None
         manifest.rows = manifest.rows or rows
-        for section in (*manifest.heads.values(), manifest.gate, manifest.comparison,
-                        manifest.audit):
+        for section in (*manifest.heads.values(), manifest.gate, manifest.space,
+                        manifest.comparison, manifest.audit):
             if section is not None and section.fitted_on is None:
                 section.fitted_on = rows
                 changed = True

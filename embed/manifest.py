@@ -132,12 +132,31 @@ class GateHeadRecord(Section):
 
 
 class GateSection(Section):
+    """Version 1: the kNN-threshold gate (read, never served: it is refitted); version 2:
+    the evidence gate (classify.gate_evidence), its arrays in `file`, its thresholds here."""
+
     version: int = Field(ge=1)
-    signal: Literal["knn_similarity"] = "knn_similarity"
+    signal: Literal["knn_similarity", "evidence"] = "knn_similarity"
     k: int = Field(ge=1, le=1000)
-    dog_threshold: float = Field(ge=-1.0, le=1.0)
-    not_dog_threshold: float = Field(ge=-1.0, le=1.0)
+    dog_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    not_dog_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    file: str | None = None
     heads: dict[str, GateHeadRecord] = Field(default_factory=dict)
+    figures: dict[str, Any] = Field(default_factory=dict)
+    fitted_on: RowsFingerprint | None = None
+
+
+class SpaceSection(Section):
+    """The learned look-alike space (index.space): its arrays in `file`, what it is, and its
+    raw-vs-learned figures on the test split."""
+
+    kind: Literal["lda", "logit", "blend", "blend_logit"]
+    file: str = Field(min_length=1)
+    blend_weight: float | None = Field(default=None, gt=0.0, le=1.0)
+    dim_in: int = Field(ge=1, le=MAX_DIM)
+    dim_out: int = Field(ge=1, le=2 * MAX_DIM)
+    learned_dims: int = Field(ge=1, le=MAX_DIM)
     figures: dict[str, Any] = Field(default_factory=dict)
     fitted_on: RowsFingerprint | None = None
 
@@ -198,6 +217,7 @@ class Manifest(BaseModel):
     index: IndexSection | None = None
     heads: dict[str, HeadRecord] = Field(default_factory=dict)
     gate: GateSection | None = None
+    space: SpaceSection | None = None
     comparison: ComparisonSection | None = None
     audit: AuditSection | None = None
     files: dict[str, FileRecord] = Field(default_factory=dict)
@@ -215,8 +235,8 @@ class Manifest(BaseModel):
             return []
         out = [f"head {name}" for name, head in self.heads.items()
                if head.fitted_on is not None and head.fitted_on != self.rows]
-        for name, section in (("gate", self.gate), ("comparison", self.comparison),
-                              ("audit", self.audit)):
+        for name, section in (("gate", self.gate), ("space", self.space),
+                              ("comparison", self.comparison), ("audit", self.audit)):
             if section is not None and section.fitted_on not in (None, self.rows):
                 out.append(name)
         return out

@@ -267,6 +267,7 @@ class LookalikeIndex:
         self.info = manifest.index
         self.index = read_bundle_index(bundle)
         apply_search_params(self.index, self.info.kind, self.info.params)
+        self.raw = self.index  # the raw space's index (a learned space searches its own)
         self.metadata = bundle.metadata()
         if self.index.ntotal != len(self.metadata):
             raise IncompatibleBundleError(
@@ -298,6 +299,14 @@ class LookalikeIndex:
             [self._neighbour(p, s) for s, p in zip(srow, prow, strict=True) if p >= 0]
             for srow, prow in zip(scores, positions, strict=True)
         ]
+
+    def raw_similarities(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """(n, k) cosine similarities of each query's k nearest rows in the raw space (best
+        first; -inf where fewer rows): the gate's kNN signal, whatever space look-alikes use."""
+        queries = LookalikeIndex._queries(self, queries)
+        k = max(1, min(k, self.raw.ntotal))
+        scores, positions = self.raw.search(queries, k)
+        return np.where(positions >= 0, scores, -np.inf)
 
     def search_filtered(
         self, query: np.ndarray, k: int, breed: str | None = None, mode: str = "all",

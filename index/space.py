@@ -24,7 +24,6 @@ arrays, loaded with ``allow_pickle=False``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,13 +202,12 @@ def logit_projection(vectors: np.ndarray, labels: np.ndarray,
 
 def fit_space(vectors: np.ndarray, labels: np.ndarray, kind: str = DEFAULT_KIND,
               blend_weight: float = BLEND_WEIGHT, shrinkage: str | float = "auto",
-              head: dict[str, np.ndarray] | None = None,
-              fitted_on: dict[str, Any] | None = None) -> LearnedSpace:
+              head: dict[str, np.ndarray] | None = None) -> LearnedSpace:
     """Fit a space on the train split's vectors and breed labels (two breeds at least).
 
     `blend_weight` is the learned half's share for the blends; `head` the logistic-regression
-    head's serving arrays for the logit kinds; `fitted_on` is recorded in the figures (say the
-    rows' count and a fingerprint of their content hashes, so staleness is a comparison)."""
+    head's serving arrays for the logit kinds. Which rows it was fitted on is the store's
+    business: the bundle's manifest records `fitted_on` (index.space_store)."""
     if kind not in KINDS:
         raise ValueError(f"unknown space kind {kind!r}; known: {', '.join(KINDS)}")
     if not 0.0 < blend_weight <= 1.0:
@@ -231,18 +229,9 @@ def fit_space(vectors: np.ndarray, labels: np.ndarray, kind: str = DEFAULT_KIND,
     figures = {"kind": kind, "rows": int(len(x)), "breeds": int(len(classes)),
                "dim_in": int(x.shape[1]), "learned_dims": int(projection.shape[1]),
                "blend_weight": float(w) if blended else None,
-               "median_learned_norm": round(median, 6), **facts,
-               **({"fitted_on": fitted_on} if fitted_on else {})}
+               "median_learned_norm": round(median, 6), **facts}
     return LearnedSpace(kind, projection.astype(np.float32), offset.astype(np.float32),
                         1.0 / median if median > 0 else 1.0,
                         float(np.sqrt(1.0 - w)) if blended else 0.0, float(np.sqrt(w)),
                         classes, means.astype(np.float32), figures)
 
-
-def rows_fingerprint(keys: Any) -> str:
-    """A sha256 over the sorted keys (content hashes or row ids) of the rows a space was
-    fitted on: compare it with the bundle's current train rows to tell a stale space."""
-    digest = hashlib.sha256()
-    for key in sorted(str(k) for k in keys):
-        digest.update(key.encode() + b"\n")
-    return digest.hexdigest()

@@ -88,7 +88,8 @@ def test_classify_writes_one_row_per_image_with_errors(built: Path, messy_datase
     assert "3 of 4 images classified, 1 could not be read" in result.output
     table = pd.read_csv(out, keep_default_na=False)
     assert len(table) == 4
-    assert list(table.columns) == ["path", "error", "verdict", "breed_1", "prob_1", "breed_2",
+    assert list(table.columns) == ["path", "error", "verdict", "sure", "breed_1", "prob_1",
+                                   "breed_2",
                                    "prob_2", "lookalike_path", "lookalike_breed",
                                    "lookalike_score"]
     broken = table[table["path"].str.endswith("broken.jpg")].iloc[0]
@@ -109,7 +110,8 @@ def test_search_json(built: Path, messy_dataset: Path) -> None:
     result = invoke("search", image, "--bundle", built, "-k", "4", "--json")
     assert result.exit_code == 0, result.output
     answer = json.loads(result.output)
-    assert list(answer) == ["verdict", "knn_similarity", "why", "breeds", "lookalikes"]
+    assert list(answer) == ["verdict", "knn_similarity", "why", "sure", "breeds", "lookalikes",
+                            "space", "space_note"]
     assert answer["verdict"] == "dog"  # a photo of the bundle itself
     # the mean similarity of the 5 nearest rows: at most the best of the 4 shown
     assert 0 < answer["knn_similarity"] <= answer["lookalikes"][0]["score"] + 1e-6

@@ -58,7 +58,9 @@ DOGNESS = 3  # a direction every constructed dog shares
 BREED_AXIS = {"beagle": 0, "chihuahua": 1, "samoyed": 2}
 TRAIN_VECTOR = {b: unit(axis(i) + 0.5 * axis(DOGNESS)) for b, i in BREED_AXIS.items()}
 ORTHOGONAL = axis(15)  # no constructed row uses dimensions 8..15
-UNKNOWN = unit(axis(4) + 0.7 * axis(DOGNESS))  # a new breed direction, but dog-like
+# a dog-like mix of the breeds (in their plane, as dogs of another breed lie for a dog-tuned
+# backbone) near none of them: the samoyed's vertex mirrored through the breeds' mean
+UNKNOWN = unit((2 * axis(0) + 2 * axis(1) - axis(2)) / 3 + 0.5 * axis(DOGNESS))
 
 
 def constructed(label: str, split: str, nth_test: int) -> np.ndarray:
@@ -109,7 +111,7 @@ def verdict_of(ctx, vector: np.ndarray) -> str:
     vector = vector[None]
     hits = ctx.index.search(vector, ctx.gate.k)
     ranked = ctx.predictor.predict_top_k(vector, 3)
-    return gate_verdicts(ctx, [[h.score for h in row] for row in hits], ranked)[0][0]
+    return gate_verdicts(ctx, vector, ranked, hits)[0][0].verdict
 
 
 # ---- exact verdicts and the recorded calibration ---------------------------------------------
@@ -120,23 +122,21 @@ def test_constructed_vectors_get_exact_verdicts(vector_ctx) -> None:
 
 
 def test_thresholds_and_figures_are_in_the_manifest(vector_bundle: Path) -> None:
-    gate = Bundle.open(vector_bundle).manifest.model_dump()["gate"]
-    query = constructed("beagle", "test", 0)
-    test_to_train = float(TRAIN_VECTOR["beagle"] @ query)
-    # every test row's 5 nearest rows are train rows of its breed: all score test_to_train
-    assert gate["dog_threshold"] == round_down(test_to_train)
-    # without its breed: the 2 other breeds' test rows leaning the same way, then their train
-    # rows; every test row is placed alike, so all score the same
-    other = (2 * float(constructed("chihuahua", "test", 0) @ query)
-             + 3 * float(TRAIN_VECTOR["chihuahua"] @ query)) / 5
-    assert gate["not_dog_threshold"] == pytest.approx(round_down(other), abs=2e-6)
-    assert gate["k"] == 5 and gate["dog_recall_target"] == 0.95
-    assert gate["figures"]["test_dogs"] == 6
-    assert gate["figures"]["test_dogs_above_dog_threshold"] == 1.0
-    assert gate["figures"]["simulated_unknown_breeds_not_called_dog"] == 1.0
-    floor = gate["heads"]["logreg"]["top_probability_floor"]
-    assert 0 < floor <= 1 and gate["heads"]["logreg"]["test_dogs_kept_as_dog"] == 1.0
-    assert "only the bundle's own rows" in gate["how"].lower() or "own rows" in gate["how"]
+    bundle = Bundle.open(vector_bundle)
+    gate = bundle.manifest.model_dump()["gate"]
+    assert gate["version"] == 2 and gate["signal"] == "evidence" and gate["k"] == 5
+    assert set(gate["thresholds"]) == {"residual_max", "knn_min", "breed_similarity_min"}
+    assert bundle.checked_file(gate["file"]) is not None  # listed with its sha256
+    kept = gate["figures"]["test_split"]
+    # a breed's train rows are one point (no spread), so a known dog must sit on it; every
+    # test row leans off it into a spare dimension: none of the 6 is kept as a known-breed
+    # dog, and Wilson's upper bound for 0 of 6 is 1.96^2 / (6 + 1.96^2)
+    assert kept["test_dogs"] == 6 and kept["kept_as_dog"] == 0.0
+    assert sum(kept["verdicts"].values()) == 6 and kept["verdicts"]["dog"] == 0
+    assert kept["kept_as_dog_ci95"] == pytest.approx([0.0, 1.959964 ** 2 / (6 + 1.959964 ** 2)],
+                                                     abs=1e-4)
+    assert "train split only" in gate["calibrated_on"]
+    assert gate["fitted_on"] == bundle.manifest.rows.model_dump()
 
 
 def test_gate_verdict_rules() -> None:
@@ -149,7 +149,6 @@ def test_gate_verdict_rules() -> None:
     assert gate.verdict(0.9, 0.49, "finetune") == DOG  # no floor recorded for that head
     assert gate.verdicts(np.array([0.1, 0.5, 0.7]), np.array([0.9, 0.9, 0.9]), "logreg") == [
         NOT_A_DOG, UNKNOWN_BREED, DOG]
-    assert "0.35 similar" in gate.explain(NOT_A_DOG, 0.35)
     assert Gate.from_manifest(Manifest(backbone=BackboneSection(
         name="x", image_size=32, preprocessing="tf", dim=4))) is None
 
@@ -189,10 +188,11 @@ def test_train_recalibrates_the_gate(vector_bundle: Path, tmp_path: Path) -> Non
     copy = Path(shutil.copytree(vector_bundle, tmp_path / "copy"))
     bundle = Bundle(copy, writable=True)
     expected = bundle.manifest.model_dump()["gate"]
-    bundle.update_manifest(gate={**expected, "dog_threshold": 0.123})
+    bundle.update_manifest(gate={**expected, "thresholds": {**expected["thresholds"],
+                                                            "knn_min": 0.123}})
     result = train_head(copy, "logreg", c=0.5)
     gate = Bundle.open(copy).manifest.model_dump()["gate"]
-    assert result["gate"] == gate and gate["dog_threshold"] == expected["dog_threshold"]
+    assert result["gate"] == gate and gate["thresholds"] == expected["thresholds"]
     assert result["comparison"]["by"] == BY_VALIDATION
 
 
@@ -200,14 +200,17 @@ def test_add_and_remove_recalibrate_the_gate(tiny_bundle: Path, tmp_path: Path) 
     from ui.workflows import add_to_bundle, remove_from_bundle
 
     copy = Path(shutil.copytree(tiny_bundle, tmp_path / "copy"))
-    before = Bundle.open(copy).manifest.model_dump()["gate"]["figures"]["test_dogs"]
+    def test_dogs() -> int:
+        return Bundle.open(copy).manifest.model_dump()["gate"]["figures"]["test_split"][
+            "test_dogs"]
+
+    before = test_dogs()
     more = write_dataset(tmp_path / "more", per_class=10, seed=5, name="extra_{i}",
                          classes={"beagle": (200, 120, 60), "samoyed": (235, 235, 230)})
     add_to_bundle(copy, str(more), runtime="keras")
-    added = Bundle.open(copy).manifest.model_dump()["gate"]["figures"]["test_dogs"]
-    assert added == before + 4  # 20 % of each new breed folder is held out
+    assert test_dogs() == before + 4  # 20 % of each new breed folder is held out
     remove_from_bundle(copy, ["beagle/extra_*.jpg"])
-    assert Bundle.open(copy).manifest.model_dump()["gate"]["figures"]["test_dogs"] == before + 2
+    assert test_dogs() == before + 2
 
 
 # ---- the verdict everywhere the answer shows ---------------------------------------------------
@@ -238,19 +241,31 @@ def test_classify_csv_has_verdicts_and_refuses_tiny_images(tiny_bundle: Path, da
     assert "1 of 3 images classified, 2 could not be read" in " ".join(result.output.split())
 
 
-def strict_copy(tiny_bundle: Path, tmp_path: Path, dog: float, not_dog: float) -> Path:
-    """A copy of the tiny bundle whose gate thresholds force one verdict."""
-    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "strict"))
+def force_gate(copy: Path, **thresholds: float) -> Path:
+    """Set the evidence gate's thresholds (its file, re-listed, and the manifest)."""
+    from classify.gate_evidence import EvidenceGate
+
     bundle = Bundle(copy, writable=True)
-    bundle.update_manifest(gate={**bundle.manifest.model_dump()["gate"], "dog_threshold": dog,
-                                 "not_dog_threshold": not_dog})
+    section = bundle.manifest.model_dump()["gate"]
+    gate = EvidenceGate.load(bundle.inside(section["file"]))
+    gate.record["thresholds"].update(thresholds)
+    gate.save(bundle.inside(section["file"]))
+    bundle.record_files(bundle.inside(section["file"]))
+    bundle.update_manifest(gate={**section, "thresholds": gate.record["thresholds"]})
     return copy
+
+
+def strict_copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny bundle whose gate calls everything not a dog (no photo is that
+    similar to its neighbours)."""
+    copy = Path(shutil.copytree(tiny_bundle, tmp_path / "strict"))
+    return force_gate(copy, residual_max=1.0, knn_min=1.0)
 
 
 def test_search_prints_the_verdict_and_json_carries_it(tiny_bundle: Path, dataset: Path,
                                                        tmp_path: Path) -> None:
     image = next((dataset / "samoyed").glob("*.jpg"))
-    strict = strict_copy(tiny_bundle, tmp_path, 1.0, 1.0)  # no other photo is that similar
+    strict = strict_copy(tiny_bundle, tmp_path)
     shown = runner.invoke(app, ["search", str(image), "--bundle", str(strict)])
     assert shown.exit_code == 0, shown.output
     said = " ".join(shown.output.split())
@@ -284,15 +299,18 @@ def test_evaluate_with_photo_sets_writes_the_gate_report(vector_bundle: Path, tm
     said = " ".join(result.output.split())
     assert "95% CI" in said and "validation top-1" in said
     assert "serving head: logreg (best validation top1)" in said
-    assert "open-set gate: kNN similarity (mean of 5 nearest)" in said
+    assert "not a dog: kNN below" in said and "test dogs kept as dog" in said
+    assert "look-alike space: raw (no learned space" in said  # no spread: no LDA
     report = json.loads((copy / "report" / "gate_dev.json").read_text())
     rows = {r["kind"]: r for r in report["sets"]}
-    assert rows["dog"]["images"] == 6 and rows["dog"]["dog"] == 1.0
+    assert rows["dog"]["images"] == 6 and rows["dog"]["dog"] == 0.0  # as in the manifest
+    assert rows["dog"]["dog_ci95"][1] == pytest.approx(1.959964 ** 2 / (6 + 1.959964 ** 2),
+                                                       abs=1e-4)
     for row in (rows["not_a_dog"], rows["unknown_breed"]):
         assert 0 <= row["knn_auroc"] <= 1 and 0 <= row["knn_fpr_at_95"] <= 1
         assert row["head_auroc"] is not None
         assert sum(row[v] for v in VERDICTS) == pytest.approx(1.0)
-    assert report["thresholds"]["k"] == 5 and report["top_probability_floor"] > 0
+    assert report["thresholds"]["k"] == 5 and "knn_min" in report["thresholds"]
     assert pd.read_csv(copy / "report" / "gate_dev.csv")["images"].tolist() == [6, 4, 4]
 
 
@@ -300,8 +318,7 @@ def test_app_says_not_a_dog_and_hides_lookalikes(tiny_bundle: Path, tmp_path: Pa
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from streamlit.testing.v1 import AppTest
 
-    copy = strict_copy(tiny_bundle, tmp_path, 1.0, 1.0)
-    gate = Bundle(copy).manifest.model_dump()["gate"]
+    copy = strict_copy(tiny_bundle, tmp_path)
     monkeypatch.setenv(core.BUNDLE_ENV, str(copy))
     monkeypatch.setenv("EMBED_DOGS_CACHE", str(tmp_path / "cache"))
     at = AppTest.from_file(str(REPO / "ui" / "app.py"), default_timeout=120).run()
@@ -316,9 +333,8 @@ def test_app_says_not_a_dog_and_hides_lookalikes(tiny_bundle: Path, tmp_path: Pa
     assert len([m for m in at.markdown if "· similarity" in m.value]) == 12
 
     # another folder: the app caches what it loaded per bundle path
-    lenient = Path(shutil.copytree(copy, tmp_path / "lenient"))
-    Bundle(lenient, writable=True).update_manifest(gate={**gate, "dog_threshold": 1.0,
-                                          "not_dog_threshold": -1.0})
+    lenient = force_gate(Path(shutil.copytree(copy, tmp_path / "lenient")), knn_min=-1.0,
+                         breed_similarity_min=1.01)
     monkeypatch.setenv(core.BUNDLE_ENV, str(lenient))
     at = AppTest.from_file(str(REPO / "ui" / "app.py"), default_timeout=120).run()
     at.file_uploader[0].set_value(("odd.jpg", _png((64, 64)), "image/png")).run()
@@ -435,8 +451,8 @@ def test_imagenet_file_names_mark_a_folder_source() -> None:
 @pytest.mark.shared
 def test_dog_tuned_backbone_meets_the_gate_targets(tmp_path: Path) -> None:
     """Built from woof-sample with the dog-tuned backbone; the dev photos only measure the
-    gate (its thresholds come from the bundle). Measured: test dogs 95.0 % dog; cats 0 %
-    and objects 0 % dog; English springers 78 % unknown_breed."""
+    evidence gate (its thresholds come from the train split). Measured: test dogs 96.7 %
+    dog; cats and objects 0 % dog, 96.6 % not_a_dog; English springers 80 % unknown_breed."""
     woof = shared_path("woof-sample")
     weights = shared_path("weights", "mobilenet_v2_160_dogs_no_top.weights.h5")
     cats = shared_path("not-dogs-dev", "cat")
@@ -463,6 +479,9 @@ def test_dog_tuned_backbone_meets_the_gate_targets(tmp_path: Path) -> None:
     called_dog = sum(r["dog"] * r["images"] for r in not_dogs) / sum(r["images"]
                                                                      for r in not_dogs)
     assert called_dog <= 0.05  # >= 95 % not_a_dog or unknown_breed
+    refused = sum(r["not_a_dog"] * r["images"] for r in not_dogs) / sum(r["images"]
+                                                                      for r in not_dogs)
+    assert refused >= 0.95  # not_a_dog alone: the evidence gate needs evidence of a dog
     assert unknown["unknown_breed"] >= 0.60
     assert all(r["knn_auroc"] >= 0.95 for r in not_dogs)
 

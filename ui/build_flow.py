@@ -17,7 +17,7 @@ from typing import Any
 
 from classify.comparison import compare_heads
 from classify.finetune import FinetuneParams, train_finetune_head
-from classify.gate import fit_gate
+from classify.gate_store import drop_gate, fit_gate
 from classify.heads import train_logreg_head
 from classify.logreg import DEFAULT_C
 from embed.backbones import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
@@ -46,6 +46,7 @@ from embed.sources import DEFAULT_SOURCE, DEFAULT_TEST_FRACTION, Source, open_so
 from embed.staging import BundleWriter, change_bundle
 from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET, choose_index
 from index.lookalikes import build_bundle_index, extend_bundle_index
+from index.space_store import drop_bundle_space, fit_bundle_space
 from ui.audit_store import refresh_audit
 from ui.build_grouping import keep_near_copies_together
 
@@ -107,12 +108,19 @@ def index_bundle(
 
 
 def fit_default_head(bundle: Bundle) -> dict[str, Any]:
-    """The logistic-regression head every labelled build gets, with its test report, and the
-    open-set gate calibrated for it."""
+    """The logistic-regression head every labelled build gets, with its test report, the
+    evidence gate and the learned look-alike space (both fitted on the train split)."""
     log.info("fitting the logistic-regression breed head and the open-set gate")
     record = train_logreg_head(bundle)
-    fit_gate(bundle)
+    fit_answers(bundle)
     return record
+
+
+def fit_answers(bundle: Bundle) -> None:
+    """The evidence gate and the learned look-alike space, from the train split's rows (at
+    build, and after add/remove/train: they go stale when the rows change)."""
+    fit_gate(bundle)
+    fit_bundle_space(bundle)
 
 
 def build_engine(config: BuildConfig) -> Engine:
@@ -199,7 +207,8 @@ def refresh_comparison(bundle: Bundle) -> None:
 
 
 def drop_fitted_artifacts(bundle: Bundle) -> None:
-    """Remove every head, the gate and the comparison, with their files and reports."""
+    """Remove every head, the gate, the space and the comparison, with their files and
+    reports."""
     manifest = bundle.manifest
     relative = [rel for head in manifest.heads.values()
                 for rel in (head.file, head.serving_file, head.dense_file,
@@ -209,7 +218,9 @@ def drop_fitted_artifacts(bundle: Bundle) -> None:
     for rel in relative:
         bundle.inside(rel).unlink(missing_ok=True)
     bundle.forget_files(*relative)
-    bundle.update_manifest(heads={}, gate=None, comparison=None)
+    drop_gate(bundle)
+    drop_bundle_space(bundle)
+    bundle.update_manifest(heads={}, comparison=None)
 
 
 def refresh_after_change(bundle: Bundle, event: dict[str, Any],
@@ -343,7 +354,8 @@ def train_head(
         else:
             record = train_finetune_head(bundle, params or FinetuneParams(), on_epoch)
         refresh_comparison(bundle)
-        gate = fit_gate(bundle)
+        fit_answers(bundle)
+        gate = bundle.manifest.gate.model_dump() if bundle.manifest.gate else None
         refresh_audit(bundle)  # the gate changed: its not-a-dog findings may too
         comparison = bundle.manifest.comparison
         record_history(bundle, {"op": "train", "head": head})

@@ -132,6 +132,7 @@ def choices(name: str, values: tuple[str, ...]) -> Any:
 RuntimeChoice = choices("RuntimeChoice", RUNTIME_CHOICES)
 IndexChoice = choices("IndexChoice", INDEX_KINDS)
 HeadChoice = choices("HeadChoice", HEADS)
+SpaceChoice = choices("SpaceChoice", ("raw", "learned"))
 EngineChoice = choices("EngineChoice", ENGINE_CHOICES)
 
 
@@ -158,6 +159,9 @@ RuntimeOpt = Annotated[
     RuntimeChoice | None,
     typer.Option(help="Inference runtime (default: what the bundle was built with)."),
 ]
+SpaceOpt = Annotated[SpaceChoice | None, typer.Option(
+    help="Look-alike space: learned (fitted on the bundle's breeds) or raw (the embedding);"
+    " default: learned when the bundle has a current one, raw otherwise.")]
 EngineOpt = Annotated[EngineChoice, typer.Option(
     help="Where the embedding runs: this process, or a Ray cluster (pip install"
     " 'embed-dogs[ray]').")]

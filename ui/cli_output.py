@@ -33,18 +33,28 @@ def search_json(answer: Any) -> dict[str, Any]:
         "verdict": answer.verdict,
         "knn_similarity": answer.knn_similarity,
         "why": answer.why,
+        "sure": answer.confident,
         "breeds": [{"breed": b, "probability": p} for b, p in answer.breeds],
         "lookalikes": answer.lookalikes,
     }
 
 
+def verdict_line(answer: Any) -> str:
+    """The verdict in words; a known-breed dog whose head and look-alikes disagree is
+    "maybe <breed>", never a sure breed."""
+    if answer.verdict == "dog" and not answer.confident and answer.breeds:
+        return (f"verdict: [bold yellow]maybe {answer.breeds[0][0]}[/] (not sure: the breed"
+                f" head and the look-alikes disagree). {answer.why}")
+    return f"verdict: [bold]{answer.verdict}[/] ({VERDICT_TEXT[answer.verdict]}). {answer.why}"
+
+
 def print_verdict(answer: Any, ctx: Any) -> None:
     """The verdict, and the breed only where the gate says it is one of the bundle's."""
     if answer.verdict is not None:
-        console.print(f"verdict: [bold]{answer.verdict}[/] ({VERDICT_TEXT[answer.verdict]})."
-                      f" {answer.why}", highlight=False)
+        console.print(verdict_line(answer), highlight=False)
     if answer.breeds and ctx.predictor is not None:
-        label = "breed" if answer.verdict in (None, "dog") else "closest breeds, for reference"
+        label = ("breed" if answer.verdict in (None, "dog") and answer.confident
+                 else "closest breeds, for reference")
         console.print(f"{label} ({ctx.predictor.name} head): " + ", ".join(
             f"{breed} {prob:.0%}" for breed, prob in answer.breeds))
 
@@ -79,32 +89,21 @@ def print_honesty(bundle: Any) -> None:
                           " bundle's rows changed and is not served; refresh it with"
                           f" `embed-dogs train --head {name} --bundle {bundle.root}`",
                           highlight=False, soft_wrap=True)
-    from ui.facts import audit_facts
+    from ui.facts import audit_facts, gate_facts, space_facts
 
     for name, value in audit_facts(manifest):
         if name != "audit":
             console.print(f"{name}: {value}", highlight=False, soft_wrap=True)
-    gate = manifest.gate
-    if gate is None:
-        console.print("open-set gate: none (needs labelled train and test rows)")
-        return
-    figures = gate.figures
-    floors = ", ".join(f"{h} {f.top_probability_floor:.3f}" for h, f in gate.heads.items()
-                       if f.top_probability_floor is not None) or "none"
-    console.print(
-        f"open-set gate: kNN similarity (mean of {gate.k} nearest) >="
-        f" {gate.dog_threshold:.3f} for a known breed, < {gate.not_dog_threshold:.3f}"
-        " for not a dog; head top-probability"
-        f" floor: {floors}. Calibrated on {figures.get('test_dogs')} held-out test dogs"
-        f" ({figures.get('test_dogs_above_dog_threshold', 0):.1%} above the dog threshold);"
-        " simulated unknown breeds (each breed left out in turn) not called dog:"
-        f" {figures.get('simulated_unknown_breeds_not_called_dog') or 0:.1%}",
-        highlight=False, soft_wrap=True)
+    for name, value in (*gate_facts(manifest), *space_facts(manifest)):
+        console.print(f"{name}: {value}", highlight=False, soft_wrap=True)
 
 
 def print_gate_evaluation(result: Any, root: Path) -> None:
     def share(value: float | None) -> str:
         return "-" if value is None else f"{value:.1%}"
+
+    def ci(pair: list[float] | None) -> str:
+        return f" ({pair[0]:.1%}–{pair[1]:.1%})" if pair else ""
 
     def number(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
@@ -112,12 +111,13 @@ def print_gate_evaluation(result: Any, root: Path) -> None:
     table = Table(title=f"open-set gate on photo sets (head {result.head or 'none'}; AUROC and"
                   " FPR at 95% dog recall against the held-out test dogs)")
     for col in ("set", "should be", "images", "kNN AUROC", "kNN FPR@95", "head AUROC",
-                "head FPR@95", "dog", "unknown_breed", "not_a_dog"):
+                "head FPR@95", "dog (95% CI)", "sure breed", "unknown_breed", "not_a_dog"):
         table.add_column(col, overflow="fold")
     for row in result.rows:
         table.add_row(row["set"], row["kind"], str(row["images"]), number(row["knn_auroc"]),
                       share(row["knn_fpr_at_95"]), number(row["head_auroc"]),
-                      share(row["head_fpr_at_95"]), share(row["dog"]),
-                      share(row["unknown_breed"]), share(row["not_a_dog"]))
+                      share(row["head_fpr_at_95"]), share(row["dog"]) + ci(row.get("dog_ci95")),
+                      share(row.get("sure_breed")), share(row["unknown_breed"]),
+                      share(row["not_a_dog"]))
     console.print(table)
     console.print("written: " + ", ".join(str(root / f) for f in result.files.values()))

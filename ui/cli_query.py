@@ -15,6 +15,7 @@ from ui.cli_common import (
     BundleOpt,
     HeadOpt,
     RuntimeOpt,
+    SpaceOpt,
     clear_errors,
     console,
     err,
@@ -43,6 +44,7 @@ def classify(
     top_k: Annotated[int, typer.Option(min=1, help="Breeds per image.")] = 5,
     head: HeadOpt = None,
     runtime: RuntimeOpt = None,
+    space: SpaceOpt = None,
 ) -> None:
     """Predict the breed of every photo and its nearest look-alike, into a CSV (or JSON lines)."""
     to_stdout = out == "-"
@@ -50,7 +52,8 @@ def classify(
         from ui.workflows import classify_images, open_for_queries, resolve_inputs
 
         photos = resolve_inputs(inputs, stdin=sys.stdin)
-        ctx = open_for_queries(bundle, plain(head), plain(runtime), accepts_images=True)
+        ctx = open_for_queries(bundle, plain(head), plain(runtime), accepts_images=True,
+                               space=plain(space))
         target = sys.stdout if to_stdout else Path(out)
         summary = classify_images(ctx, photos, target, top_k, on_start=start,
                                   fmt="jsonl" if as_json else "csv")
@@ -58,8 +61,11 @@ def classify(
         f"{summary['classified']} of {summary['images']} images classified"
         + (f", {summary['failed']} could not be read (see the error column)"
            if summary["failed"] else "")
-        + f"; head: {summary['head'] or 'none'}; wrote {summary['out']}"
+        + f"; head: {summary['head'] or 'none'}; look-alikes: {ctx.space} space;"
+        f" wrote {summary['out']}"
     )
+    if ctx.space_note:
+        (err if to_stdout else console).print(ctx.space_note, highlight=False)
     print_verdict_counts(summary.get("verdicts"), err if to_stdout else console)
 
 
@@ -72,6 +78,7 @@ def search(
     ),
     runtime: RuntimeOpt = None,
     head: HeadOpt = None,
+    space: SpaceOpt = None,
 ) -> None:
     """The k dataset images most similar to IMAGE, with similarity and breed."""
     with clear_errors():
@@ -85,17 +92,21 @@ def search(
                                  " folders)")
         if not image.is_file():
             raise EmbedDogsError(f"image {image} does not exist")
-        ctx = open_for_queries(bundle, plain(head), plain(runtime), accepts_images=True)
+        ctx = open_for_queries(bundle, plain(head), plain(runtime), accepts_images=True,
+                               space=plain(space))
         try:
             answer = look_up_image(ctx, image, k, top_breeds=3)
         except ImageDecodeError as exc:
             raise EmbedDogsError(f"cannot use {image}: {exc}") from None
     hits = answer.lookalikes
     if as_json:
-        print(json.dumps(search_json(answer), indent=2))
+        print(json.dumps({**search_json(answer), "space": ctx.space,
+                          "space_note": ctx.space_note}, indent=2))
         return
     print_verdict(answer, ctx)
-    table = Table(title=f"look-alikes of {image}")
+    if ctx.space_note:
+        console.print(ctx.space_note, highlight=False)
+    table = Table(title=f"look-alikes of {image} ({ctx.space} space)")
     for col in ("rank", "score", "breed"):
         table.add_column(col)
     table.add_column("path", overflow="fold")

@@ -171,6 +171,7 @@ class Prediction:
     verdict: str | None = None  # the open-set gate's: dog, unknown_breed, not_a_dog
     why: str = ""
     known_breeds: int = 0
+    confident: bool = True  # the head and the nearest look-alikes agree on the breed
 
     @property
     def breed(self) -> str:
@@ -182,7 +183,13 @@ class Prediction:
 
     @property
     def sure(self) -> bool:
-        return self.probability >= self.threshold
+        """A breed shown as the answer: the head agrees with the look-alikes and is sure."""
+        return self.confident and self.probability >= self.threshold
+
+    @property
+    def maybe(self) -> str:
+        """ "maybe <breed>": the head and the look-alikes disagree, so no sure answer."""
+        return "" if self.confident else f"maybe {pretty_breed(self.breed)}"
 
     def table(self) -> Any:
         import pandas as pd
@@ -230,5 +237,5 @@ def predict(ctx: Any, query: Query, k: int = TOP_BREEDS,
     answer = answer_query(ctx, query.vector, query_inputs(ctx, query), k=1, top_breeds=k)
     if not answer.breeds:
         return None
-    known = (ctx.gate.known_breeds or len(ctx.predictor.classes)) if ctx.gate else 0
-    return Prediction(answer.breeds, threshold, answer.verdict, answer.why, known)
+    return Prediction(answer.breeds, threshold, answer.verdict, answer.why, ctx.known_breeds,
+                      answer.confident)

@@ -29,26 +29,56 @@ def interval_caption(metrics: dict[str, Any], key: str) -> str:
 
 
 def gate_facts(manifest: Manifest) -> list[tuple[str, str]]:
-    """The open-set gate's thresholds and the figures behind them, for the report page."""
+    """The evidence gate's thresholds and the figures behind them, for the report page."""
     gate = manifest.gate
     if gate is None:
-        return [("open-set gate", "none (needs labelled train and test rows)")]
-    figures = gate.figures
+        return [("open-set gate", "none (needs labelled photos of at least 2 breeds)")]
+    if gate.signal != "evidence":
+        return [("open-set gate", "an older kNN-threshold gate: not served; refit it with"
+                                  " `embed-dogs train --head logreg`")]
+    t, f = gate.thresholds, gate.figures
     rows = [
-        ("signal", f"kNN similarity: mean cosine similarity to the {gate.k} nearest"
-                   " photos of the bundle"),
-        ("dog: at least", f"{gate.dog_threshold:.3f} (keeps"
-                          f" {percent(figures.get('test_dogs_above_dog_threshold'))} of"
-                          f" {figures.get('test_dogs')} held-out test dogs)"),
-        ("not a dog: below", f"{gate.not_dog_threshold:.3f} (each breed left out in"
-                             " turn: 95% of those dogs stay above)"),
+        ("not a dog: residual above", f"{t.get('residual_max', 0):.3f} (share of the photo"
+         " outside the principal directions of the bundle's dogs)"),
+        ("not a dog: kNN below", f"{t.get('knn_min', 0):.3f} (mean similarity to the"
+         f" {gate.k} nearest photos, raw space)"),
+        ("unknown breed: breed similarity below", f"{t.get('breed_similarity_min', 0):.3f}"
+         " (cosine to the nearest breed's centre)"),
+        ("sure breed", f"the head's breed is the breed of most of the {gate.k} nearest"
+                       " look-alikes; otherwise \"maybe <breed>\""),
+        ("calibrated on", "the train split only (breeds left out in turn; out-of-fold"
+                          " centres); the test split only reports"),
+        ("simulated unknown breeds kept as dog",
+         percent(f.get("simulated_unknown_kept_as_dog"))),
     ]
-    for head, record in gate.heads.items():
-        floor = record.top_probability_floor
-        rows.append((f"{head} head: top probability floor",
-                     "-" if floor is None else f"{floor:.1%} (below: unknown breed)"))
-    rows.append(("simulated unknown breeds not called dog",
-                 percent(figures.get("simulated_unknown_breeds_not_called_dog"))))
+    kept = f.get("test_split")
+    if kept:
+        low, high = kept.get("kept_as_dog_ci95") or (None, None)
+        rows.append(("test dogs kept as dog", f"{percent(kept.get('kept_as_dog'))} of"
+                     f" {kept.get('test_dogs')} (95% CI {percent(low)}–{percent(high)},"
+                     " Wilson)"))
+    return rows
+
+
+def space_facts(manifest: Manifest) -> list[tuple[str, str]]:
+    """The learned look-alike space and its raw-vs-learned figures on the test split."""
+    space = manifest.space
+    if space is None:
+        return [("look-alike space", "raw (no learned space: unlabelled or fewer than 2"
+                                     " breeds)")]
+    stale = " STALE (not served: raw is used)" if "space" in manifest.stale() else ""
+    rows = [("look-alike space", f"{space.kind}: raw vector + shrinkage LDA"
+             f" ({space.learned_dims} dims), learned weight {space.blend_weight}"
+             f"{stale}" if space.kind == "blend" else f"{space.kind}{stale}")]
+    test = space.figures.get("test_split")
+    if test:
+        raw, learned = test["raw"], test["learned"]
+        rows.append(("precision@5 raw -> learned", f"{raw['precision@5']:.3f} ->"
+                     f" {learned['precision@5']:.3f} ({test['queries']} test photos against"
+                     f" {test['base']} train photos)"))
+        rows.append(("1-NN raw -> learned", f"{raw['nn1']:.3f} -> {learned['nn1']:.3f}"))
+        rows.append(("within-breed overlap@10 with raw",
+                     f"{learned.get('within_breed_overlap@10', 0):.3f}"))
     return rows
 
 
@@ -131,8 +161,11 @@ def manifest_facts(manifest: Manifest) -> list[tuple[str, str]]:
         rows.append(("best head", f"{comparison.best} (by {comparison.get('by', 'test top1')})"))
     gate = manifest.gate
     stale_gate = " (stale)" if "gate" in manifest.stale() else ""
-    rows.append(("open-set gate", f"kNN >= {gate.dog_threshold:.3f} dog, <"
-                 f" {gate.not_dog_threshold:.3f} not a dog{stale_gate}" if gate else "none"))
+    kept = (gate.figures.get("test_split") or {}) if gate else {}
+    rows.append(("open-set gate", "none" if gate is None else (
+        f"evidence gate; test dogs kept as dog {percent(kept.get('kept_as_dog'))}"
+        f"{stale_gate}" if gate.signal == "evidence" else "old kNN gate: not served")))
+    rows += space_facts(manifest)
     rows += audit_facts(manifest)
     rows += [
         ("created", manifest.created_at),

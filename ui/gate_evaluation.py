@@ -37,16 +37,19 @@ def _score_folder(ctx: QueryContext, folder: Path, batch_size: int) -> Any:
     knn: list[float] = []
     top: list[float] = []
     verdicts: list[str] = []
+    sure: list[bool] = []
     for step in ctx.embedder.embedded_batches(items, batch_size):
         if not len(step.vectors):
             continue
         hits = ctx.index.search(step.vectors, ctx.gate.k if ctx.gate else 1)
-        ranked = ctx.predictor.predict_top_k(step.vectors, 1) if ctx.predictor else []
-        v, s = gate_verdicts(ctx, [[n.score for n in row] for row in hits], ranked)
-        verdicts += [x or "" for x in v]
+        vector_head = ctx.predictor is not None and not ctx.predictor.needs_images
+        ranked = ctx.predictor.predict_top_k(step.vectors, 1) if vector_head else []
+        answers, s = gate_verdicts(ctx, step.vectors, ranked, hits)
+        verdicts += [a.verdict if a else "" for a in answers]
+        sure += [bool(a and a.verdict == "dog" and a.confident) for a in answers]
         knn += [float("nan") if x is None else x for x in s]
         top += [r[0][1] for r in ranked]
-    return Scored(np.array(knn), np.array(top) if ctx.predictor else None, verdicts)
+    return Scored(np.array(knn), np.array(top) if top else None, verdicts, sure)
 
 
 def evaluate_gate(
@@ -71,11 +74,15 @@ def evaluate_gate(
             " test rows); rebuild it, or run `embed-dogs train --head logreg` to calibrate one"
         )
     held = held_out_scores(ctx.bundle, ctx.gate.k)
-    assert held is not None  # a gate was calibrated on these rows
+    if held is None:
+        raise BundleError(f"bundle {bundle_dir} has no labelled test split to measure on")
+    vector_head = ctx.predictor is not None and not ctx.predictor.needs_images
     dog_top = (top_probability(ctx.predictor.predict_proba(held.vectors))
-               if ctx.predictor is not None else None)
+               if vector_head else None)
     head = ctx.predictor.name if ctx.predictor else None
-    dogs = Scored(held.knn, dog_top, ctx.gate.verdicts(held.knn, dog_top, head))
+    answers = ctx.gate.verdicts(held.vectors, held.knn)
+    dogs = Scored(held.knn, dog_top, [a.verdict for a in answers],
+                  [a.verdict == "dog" for a in answers])
     sets: dict[str, tuple[str, Scored]] = {}
     for kind, folders in (("not_a_dog", not_dogs), ("unknown_breed", unknown_breeds)):
         for folder in folders:
@@ -97,15 +104,12 @@ def evaluate_gate(
         report = staged.report_dir
         report.mkdir(parents=True, exist_ok=True)
         files = {"json": report / "gate_dev.json", "csv": report / "gate_dev.csv"}
-        floor = gate.heads.get(head or "")
         atomic_write_text(files["json"], json.dumps({
-            "head": head, "sets": rows,
-            "thresholds": {"k": gate.k, "dog_threshold": gate.dog_threshold,
-                           "not_dog_threshold": gate.not_dog_threshold},
-            "top_probability_floor": floor.top_probability_floor if floor else None,
-            "note": "thresholds were calibrated on the bundle's own rows; these photo sets"
-                    " only measure the gate. Test dogs are scored against all other rows"
-                    " (themselves left out).",
+            "head": head, "sets": rows, "space": ctx.space,
+            "thresholds": {"k": gate.k, **gate.thresholds},
+            "note": "thresholds were calibrated on the train split only; the test split and"
+                    " these photo sets only measure the gate. Test dogs are scored against"
+                    " all other rows (themselves left out).",
         }, indent=2, default=float))
         with atomic_path(files["csv"]) as tmp:
             pd.DataFrame(rows).to_csv(tmp, index=False)

@@ -1,6 +1,10 @@
 """Answering queries on a bundle: loading what they need once (`QueryContext`), one photo's
 look-alikes, breeds and verdict (`answer_query`, the one code path the CLI's `search` and the
-app share), many photos into a CSV (`classify_images`), and the open-set gate's verdicts.
+app share), many photos into a CSV (`classify_images`), and the evidence gate's verdicts.
+
+Look-alikes come from the learned space when the bundle has a current one (or `--space`
+says which); the gate's kNN signal always comes from the raw space, which it was calibrated
+in; a breed is sure only when the head and the nearest look-alikes agree.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from classify.breed_head import BreedHead
-from classify.gate import VERDICTS, Gate
+from classify.gate import VERDICTS
+from classify.gate_evidence import Answer, EvidenceGate
+from classify.gate_store import load_gate
 from classify.heads import load_predictor
 from embed.atomic import atomic_path
 from embed.build import ProgressCallback
@@ -25,6 +31,7 @@ from embed.inputs import resolve_inputs
 from embed.pipeline import DEFAULT_BATCH_SIZE
 from embed.sources import ImageItem, ImageListing
 from index.lookalikes import LookalikeIndex
+from index.space_store import LearnedLookalikes, choose_space
 
 
 @dataclass
@@ -35,23 +42,32 @@ class QueryContext:
     embedder: Embedder
     index: LookalikeIndex
     predictor: BreedHead | None
-    gate: Gate | None = None  # the open-set gate; None: the bundle has none calibrated
+    gate: EvidenceGate | None = None  # the evidence gate; None: the bundle has none
+    space: str = "raw"  # the look-alikes' space: raw or learned
+    space_note: str = ""  # why raw serves where learned was wanted or expected
+
+    @property
+    def known_breeds(self) -> int:
+        return len(self.gate.classes) if self.gate is not None else (
+            len(self.predictor.classes) if self.predictor is not None else 0)
 
 
 def open_for_queries(
     bundle_dir: str | Path, head: str | None = None, runtime: str | None = None,
-    accepts_images: bool = False,
+    accepts_images: bool = False, space: str | None = None,
 ) -> QueryContext:
     """`accepts_images`: the caller passes preprocessed images along with vectors, so the
-    default head may be a fine-tuned one that needs images."""
+    default head may be a fine-tuned one that needs images. `space`: "raw", "learned" or
+    None (learned when the bundle has a current learned space)."""
     from embed.reading import read_whole
 
     def load(bundle: Bundle) -> QueryContext:
-        index = LookalikeIndex(bundle)
+        learned, note = choose_space(bundle, space)
+        index = LookalikeIndex(bundle) if learned is None else LearnedLookalikes(bundle, learned)
         predictor = load_predictor(bundle, head, accepts_images)
         embedder = serving_embedder(bundle, runtime)
-        return QueryContext(bundle, embedder, index, predictor,
-                            Gate.from_manifest(bundle.manifest, bundle.root))
+        return QueryContext(bundle, embedder, index, predictor, load_gate(bundle),
+                            "raw" if learned is None else "learned", note)
 
     return read_whole(bundle_dir, load)  # one commit, even while another process writes
 
@@ -65,6 +81,7 @@ class ImageAnswer:
     verdict: str | None = None  # dog, unknown_breed, not_a_dog; None without a gate
     knn_similarity: float | None = None
     why: str = ""
+    confident: bool = True  # a breed may be shown as the answer (False: "maybe <breed>")
 
 
 def embed_photo(embedder: Embedder, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,11 +107,11 @@ def answer_query(ctx: QueryContext, vectors: np.ndarray, inputs: np.ndarray | No
                                                or not ctx.predictor.needs_images)
     if head_runs and (top_breeds or ctx.gate):
         breeds = ctx.predictor.predict_top_k(vectors, max(top_breeds, 1), inputs)[0]
-    verdict, knn = gate_verdicts(ctx, [[n.score for n in found]], [breeds])
-    why = ctx.gate.explain(verdict[0], knn[0], breeds[0][1] if breeds else None,
-                           ctx.predictor.name if ctx.predictor else None) if ctx.gate else ""
-    return ImageAnswer(hits, breeds[:top_breeds], verdict[0],
-                       None if knn[0] is None else float(knn[0]), why)
+    answers, knn = gate_verdicts(ctx, vectors, [breeds], [found])
+    if answers[0] is None:
+        return ImageAnswer(hits, breeds[:top_breeds])
+    a = answers[0]
+    return ImageAnswer(hits, breeds[:top_breeds], a.verdict, knn[0], a.why, a.confident)
 
 
 def look_up_image(ctx: QueryContext, image: str | Path, k: int = 8,
@@ -127,7 +144,8 @@ def classify_images(
             ctx.predictor is not None and len(step.vectors)) else []
         nearest = ctx.index.search(step.vectors, ctx.gate.k if ctx.gate else 1) if len(
             step.vectors) else []
-        verdicts, _ = gate_verdicts(ctx, [[n.score for n in hits] for hits in nearest], ranked)
+        answers, _ = gate_verdicts(ctx, step.vectors, ranked, nearest) if len(
+            step.vectors) else ([], [])
         j = 0
         for i, row_id in enumerate(b.row_ids.tolist()):
             row: dict[str, Any] = {"path": items[row_id].ref}
@@ -136,7 +154,8 @@ def classify_images(
                 rows.append(row)
                 continue
             row["error"] = ""
-            row["verdict"] = verdicts[j] or ""
+            row["verdict"] = answers[j].verdict if answers[j] else ""
+            row["sure"] = answers[j].confident if answers[j] else ""
             for rank, (breed, prob) in enumerate(ranked[j] if ranked else [], start=1):
                 row[f"breed_{rank}"] = breed
                 row[f"prob_{rank}"] = round(prob, 6)
@@ -185,19 +204,21 @@ def classify_folder(ctx: QueryContext, folder: str | Path, out_csv: str | Path,
                            on_start)
 
 
-# ---- the open-set gate: is it one of the bundle's dogs? --------------------------------------
+# ---- the evidence gate: is it one of the bundle's dogs? -------------------------------------
 def gate_verdicts(
-    ctx: QueryContext, neighbour_scores: list[list[float]],
-    ranked: list[list[tuple[str, float]]],
-) -> tuple[list[str | None], list[float | None]]:
-    """Per query: the gate's verdict and kNN similarity, from its index neighbours' scores
-    (best first) and the head's ranked breeds (may be empty). (None, None) without a gate."""
+    ctx: QueryContext, vectors: np.ndarray, ranked: list[list[tuple[str, float]]],
+    nearest: list[list[Any]],
+) -> tuple[list[Answer | None], list[float | None]]:
+    """Per query: the evidence gate's answer and the raw-space kNN similarity it used, from
+    the raw vectors, the head's ranked breeds (may be empty) and the look-alikes found (best
+    first, the context's space). (None, None) per query without a gate."""
+    n = len(vectors)
     if ctx.gate is None:
-        return [None] * len(neighbour_scores), [None] * len(neighbour_scores)
+        return [None] * n, [None] * n
     from classify.gate import knn_from_neighbours
 
-    knn = knn_from_neighbours(neighbour_scores, ctx.gate.k)
-    top = [r[0][1] if r else None for r in ranked] if ranked else [None] * len(knn)
-    head = ctx.predictor.name if ctx.predictor else None
-    verdicts = [ctx.gate.verdict(float(s), p, head) for s, p in zip(knn, top, strict=True)]
-    return verdicts, [float(s) for s in knn]
+    knn = knn_from_neighbours(ctx.index.raw_similarities(vectors, ctx.gate.k), ctx.gate.k)
+    heads = [r[0][0] for r in ranked] if ranked and all(ranked) else None
+    neighbours = [[h.label for h in row] for row in nearest]
+    answers = ctx.gate.verdicts(vectors, knn, heads, neighbours if heads else None)
+    return list(answers), [float(s) for s in knn]

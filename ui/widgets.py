@@ -22,17 +22,25 @@ MAX_K = 48
 GALLERY_COLUMNS = 4
 PERSISTENT_WIDGETS = {GALLERY_K: DEFAULT_K, GALLERY_FILTER: "all"}
 LOOKALIKE_TOGGLE = "show_lookalikes"
+SPACE_TOGGLE = "learned_space"
 
 
 # ---- loading, once per bundle version -------------------------------------------------------
 @st.cache_resource(show_spinner="Loading the model, index and breed head…", max_entries=2)
-def load_context(ref: core.BundleRef) -> Any:
+def load_context(ref: core.BundleRef, space: str | None = None) -> Any:
     """Model, index and head of a bundle (ui.workflows.QueryContext), shared by sessions: its
     interpreter serialises calls, the index and tables are only read. Keyed by the bundle's
-    identity, so a rebuild, `add` or `remove` is picked up on the next rerun."""
+    identity, so a rebuild, `add` or `remove` is picked up on the next rerun. `space`: None
+    (the learned look-alike space when current, as the CLI) or "raw" (the sidebar toggle)."""
     from ui.workflows import open_for_queries
 
-    return open_for_queries(ref.path, accepts_images=True)  # the CLI's head, image heads too
+    # the CLI's head, image heads too
+    return open_for_queries(ref.path, accepts_images=True, space=space)
+
+
+def space_choice() -> str | None:
+    """The sidebar's look-alike space: None (learned when the bundle has one) or "raw"."""
+    return None if st.session_state.get(SPACE_TOGGLE, True) else "raw"
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -82,7 +90,7 @@ def try_context(path: str | None) -> tuple[Any | None, str | None]:
     if not path:
         return None, "No bundle was given."
     try:
-        return load_context(core.BundleRef.of(path)), None
+        return load_context(core.BundleRef.of(path), space_choice()), None
     except EmbedDogsError as exc:
         return None, str(exc)
     except (OSError, ValueError, KeyError) as exc:  # a damaged bundle
@@ -91,7 +99,7 @@ def try_context(path: str | None) -> tuple[Any | None, str | None]:
 
 def context() -> Any:
     """The current bundle's context (app.py has checked that it loads)."""
-    return load_context(bundle_ref())
+    return load_context(bundle_ref(), space_choice())
 
 
 def keep_widget_state() -> None:
@@ -194,6 +202,9 @@ def prediction_block(ctx: Any, query: core.Query) -> core.Prediction | None:
         return prediction
     if prediction.sure:
         st.success(f"**{pretty(prediction.breed)}** ({prediction.probability:.0%})")
+    elif not prediction.confident:
+        st.warning(f"**Maybe {pretty(prediction.breed)}** ({prediction.probability:.0%})."
+                   f" {prediction.why}", icon=":material/help:")
     else:
         st.warning(f"**Not sure.** The best guess, {pretty(prediction.breed)}, has only"
                    f" {prediction.probability:.0%}.")
@@ -327,3 +338,8 @@ def sidebar_facts(ctx: Any) -> None:
             f"Bundle `{ctx.bundle.root.name}`: {len(ctx.index.metadata):,} images,"
             f" {shown['backbone']}, head {ctx.predictor.name if ctx.predictor else 'none'}"
         )
+        st.toggle("Learned look-alike space", key=SPACE_TOGGLE, value=True,
+                  help="Look-alikes in the space fitted on the bundle's breeds (off: the raw"
+                       " embedding). The gate's verdicts are the same either way.")
+        if ctx.space_note:
+            st.caption(ctx.space_note)

@@ -8,7 +8,8 @@ tests, benchmarks and older callers. New code may import from the modules themse
 - `embed.inputs`: the photos a command was given (`resolve_inputs`, re-exported);
 - `ui.remove_flow`: `remove --from-file` with the audit's CSV (`remove_listed`);
 - `ui.verify`: `verify_bundle`;
-- `ui.gate_evaluation`: `evaluate --not-dogs/--unknown-breeds`.
+- `ui.gate_evaluation`: `evaluate --not-dogs/--unknown-breeds`;
+- `ui.finetune_flow`: `build-index --fine-tune`.
 
 Everything in `ui` sits above `classify` and `index`, which build on `embed`; nothing points up
 (the import contracts in pyproject.toml keep it so).
@@ -35,6 +36,7 @@ from ui.build_flow import (
     source_root,
     train_head,
 )
+from ui.finetune_flow import FinetunedBuild, answer_figures, build_finetuned
 from ui.gate_evaluation import GateEvaluation, evaluate_gate
 from ui.queries import (
     ImageAnswer,
@@ -50,7 +52,8 @@ from ui.remove_flow import Removal, remove_listed
 from ui.verify import VerifyReport, verify_bundle
 
 __all__ = [
-    "DEFAULT_OUT", "HEADS", "BuildConfig", "BuildResult", "GateEvaluation", "ImageAnswer",
+    "DEFAULT_OUT", "HEADS", "BuildConfig", "BuildResult", "FinetunedBuild", "GateEvaluation",
+    "ImageAnswer", "answer_figures", "build_finetuned",
     "QueryContext", "Removal", "VerifyReport", "add_to_bundle", "answer_query", "build_bundle",
     "build_engine", "classify_folder", "classify_images", "evaluate_gate", "fit_default_head",
     "gate_verdicts", "index_bundle", "look_up_image", "matching_positions",
