@@ -74,7 +74,7 @@ def pick_first_dataset_image(at, breed: str = "beagle"):
 def test_identify_starts_with_a_prompt(app):
     assert [p.label for p in app.radio] == ["Photo from"]
     assert len(app.file_uploader) == 1
-    assert any("Upload a photo" in i.value for i in app.info)
+    assert any("Upload one or several photos" in i.value for i in app.info)
 
 
 def test_pick_dataset_image_shows_predictions_and_gallery(app):
