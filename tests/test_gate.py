@@ -326,6 +326,9 @@ def test_app_says_not_a_dog_and_hides_lookalikes(tiny_bundle: Path, tmp_path: Pa
     at = AppTest.from_file(str(REPO / "ui" / "app.py"), default_timeout=120).run()
     at.file_uploader[0].set_value(("odd.jpg", _png((64, 64)), "image/png")).run()
     assert [w.value for w in at.warning] == ["**A dog, but not one of the 3 breeds I know.**"]
+    # a dog of an unknown breed is still a dog: its look-alikes show without a toggle
+    assert not at.toggle
+    assert len([m for m in at.markdown if "· similarity" in m.value]) == 12
 
 
 def test_prediction_headline() -> None:
