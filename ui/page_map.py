@@ -66,7 +66,8 @@ with st.expander("…or pick a photo by breed and file name, or place your own",
     widgets.dataset_picker(ctx, "map_pick")
     widgets.handle_photo(st.file_uploader("Your photo", key="map_upload"), "map_upload")
 
-query = widgets.current_query()
+if widgets.current_query() is not query:  # a photo chosen below: draw the map with its mark
+    st.rerun()
 if query is not None:
     st.divider()
     if marked is not None:
