@@ -52,6 +52,7 @@ def classify_uploads(ctx: Any, uploads: list[tuple[str, bytes]], top_k: int = 5,
 
     limit_mb = limit_mb or max_upload_mb()
     names: dict[str, str] = {}
+    thumbs: dict[str, str | None] = {}  # by temporary path: two uploads may share a name
     with tempfile.TemporaryDirectory(prefix="embed-dogs-batch-") as tmp:
         paths, rejected = [], []
         for i, (name, data) in enumerate(uploads):
@@ -64,15 +65,17 @@ def classify_uploads(ctx: Any, uploads: list[tuple[str, bytes]], top_k: int = 5,
             path.write_bytes(data)
             paths.append(path)
             names[str(path)] = name
+            thumbs[str(path)] = upload_thumb(data)
         buffer = io.StringIO()
         classify_images(ctx, ImageListing(paths, rejected), buffer, top_k, fmt="csv")
     table = pd.read_csv(io.StringIO(buffer.getvalue()), keep_default_na=False)
+    photos = [thumbs.get(p) for p in table["path"].astype(str)]
     table["path"] = [names.get(p, p) for p in table["path"].astype(str)]
     csv = table.to_csv(index=False)  # what classify_images writes, with names for paths
-    return BatchAnswer(csv, display_table(table, dict(uploads), ctx))
+    return BatchAnswer(csv, display_table(table, photos, ctx))
 
 
-def display_table(table: Any, data: dict[str, bytes], ctx: Any) -> Any:
+def display_table(table: Any, photos: list[str | None], ctx: Any) -> Any:
     """One row a photo for the app: its thumbnail, the verdict, the breed only where the gate
     names one, its probability, and the nearest look-alike with its thumbnail."""
     import pandas as pd
@@ -82,12 +85,12 @@ def display_table(table: Any, data: dict[str, bytes], ctx: Any) -> Any:
         meta = ctx.index.metadata
         sha = dict(zip(meta["path"].astype(str), meta["sha256"].astype(str), strict=False))
     rows = []
-    for _, row in table.iterrows():
+    for photo, (_, row) in zip(photos, table.iterrows(), strict=True):
         verdict = str(row.get("verdict", "") or "")
         names_breed = verdict in ("", "dog") and row.get("breed_1", "") != ""
         look = str(row.get("lookalike_path", "") or "")
         rows.append({
-            "photo": upload_thumb(data[row["path"]]) if row["path"] in data else None,
+            "photo": photo,
             "file": row["path"],
             "verdict": verdict.replace("_", " ") or ("could not be read" if row["error"]
                                                      else "-"),
