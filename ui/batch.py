@@ -95,12 +95,12 @@ def display_table(table: Any, photos: list[str | None], ctx: Any) -> Any:
             "verdict": verdict.replace("_", " ") or ("could not be read" if row["error"]
                                                      else "-"),
             "breed": pretty_breed(row["breed_1"]) if names_breed else "-",
-            "probability": float(row["prob_1"]) if names_breed and row.get("prob_1", "") != ""
-            else None,
+            "probability": f"{float(row['prob_1']):.1%}" if names_breed
+            and row.get("prob_1", "") != "" else "-",
             "look-alike": file_thumb(look, sha.get(look, ""), BATCH_THUMB) if look else None,
             "look-alike breed": pretty_breed(row["lookalike_breed"])
             if row.get("lookalike_breed", "") else "-",
-            "similarity": float(row["lookalike_score"]) if look else None,
+            "similarity": f"{float(row['lookalike_score']):.2f}" if look else "-",
             "problem": str(row["error"]) or "",
         })
     return pd.DataFrame(rows)

@@ -26,17 +26,19 @@ def batch_answer(ctx: Any, files: list[Any]) -> None:
     st.caption(f"{read} classified; the breed is named only where the open-set gate says the"
                " photo is one of this bundle's dogs. The CSV is what `embed-dogs classify`"
                " writes for the same photos.")
+    shown = table if (table["problem"] != "").any() else table.drop(columns=["problem"])
     st.dataframe(
-        table, hide_index=True, width="stretch", row_height=72,
+        shown, hide_index=True, width="stretch", row_height=72,
+        height=72 * len(shown) + 48,  # every row visible: no scrolling inside the table
         column_config={
             "photo": st.column_config.ImageColumn("Photo", width="small"),
             "file": st.column_config.TextColumn("File"),
             "verdict": st.column_config.TextColumn("Verdict"),
             "breed": st.column_config.TextColumn("Breed"),
-            "probability": st.column_config.NumberColumn("Probability", format="percent"),
-            "look-alike": st.column_config.ImageColumn("Nearest look-alike", width="small"),
+            "probability": st.column_config.TextColumn("Probability"),
+            "look-alike": st.column_config.ImageColumn("Look-alike", width="small"),
             "look-alike breed": st.column_config.TextColumn("Its breed"),
-            "similarity": st.column_config.NumberColumn("Similarity", format="%.2f"),
+            "similarity": st.column_config.TextColumn("Similarity"),
             "problem": st.column_config.TextColumn("Problem"),
         })
     st.download_button("Download CSV", answer.csv, file_name="predictions.csv",
