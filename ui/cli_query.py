@@ -109,8 +109,9 @@ def search(
     from ui.facts import display_path
 
     root = ctx.bundle.source_root
-    table = Table(title=f"look-alikes of {image}"
-                  + (f" (paths under {root})" if root is not None else ""))
+    console.print(f"look-alikes of {image}" + (f"; paths under {root}" if root is not None
+                                                else ""), highlight=False, soft_wrap=True)
+    table = Table()
     for col in ("rank", "score", "breed"):
         table.add_column(col)
     table.add_column("path")
