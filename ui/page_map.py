@@ -4,7 +4,7 @@ marked; hover for a photo, click a point for its look-alikes."""
 import altair as alt
 import streamlit as st
 
-from ui import browse, widgets
+from ui import browse, core, widgets
 
 ctx = widgets.context()
 widgets.enter_scope("map")
@@ -64,7 +64,9 @@ if chosen is not None and st.session_state.get("map_applied") != chosen:
 with st.expander("…or pick a photo by breed and file name, or place your own",
                  expanded=query is None):
     widgets.dataset_picker(ctx, "map_pick")
-    widgets.handle_photo(st.file_uploader("Your photo", key="map_upload"), "map_upload")
+    limit = core.max_upload_mb()
+    widgets.handle_photo(st.file_uploader(f"Your photo (up to {limit} MB)", key="map_upload",
+                                          max_upload_size=limit), "map_upload")
 
 if widgets.current_query() is not query:  # a photo chosen below: draw the map with its mark
     st.rerun()
