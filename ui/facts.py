@@ -101,14 +101,6 @@ def breed_counts(metadata: Any) -> list[tuple[str, int]]:
     return rows + ([("(unlabelled)", unlabelled)] if unlabelled else [])
 
 
-def breeds_line(counts: list[tuple[str, int]], width: int | None = None) -> str:
-    """'beagle 60, samoyed 58, …' in one line (all of them unless `width` caps its length)."""
-    text = ", ".join(f"{b.replace('_', ' ')} {n}" for b, n in counts)
-    if width is None or len(text) <= width:
-        return text
-    return text[: max(0, width - 1)].rsplit(", ", 1)[0] + ", …"
-
-
 def manifest_facts(manifest: Manifest) -> list[tuple[str, str]]:
     """The manifest as (name, value) rows a person can read: the one formatter that `info`,
     `build-index`'s summary and the app's report and sidebar all show."""
