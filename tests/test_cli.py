@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,9 @@ def built(messy_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     assert "images embedded" in result.output and "recall@10" in result.output
     assert "test top-1 / top-5" in result.output
     assert "near-duplicate groups kept in one split" in " ".join(result.output.split())
+    # the summary's total time, its images/s explained, and what to run next
+    assert "total time" in result.output and "images/s once running" in result.output
+    assert f"next: embed-dogs ui --bundle {out}" in " ".join(result.output.split())
     return out
 
 
@@ -251,3 +255,93 @@ def test_version_and_help_fit_80_columns() -> None:
     for command in (["--help"], ["build-index", "--help"], ["classify", "--help"]):
         text = runner.invoke(app, command, terminal_width=80).output
         assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_help_has_no_type_placeholders_and_keeps_defaults_whole() -> None:
+    for command in ("build-index", "classify", "remove", "search", "train", "evaluate"):
+        text = runner.invoke(app, [command, "--help"], terminal_width=80).output
+        assert not re.search(r"<(str|int|float|path|list|bool)", text), text
+        assert "{" not in text and "list[str]" not in text, text
+        assert max(len(line) for line in text.splitlines()) <= 80
+    text = runner.invoke(app, ["build-index", "--help"], terminal_width=80).output
+    assert "[default: dogs-bundle]" in text and "[default: tfds:stanford_dogs]" in text
+    usage = runner.invoke(app, ["classify", "--help"], terminal_width=80).output
+    assert "classify [OPTIONS] INPUTS..." in usage
+
+
+def test_quiet_and_verbose_work_after_the_command_name(built: Path) -> None:
+    loud = runner.invoke(app, ["info", "--bundle", str(built)])
+    quiet = runner.invoke(app, ["info", "--bundle", str(built), "-q"])
+    also_quiet = runner.invoke(app, ["info", "-q", "--bundle", str(built)])
+    assert loud.exit_code == quiet.exit_code == also_quiet.exit_code == 0
+    assert "tiny_test" in loud.output and quiet.output == also_quiet.output == ""
+    assert runner.invoke(app, ["info", "--bundle", str(built), "--verbose"]).exit_code == 0
+
+
+def test_info_lists_breeds_and_their_counts(built: Path) -> None:
+    text = " ".join(invoke("info", "--bundle", built).output.split())
+    # messy_dataset: 6 good photos a breed, plus cmyk.jpg (Beagle) and grey_alpha.png
+    # (Chihuahua) that decode, plus one unlabelled photo at the top level
+    assert "breeds (3), photos each:" in text
+    for shown in ("beagle 7", "chihuahua 7", "samoyed 6", "(unlabelled) 1"):
+        assert shown in text, text
+    assert "images images" not in text and "24 found, 21 embedded, 3 skipped" in text
+
+
+def test_classify_writes_stdout_by_default_and_never_overwrites(
+        built: Path, messy_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    one = messy_dataset / "samoyed" / "001.jpg"
+    result = runner.invoke(app, ["classify", str(one), "--bundle", str(built)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(io.StringIO(result.stdout), keep_default_na=False)
+    assert table["path"].tolist() == [str(one)]
+    assert "1 of 1 images classified" in result.stderr and "wrote stdout" in result.stderr
+    assert not list(tmp_path.iterdir())  # no predictions.csv appeared
+    lines = runner.invoke(app, ["classify", str(one), "--bundle", str(built), "--json"])
+    assert json.loads(lines.stdout.splitlines()[0])["path"] == str(one)
+
+    out = tmp_path / "p.csv"
+    out.write_text("twenty rows of an earlier batch\n")
+    refused = runner.invoke(app, ["classify", str(one), "--bundle", str(built), "--out",
+                                  str(out)])
+    assert refused.exit_code == 2 and "pass --overwrite" in refused.output
+    assert out.read_text() == "twenty rows of an earlier batch\n"
+    replaced = runner.invoke(app, ["classify", str(one), "--bundle", str(built), "--out",
+                                   str(out), "--overwrite"])
+    assert replaced.exit_code == 0 and len(pd.read_csv(out)) == 1
+
+
+def test_search_shows_paths_relative_to_the_source(built: Path, messy_dataset: Path) -> None:
+    image = messy_dataset / "samoyed" / "004.jpg"
+    result = runner.invoke(app, ["search", str(image), "--bundle", str(built), "-k", "3"],
+                           env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if ".jpg" in line and "│" in line]
+    assert len(rows) == 3 and str(messy_dataset) not in "".join(rows)
+    assert all(len(line) <= 80 for line in result.output.splitlines() if line[:1] in "┏┃┡│└")
+    hits = json.loads(invoke("search", image, "--bundle", built, "--json").output)["lookalikes"]
+    assert all(Path(h["path"]).is_absolute() for h in hits)  # --json keeps them absolute
+
+
+def test_remove_dry_run_lists_then_remove_and_add_say_what_changed(
+        built: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(built, copy)
+    before = (copy / "manifest.json").read_bytes()
+    dry = invoke("remove", "--bundle", copy, "Beagle/00[01].jpg", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "Beagle/000.jpg" in dry.output and "Beagle/001.jpg" in dry.output
+    assert "would remove 2 images" in dry.output
+    assert (copy / "manifest.json").read_bytes() == before  # nothing changed
+
+    gone = invoke("remove", "--bundle", copy, "Beagle/00[01].jpg")
+    assert gone.exit_code == 0, gone.output
+    assert "Beagle/000.jpg" in gone.output and "removed 2 images" in gone.output
+    assert "refitted on the new rows: head logreg, open-set gate" in gone.output
+
+    new = write_dataset(tmp_path / "new", per_class=4, seed=9,
+                        classes={"corgi": (250, 180, 40)})
+    added = invoke("add", "--bundle", copy, "--source", new)
+    assert added.exit_code == 0, added.output
+    assert "added 4 images" in added.output and "new breed: corgi" in added.output

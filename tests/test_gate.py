@@ -294,8 +294,11 @@ def test_evaluate_with_photo_sets_writes_the_gate_report(vector_bundle: Path, tm
         Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(
             noise / f"{i}.png")
     result = runner.invoke(app, ["evaluate", "--bundle", str(copy), "--not-dogs", str(noise),
-                                 "--unknown-breeds", str(noise)], terminal_width=200)
+                                 "--unknown-breeds", str(noise)], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
+    tables = [line for line in result.output.splitlines() if line[:1] in "┃│┏┡└"]
+    assert tables and max(len(line) for line in tables) <= 80  # readable on a terminal
+    assert any("not a dog" in line and "noise" in line for line in tables)  # no cell split
     said = " ".join(result.output.split())
     assert "95% CI" in said and "validation top-1" in said
     assert "serving head: logreg (best validation top1)" in said
@@ -339,6 +342,9 @@ def test_app_says_not_a_dog_and_hides_lookalikes(tiny_bundle: Path, tmp_path: Pa
     at = AppTest.from_file(str(REPO / "ui" / "app.py"), default_timeout=120).run()
     at.file_uploader[0].set_value(("odd.jpg", _png((64, 64)), "image/png")).run()
     assert [w.value for w in at.warning] == ["**A dog, but not one of the 3 breeds I know.**"]
+    # a dog of an unknown breed is still a dog: its look-alikes show without a toggle
+    assert not at.toggle
+    assert len([m for m in at.markdown if "· similarity" in m.value]) == 12
 
 
 def test_prediction_headline() -> None:

@@ -74,7 +74,7 @@ def pick_first_dataset_image(at, breed: str = "beagle"):
 def test_identify_starts_with_a_prompt(app):
     assert [p.label for p in app.radio] == ["Photo from"]
     assert len(app.file_uploader) == 1
-    assert any("Upload a photo" in i.value for i in app.info)
+    assert any("Upload one or several photos" in i.value for i in app.info)
 
 
 def test_pick_dataset_image_shows_predictions_and_gallery(app):
@@ -200,10 +200,21 @@ def test_map_page_renders_chart_and_picker(app):
     app.switch_page("page_map.py").run()
     assert not app.exception
     assert app.title[0].value == "Map of the embeddings"
-    assert any("30 photos projected with PCA" in c.value for c in app.caption)
+    # 30 photos are too few for UMAP: the map says it shows PCA instead, and why
+    assert any("30 photos projected with **PCA** (UMAP needs at least 50" in c.value
+               for c in app.caption)
+    assert not any(c.value.startswith("The black cross") for c in app.caption)
     app.selectbox(key="map_pick_breed").set_value("chihuahua").run()
     app.selectbox(key="map_pick_row").select_index(2).run()
     assert "labelled **chihuahua**" in query_caption(app)
+    assert any(c.value.startswith("The black cross marks") for c in app.caption)
+    spec = json.loads(app.get("vega_lite_chart")[0].proto.spec)
+    marks = json.dumps(spec)
+    assert '"cross"' in marks and "query: " in marks  # the query's marker layer
+    # an own photo: placed among its nearest photos, and marked too
+    app.file_uploader(key="map_upload").set_value(("own.jpg", jpeg_bytes(), "image/jpeg")).run()
+    assert "`own.jpg` (your photo)" in query_caption(app)
+    assert any("among its 5 nearest photos" in c.value for c in app.caption)
 
 
 def test_report_page_shows_metrics_and_manifest(app, tiny_bundle: Path):
@@ -213,10 +224,20 @@ def test_report_page_shows_metrics_and_manifest(app, tiny_bundle: Path):
     assert labels == ["Top-1 accuracy", "Top-5 accuracy", "Test images"]
     assert app.metric[1].value == "100.0%"  # 3 classes: top-5 always hits
     per_breed = app.dataframe[0].value
-    assert sorted(per_breed["breed"]) == sorted(BREEDS)
-    facts = app.dataframe[-1].value
-    assert "tiny_test" in " ".join(facts["value"])
-    assert len(app.image) == 1  # the confusion matrix
+    # column names in words, no raw keys
+    assert list(per_breed.columns) == ["Breed", "Precision", "Recall", "F1", "Test photos"]
+    assert sorted(per_breed["Breed"]) == sorted(BREEDS)
+    facts = app.table[-1].value
+    assert "tiny_test" in " ".join(facts["Value"]) and "None" not in " ".join(facts["Value"])
+    subheaders = [h.value for h in app.subheader]
+    assert "Misclassified test photos (0)" in subheaders  # the tiny breeds are told apart
+    # the confusion matrix's cells: each breed's test photos on the diagonal (2 a breed:
+    # round(20%) of 10), each opens its photos
+    cell = app.selectbox(key="report_cell")
+    assert sorted(cell.options) == sorted(f"{b} → {b} (2 photos)" for b in BREEDS)
+    cell.set_value("samoyed|samoyed").run()
+    shown = [c.value for c in app.caption if c.value.startswith("✓ samoyed → samoyed")]
+    assert len(shown) == 2
 
 
 def test_missing_bundle_shows_how_to_build(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
@@ -462,7 +483,7 @@ def test_use_as_query_lets_go_of_the_uploaded_photo(app, dataset: Path):
     assert "`dog.jpg` (your photo)" in query_caption(app)
     use_buttons(app)[0].click().run()
     assert "(dataset photo" in query_caption(app)
-    assert len(app.file_uploader) == 1 and app.file_uploader[0].value is None
+    assert len(app.file_uploader) == 1 and app.file_uploader[0].value in (None, [])
 
 
 def test_uploads_accept_the_cli_formats_and_refuse_in_words(app):
@@ -495,8 +516,119 @@ def test_a_changed_bundle_is_picked_up(tiny_bundle: Path, tmp_path: Path,
     copy = Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
     monkeypatch.setenv(core.BUNDLE_ENV, str(copy))
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
-    assert any("30 images" in c.value for c in at.sidebar.caption)
+    assert any("30 photos, 3 breeds" in m.value for m in at.sidebar.markdown)
     remove_from_bundle(copy, ["samoyed/00*.jpg"])
     at.run()
     assert not at.exception
-    assert any("20 images" in c.value for c in at.sidebar.caption)
+    assert any("20 photos, 2 breeds" in m.value for m in at.sidebar.markdown)
+
+
+# ---- a query per page, the clear button, several uploads, the sidebar -------------------------
+def test_clear_button_forgets_the_query(app):
+    at = pick_first_dataset_image(app)
+    assert query_caption(at)
+    next(b for b in at.button if b.label == "Clear").click().run()
+    assert not at.exception
+    assert not any(m.value.startswith("Query:") for m in at.markdown)
+    assert any("Upload one or several photos" in i.value for i in at.info)
+    assert at.selectbox(key="identify_pick_row").value is None
+
+
+def test_the_query_belongs_to_its_page_and_source(app):
+    app.file_uploader[0].set_value(("dog.jpg", jpeg_bytes(), "image/jpeg")).run()
+    assert "`dog.jpg` (your photo)" in query_caption(app)
+    app.radio(key="identify_source").set_value("Camera").run()  # not the upload's answer
+    assert not any(m.value.startswith("Query:") for m in app.markdown)
+    app.switch_page("page_browse.py").run()
+    assert "Selected photo" not in [h.value for h in app.subheader]
+    app.switch_page("page_identify.py").run()
+    app.radio(key="identify_source").set_value("Upload").run()
+    assert "`dog.jpg` (your photo)" in query_caption(app)  # still there on its own page
+
+
+def test_a_broken_upload_leaves_no_previous_answer(app):
+    app.file_uploader[0].set_value(("dog.jpg", jpeg_bytes(), "image/jpeg")).run()
+    assert "`dog.jpg` (your photo)" in query_caption(app)
+    app.file_uploader[0].set_value(("broken.jpg", b"not a photo", "image/jpeg")).run()
+    assert any("could not be read as a photo" in e.value for e in app.error)
+    assert not any(m.value.startswith("Query:") for m in app.markdown)
+    assert not [m for m in app.markdown if "· similarity" in m.value]
+
+
+def test_several_uploads_give_a_table_and_a_csv(app, dataset: Path):
+    files = [("a.jpg", (dataset / "Beagle" / "001.jpg").read_bytes(), "image/jpeg"),
+             ("a.jpg", (dataset / "samoyed" / "002.jpg").read_bytes(), "image/jpeg"),
+             ("c.jpg", b"not a photo", "image/jpeg")]  # two uploads may share a name
+    app.file_uploader[0].set_value(files).run()
+    assert not app.exception, [e.value for e in app.exception]
+    table = app.dataframe[0].value
+    assert table["file"].tolist() == ["a.jpg", "a.jpg", "c.jpg"]
+    # the dataset's own photos: the nearest look-alike is the very photo, its breed its folder
+    assert table["breed"].tolist()[:2] == ["beagle", "samoyed"]
+    assert table["look-alike breed"].tolist()[:2] == ["beagle", "samoyed"]
+    assert table["similarity"].tolist()[:2] == ["1.00", "1.00"]
+    assert table["photo"].str.startswith("data:image/jpeg;base64,").tolist()[:2] == [True] * 2
+    assert table["photo"][0] != table["photo"][1]  # each row its own photo
+    assert table["problem"].tolist()[2] != "" and table["breed"].tolist()[2] == "-"
+    assert [b.label for b in app.get("download_button")] == ["Download CSV"]
+    assert not any(m.value.startswith("Query:") for m in app.markdown)
+
+
+def test_batch_csv_is_what_classify_writes(ctx, dataset: Path, tmp_path: Path):
+    """The app's download and `embed-dogs classify`'s CSV come from one function: equal but
+    for the path column, which holds the upload's name instead of a path."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from ui.batch import classify_uploads
+    from ui.cli import app as cli
+
+    photos = [dataset / "Beagle" / "003.jpg", dataset / "n02085620-Chihuahua" / "004.jpg"]
+    answer = classify_uploads(ctx, [(p.name, p.read_bytes()) for p in photos])
+    out = tmp_path / "p.csv"
+    result = CliRunner().invoke(cli, ["classify", *map(str, photos), "--bundle",
+                                      str(ctx.bundle.root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    cli_table = pd.read_csv(out, keep_default_na=False)
+    cli_table["path"] = [Path(p).name for p in cli_table["path"]]
+    app_table = pd.read_csv(io.StringIO(answer.csv), keep_default_na=False)
+    pd.testing.assert_frame_equal(app_table, cli_table)
+
+
+def test_sidebar_lists_breeds_and_photos(app):
+    (table,) = [d.value for d in app.sidebar.dataframe]
+    assert dict(zip(table["breed"], table["photos"], strict=True)) == {b: 10 for b in BREEDS}
+    assert not any("preprocessing" in m.value for m in app.sidebar.markdown)
+
+
+def test_report_tables_and_test_predictions_logic(ctx):
+    """A head that always says beagle: every non-beagle test photo is misclassified."""
+    always = SimpleNamespace(needs_images=False, predict_top_k=lambda v, k, i: [
+        [("beagle", 0.9)] for _ in range(len(v))])
+    predictions = browse.test_predictions(ctx.bundle, always)
+    test_rows = ctx.index.metadata.query("split == 'test'")
+    assert len(predictions) == len(test_rows)
+    wrong = predictions[predictions["true"] != predictions["predicted"]]
+    assert len(wrong) == int((test_rows["label"] != "beagle").sum())
+    cells = browse.confusion_cells(predictions)
+    assert cells[0][2] >= cells[-1][2] and cells[-1][:2] == ("beagle", "beagle")
+    assert browse.test_predictions(ctx.bundle, None) is None
+    dev = browse.human_gate_dev(__import__("pandas").DataFrame([
+        {"set": "test dogs", "kind": "dog", "images": 6, "knn_auroc": None,
+         "knn_fpr_at_95": None, "dog": 1.0, "unknown_breed": 0.0, "not_a_dog": 0.0}]))
+    assert "knn_fpr_at_95" not in dev.columns and "None" not in dev.to_string()
+    assert dev.iloc[0]["kNN AUROC"] == "–" and dev.iloc[0]["Called a known breed"] == "100.0%"
+
+
+def test_map_projection_palette_and_query_point(ctx):
+    assert browse.projection_methods()[0] == "UMAP"  # a declared dependency
+    assert browse.projection_for("UMAP", 30)[0] == "PCA"
+    assert browse.projection_for("UMAP", 500) == ("UMAP", "")
+    assert len(set(browse.PALETTE)) >= 20
+    table = browse.map_table(ctx.bundle, thumbs=True)
+    assert table["image"].str.startswith("data:image/jpeg").all()
+    query = core.query_from_row(core.ShardVectors(ctx.bundle), ctx.index.metadata, 4)
+    assert browse.query_point(table, query, []) == (table.iloc[4]["x"], table.iloc[4]["y"])
+    own = SimpleNamespace(position=None)
+    x, y = browse.query_point(table, own, [0, 1])
+    assert x == pytest.approx(table.iloc[:2]["x"].mean())

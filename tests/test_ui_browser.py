@@ -134,8 +134,45 @@ def test_upload_shows_breed_and_gallery_in_chromium(server: str, dataset: Path, 
             grid = page.get_by_role("button", name="look-alikes").first
             assert selected.bounding_box()["y"] < grid.bounding_box()["y"]
             page.screenshot(path=str(tmp_path / "browse.png"), full_page=True)
+
+            # Map: an own photo placed among its nearest photos and marked with a cross
+            page.get_by_role("link", name="Map").click()
+            expect(page.get_by_text("Map of the embeddings")).to_be_visible()
+            expect(page.get_by_text("Selected photo")).to_have_count(0)  # Browse's query
+            page.locator("input[type=file]").set_input_files(str(photo))
+            expect(page.get_by_text("The black cross marks")).to_be_visible(
+                timeout=PAGE_TIMEOUT_MS)
+            expect(page.locator(".vega-embed").first).to_be_visible()
+            page.screenshot(path=str(tmp_path / "map_query.png"), full_page=True)
+
+            # Report: named columns, the misclassified gallery and a confusion-matrix cell
+            page.get_by_role("link", name="Report").click()
+            expect(page.get_by_text("Misclassified test photos")).to_be_visible(
+                timeout=PAGE_TIMEOUT_MS)
+            expect(page.get_by_text("Confusion matrix cells")).to_be_visible()
+            expect(page.get_by_text("Test photos").first).to_be_visible()
+            expect(page.get_by_text("✓ beagle → beagle").first).to_be_visible(
+                timeout=PAGE_TIMEOUT_MS)  # the first cell's photos, under the select
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+            report_text = page.inner_text("body")
+
+            # several uploads at once: a table with thumbnails and the CSV to download
+            page.get_by_role("link", name="Identify").click()
+            expect(page.get_by_text("Identify a dog")).to_be_visible()
+            several = [sorted((dataset / breed).glob("*.jpg"))[1]
+                       for breed in ("Beagle", "samoyed", "n02085620-Chihuahua")]
+            page.locator("input[type=file]").set_input_files([str(p) for p in several])
+            expect(page.get_by_text("3 photos", exact=True)).to_be_visible(
+                timeout=PAGE_TIMEOUT_MS)
+            expect(page.get_by_role("button", name="Download CSV")).to_be_visible()
+            table = page.locator("[data-testid=stMain] [data-testid=stDataFrame]")
+            expect(table).to_have_count(1)
+            page.screenshot(path=str(tmp_path / "batch.png"), full_page=True)
         finally:
             browser.close()
     assert (tmp_path / "identify.png").stat().st_size > 10_000
     assert "beagle" in text
     assert "similarity" in text
+    assert "knn_fpr_at_95" not in report_text and "None" not in report_text
+    for shot in ("map_query.png", "report.png", "batch.png"):
+        assert (tmp_path / shot).stat().st_size > 10_000

@@ -34,13 +34,57 @@ def page_slice(positions: np.ndarray, page: int, per_page: int) -> tuple[np.ndar
 
 
 # ---- map -------------------------------------------------------------------------------------
+UMAP_MIN_ROWS = 50  # below this UMAP's neighbour graph says little: PCA is shown instead
+# 30 colours in six hue families, dark and light: neighbouring breeds on the map stay apart
+PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+    "#f7b6d2", "#393b79", "#dbdb8d", "#9edae5", "#637939", "#8c6d31", "#843c39", "#7b4173",
+    "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363", "#000000",
+)
+HOVER_THUMBS_MAX_ROWS = 3000  # above this the map's hover shows no photo (too heavy a chart)
+HOVER_THUMB = 64
+
+
 def projection_methods() -> list[str]:
-    """PCA always; UMAP when umap-learn is installed."""
+    """UMAP first (a declared dependency), PCA always; PCA alone if umap-learn is missing."""
     try:
         import umap  # noqa: F401
     except ImportError:
         return ["PCA"]
-    return ["PCA", "UMAP"]
+    return ["UMAP", "PCA"]
+
+
+def projection_for(method: str, rows: int) -> tuple[str, str]:
+    """(the method actually used, why it differs from the one asked for, or "")."""
+    if method == "UMAP" and rows < UMAP_MIN_ROWS:
+        return "PCA", (f"UMAP needs at least {UMAP_MIN_ROWS} photos to say something; this"
+                       f" bundle has {rows}, so PCA is shown")
+    return method, ""
+
+
+def hover_thumbnails(metadata: Any, size: int = HOVER_THUMB) -> list[str | None] | None:
+    """Small data-URI thumbnails per row for the map's hover, or None for big bundles."""
+    from ui.thumbnails import file_thumb
+
+    if len(metadata) > HOVER_THUMBS_MAX_ROWS:
+        return None
+    return [file_thumb(str(p), str(h), size) for p, h in
+            zip(metadata["path"].astype(str), metadata["sha256"].astype(str), strict=True)]
+
+
+def query_point(table: Any, query: Any, neighbours: list[int]) -> tuple[float, float] | None:
+    """Where the query sits on the map: its own point for a dataset photo, else the middle of
+    its nearest photos (a projection of a new photo would need the fitted UMAP)."""
+    if query is None:
+        return None
+    if query.position is not None:
+        row = table.iloc[int(query.position)]
+        return float(row["x"]), float(row["y"])
+    if not neighbours:
+        return None
+    near = table.iloc[neighbours]
+    return float(near["x"].mean()), float(near["y"].mean())
 
 
 PCA_FIT_ROWS = 5000  # PCA is fitted on a sample this big, then applied to every row
@@ -51,12 +95,11 @@ def project_2d(vectors: np.ndarray, method: str = "PCA", seed: int = 0) -> np.nd
     vectors = np.asarray(vectors, np.float32)
     if len(vectors) < 3:
         return np.zeros((len(vectors), 2), np.float32)
-    if method == "UMAP":
+    if method == "UMAP" and len(vectors) >= UMAP_MIN_ROWS:
         import umap
 
-        return umap.UMAP(n_components=2, metric="cosine", random_state=seed).fit_transform(
-            vectors
-        )
+        return np.asarray(umap.UMAP(n_components=2, metric="cosine", random_state=seed,
+                                    n_jobs=1).fit_transform(vectors), np.float32)
     from sklearn.decomposition import PCA
 
     sample = vectors
@@ -67,16 +110,20 @@ def project_2d(vectors: np.ndarray, method: str = "PCA", seed: int = 0) -> np.nd
     return pca.transform(vectors).astype(np.float32)
 
 
-def map_table(bundle: Bundle, method: str = "PCA") -> Any:
-    """One row per image: position, x, y, breed, file; for the map page."""
+def map_table(bundle: Bundle, method: str = "PCA", thumbs: bool = False) -> Any:
+    """One row per image: position, x, y, breed, file (and `image`, a hover thumbnail, with
+    `thumbs` on bundles small enough); for the map page."""
     metadata = bundle.metadata()
-    xy = project_2d(bundle.embeddings(), method)
+    xy = project_2d(bundle.embeddings(), projection_for(method, len(metadata))[0])
     table = metadata[["path"]].copy()
     table.insert(0, "position", np.arange(len(metadata)))
     table["x"], table["y"] = xy[:, 0], xy[:, 1]
     table["breed"] = [pretty_breed(b) if b != UNLABELLED else b for b in
                       metadata["label"].where(metadata["label"].notna(), UNLABELLED).astype(str)]
     table["file"] = [file_name(p) for p in metadata["path"].astype(str)]
+    images = hover_thumbnails(metadata) if thumbs else None
+    if images is not None:
+        table["image"] = images
     return table.drop(columns=["path"])
 
 
@@ -141,3 +188,79 @@ def selected_position(event: Any, param: str = "dog") -> int | None:
         if isinstance(point, Mapping) and point.get("position") is not None:
             return int(point["position"])
     return None
+
+
+# ---- the report's tables in words --------------------------------------------------------------
+PER_BREED_COLUMNS = {"breed": "Breed", "precision": "Precision", "recall": "Recall",
+                     "f1": "F1", "support": "Test photos"}
+CONFUSED_COLUMNS = {"true": "True breed", "predicted": "Predicted as", "count": "Photos"}
+GATE_DEV_COLUMNS = {
+    "set": "Photo set", "kind": "Should be", "images": "Photos", "knn_auroc": "kNN AUROC",
+    "knn_fpr_at_95": "kNN false positives at 95% dog recall", "head_auroc": "Head AUROC",
+    "head_fpr_at_95": "Head false positives at 95% dog recall", "dog": "Called a known breed",
+    "unknown_breed": "Called an unknown breed", "not_a_dog": "Called not a dog",
+}
+SHARES = ("knn_fpr_at_95", "head_fpr_at_95", "dog", "unknown_breed", "not_a_dog")
+SCORES = ("knn_auroc", "head_auroc")
+MISSING = "–"
+
+
+def human_gate_dev(table: Any) -> Any:
+    """report/gate_dev.csv for people: named columns, shares as percentages, "–" where a
+    figure does not apply (the held-out dogs have no AUROC against themselves)."""
+    import pandas as pd
+
+    out = pd.DataFrame()
+    for column, name in GATE_DEV_COLUMNS.items():
+        if column not in table:
+            continue
+        values = table[column]
+        if column in SHARES:
+            out[name] = [MISSING if pd.isna(v) else f"{v:.1%}" for v in values]
+        elif column in SCORES:
+            out[name] = [MISSING if pd.isna(v) else f"{v:.3f}" for v in values]
+        elif column == "kind":
+            out[name] = [str(v).replace("_", " ") for v in values]
+        else:
+            out[name] = [MISSING if pd.isna(v) else str(v) for v in values]
+    return out
+
+
+def human_confusions(pairs: list[dict[str, Any]]) -> Any:
+    import pandas as pd
+
+    table = pd.DataFrame(pairs or [], columns=list(CONFUSED_COLUMNS))
+    for column in ("true", "predicted"):
+        table[column] = table[column].map(pretty_breed)
+    return table.rename(columns=CONFUSED_COLUMNS)
+
+
+def test_predictions(bundle: Bundle, predictor: Any) -> Any:
+    """The serving head's answer for every labelled test photo (position, path, sha256, true,
+    predicted, probability), from the stored vectors; None for a head that reads images (it
+    would have to decode every test photo again) or without a head."""
+    import pandas as pd
+
+    if predictor is None or predictor.needs_images:
+        return None
+    metadata = bundle.metadata()
+    mask = (metadata["label"].notna() & (metadata["split"] == "test")).to_numpy()
+    columns = ["position", "path", "sha256", "true", "predicted", "probability"]
+    if not mask.any():
+        return pd.DataFrame(columns=columns)
+    ranked = predictor.predict_top_k(bundle.embeddings()[mask], 1, None)
+    rows = metadata[mask]
+    return pd.DataFrame({
+        "position": np.flatnonzero(mask), "path": rows["path"].astype(str).to_numpy(),
+        "sha256": rows["sha256"].astype(str).to_numpy(),
+        "true": rows["label"].astype(str).to_numpy(),
+        "predicted": [r[0][0] for r in ranked], "probability": [r[0][1] for r in ranked],
+    }, columns=columns)
+
+
+def confusion_cells(predictions: Any) -> list[tuple[str, str, int]]:
+    """(true, predicted, photos) for every non-empty cell of the confusion matrix: mistakes
+    first (most photos first), then the diagonal."""
+    counts = predictions.groupby(["true", "predicted"]).size()
+    cells = [(str(t), str(p), int(n)) for (t, p), n in counts.items()]
+    return sorted(cells, key=lambda c: (c[0] == c[1], -c[2], c[0], c[1]))

@@ -315,6 +315,27 @@ def matching_positions(bundle: Bundle, patterns: list[str]) -> Any:
     return mask
 
 
+def matching_paths(bundle_dir: str | Path, patterns: list[str]) -> list[str]:
+    """The photos `remove` with these patterns would drop now, as stored (absolute paths);
+    read-only, for `remove --dry-run` and for listing what went."""
+    bundle = Bundle.open(bundle_dir)
+    mask = matching_positions(bundle, patterns)
+    return bundle.metadata()["path"].astype(str)[mask].tolist()
+
+
+def change_effects(bundle_dir: str | Path) -> dict[str, Any]:
+    """After `add`/`remove`: the new breeds its last change introduced, what was refitted on
+    the new rows (fresh heads, the gate) and what is stale (a fine-tuned head to retrain)."""
+    manifest = Bundle.open(bundle_dir).manifest
+    last = manifest.history[-1] if manifest.history else {}
+    stale = manifest.stale()
+    refitted = [f"head {h}" for h in manifest.heads if not manifest.head_is_stale(h)]
+    if manifest.gate is not None and "gate" not in stale:
+        refitted.append("open-set gate")
+    return {"new_breeds": list(last.get("new_breeds") or []), "refitted": refitted,
+            "stale": stale}
+
+
 def remove_from_bundle(bundle_dir: str | Path, patterns: list[str]) -> int:
     """Drop the rows whose paths match `patterns` (paths or globs); refresh index, head and
     report. Returns how many rows went."""

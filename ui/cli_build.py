@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +28,7 @@ from ui.cli_common import (
     clear_errors,
     console,
     err,
+    epoch_bar,
     memory_size,
     plain,
     progress_bar,
@@ -91,6 +93,19 @@ def build_index(
         test_fraction=test_fraction, overwrite=overwrite, backbone_from=backbone_from,
         engine=plain(engine), ray_address=ray_address, workers=workers,
     )
+    began = time.perf_counter()
+    clock: dict[str, float] = {}
+
+    def on_source(src: Any) -> Any:
+        clock["bar"] = time.perf_counter()  # the bar starts here: its img/s counts from now
+        advance = start(len(src.items))
+
+        def advanced(n: int) -> None:
+            advance(n)
+            clock["last"] = time.perf_counter()
+
+        return advanced
+
     if fine_tune:
         if backbone_from is not None:
             raise typer.BadParameter("--fine-tune builds its own tuned backbone; drop"
@@ -104,8 +119,8 @@ def build_index(
         with clear_errors(), progress_bar("embedding") as start:
             from ui.workflows import build_bundle
 
-            result = build_bundle(config, on_source=lambda src: start(len(src.items)))
-    print_build_summary(result)
+            result = build_bundle(config, on_source=on_source)
+    print_build_summary(result, time.perf_counter() - began, clock)
 
 
 def run_fine_tune(config: BuildConfig, params: Any) -> Any:
@@ -139,16 +154,20 @@ def run_fine_tune(config: BuildConfig, params: Any) -> Any:
     return done.tuned
 
 
-def print_build_summary(result: Any) -> None:
-    """The build's table (a `BuildResult`): counts, throughput, backbone, index, heads, gate
-    and space."""
+def print_build_summary(result: Any, total: float, clock: dict[str, float]) -> None:
+    """The build's table (a `BuildResult`): counts, total time, throughput beside the bar's,
+    backbone, index, heads, gate and space; then what to run next."""
     stats = result.stats
     table = Table(title=f"bundle {result.bundle}", show_header=False)
     table.add_row("images embedded", str(stats.embedded) + (
         f" ({stats.reused} items reused from the interrupted build)" if stats.reused else ""))
     table.add_row("skipped", f"{stats.skipped}" + (
         f" (see {result.bundle / 'skipped.csv'})" if stats.skipped else ""))
-    table.add_row("throughput", f"{stats.images_per_second:.1f} images/s (steady state)"
+    table.add_row("total time", f"{total:.1f} s (listing, one-time work, embedding, index,"
+                  " head and gate)")
+    bar_seconds = clock.get("last", 0.0) - clock.get("bar", 0.0)
+    table.add_row("throughput", throughput_text(stats, stats.processed / bar_seconds
+                                                if bar_seconds > 0 else None)
                   if stats.processed else "nothing left to embed (every item reused)")
     source = result.manifest.source
     if source.get("duplicates"):
@@ -169,6 +188,28 @@ def print_build_summary(result: Any) -> None:
     if not result.manifest.heads:
         table.add_row("breed head", "none (unlabelled source or no test images)")
     console.print(table)
+    console.print(next_steps(result.bundle), highlight=False, soft_wrap=True)
+
+
+def throughput_text(stats: Any, bar_rate: float | None) -> str:
+    """The steady-state images/s, and why the progress bar showed less: its clock started when
+    the source was listed, so it also counts the one-time work and the pipeline's start-up."""
+    text = (f"{stats.images_per_second:.1f} images/s once running ({stats.processed} images in"
+            f" {stats.seconds:.1f} s of the embedding loop)")
+    if bar_rate is not None and bar_rate < 0.95 * stats.images_per_second:
+        text += (f"; the progress bar's {bar_rate:.1f} img/s is lower: its clock started when"
+                 " the source was listed, so it also counts the runtime's one-time work"
+                 " (conversion, parity, calibration) and the decoders' start-up")
+    elif bar_rate is not None:
+        text += f"; the progress bar showed {bar_rate:.1f} img/s"
+    return text
+
+
+def next_steps(bundle: Path) -> str:
+    """What to run next on a fresh bundle."""
+    return (f"next: embed-dogs ui --bundle {bundle}   (the app: identify, browse, map, report)\n"
+            f"  or: embed-dogs classify PHOTOS --bundle {bundle} --out predictions.csv\n"
+            f"  or: embed-dogs info --bundle {bundle}")
 
 
 def add(
@@ -195,6 +236,26 @@ def add(
                   + (f", {stats.skipped} could not be used (see skipped.csv)"
                      if stats.skipped else "")
                   + f"; {stats.reused} were already there")
+    print_change_effects(bundle)
+
+
+def print_change_effects(bundle: Path) -> None:
+    """After add/remove: the new breeds, what was refitted, what is stale and its fix."""
+    from ui.build_flow import change_effects
+
+    effects = change_effects(bundle)
+    if effects["new_breeds"]:
+        n = len(effects["new_breeds"])
+        console.print(f"new breed{'' if n == 1 else 's'}: " + ", ".join(effects["new_breeds"]),
+                      highlight=False)
+    if effects["refitted"]:
+        console.print("refitted on the new rows: " + ", ".join(effects["refitted"]),
+                      highlight=False)
+    for item in effects["stale"]:
+        fix = (f"embed-dogs train --head {item.split()[-1]} --bundle {bundle}"
+               if item.startswith("head ") else f"embed-dogs train --head logreg --bundle {bundle}")
+        console.print(f"[bold yellow]stale:[/] {item} (fitted on the old rows, not served);"
+                      f" refresh it with `{fix}`", highlight=False, soft_wrap=True)
 
 
 def remove(
@@ -213,9 +274,8 @@ def remove(
 ) -> None:
     """Remove images from a bundle, then update its index, breed head and report."""
     with clear_errors():
-        from embed.bundle import Bundle
         from ui.audit_store import paths_from_list
-        from ui.workflows import matching_positions, remove_from_bundle, remove_listed
+        from ui.workflows import remove_from_bundle, remove_listed
 
         wanted = list(patterns or [])
         findings = False
@@ -242,18 +302,35 @@ def remove(
             console.print(f"{verb} {len(result.removed)} images from {bundle}"
                           + (f"; {len(result.unknown)} listed paths are not in it"
                              if result.unknown else ""))
+            if not dry_run:
+                print_change_effects(bundle)
             return
         if not wanted:
             raise EmbedDogsError("name the images to remove: paths, globs or --from-file")
+        from ui.build_flow import matching_paths
+
+        going = matching_paths(bundle, wanted)
         if dry_run:
-            current = Bundle.open(bundle)
-            mask = matching_positions(current, wanted)
-            for path in current.metadata()["path"].astype(str)[mask]:
-                console.print(path, highlight=False, soft_wrap=True)
-            console.print(f"would remove {int(mask.sum())} images from {bundle}")
+            if not going:
+                raise EmbedDogsError(f"no image of {bundle} matches {', '.join(wanted)}")
+            print_paths(going, bundle)
+            console.print(f"would remove {len(going)} images from {bundle} (dry run: nothing"
+                          " changed)", highlight=False)
             return
         removed = remove_from_bundle(bundle, wanted)
-    console.print(f"removed {removed} images from {bundle}")
+    print_paths(going, bundle)
+    console.print(f"removed {removed} images from {bundle}", highlight=False)
+    print_change_effects(bundle)
+
+
+def print_paths(paths: list[str], bundle: Path) -> None:
+    """One photo a line, relative to the bundle's source root."""
+    from embed.bundle import Bundle
+    from ui.facts import display_path
+
+    root = Bundle.open(bundle).source_root
+    for path in paths:
+        console.print(f"  {display_path(path, root)}", highlight=False, soft_wrap=True)
 
 
 def train(
@@ -297,12 +374,8 @@ def train(
             except ValueError as exc:
                 raise EmbedDogsError(str(exc)) from None
 
-        def on_epoch(phase: str, epoch: int, total: int, logs: dict[str, float]) -> None:
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
-            err.print(f"[bold]{phase}[/] epoch {epoch}/{total}  {shown}", highlight=False,
-                      soft_wrap=True)
-
-        result = train_head(bundle, head, c=c, params=params, on_epoch=on_epoch)
+        with epoch_bar() as on_epoch:
+            result = train_head(bundle, head, c=c, params=params, on_epoch=on_epoch)
     record, comparison = result["record"], result["comparison"]
     path = record.get("training_path")
     if isinstance(path, dict):

@@ -8,21 +8,25 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.columns import Columns
 from rich.table import Table
 
 from ui.cli_common import BundleOpt, clear_errors, console, err
-from ui.facts import manifest_facts
+from ui.facts import breed_counts, manifest_facts
 
 
 def info(
     bundle: BundleOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw manifest.")] = False,
 ) -> None:
-    """What the bundle's manifest says: backbone, source, counts, index, heads, versions."""
+    """What the bundle holds: its breeds and how many photos each, then what the manifest says
+    (backbone, source, counts, index, heads, versions)."""
     with clear_errors():
         from embed.bundle import Bundle
 
-        manifest = Bundle.open(bundle).manifest
+        opened = Bundle.open(bundle)
+        manifest = opened.manifest
+        breeds = breed_counts(opened.metadata()) if not as_json else []
     if as_json:
         print(manifest.to_json())
         return
@@ -30,6 +34,10 @@ def info(
     for name, value in manifest_facts(manifest):
         table.add_row(name, value)
     console.print(table)
+    known = [b for b in breeds if b[0] != "(unlabelled)"]
+    console.print(f"breeds ({len(known)}), photos each:", highlight=False)
+    console.print(Columns([f"{b.replace('_', ' ')} {n}" for b, n in breeds], padding=(0, 3)),
+                  highlight=False)
 
 
 def verify(bundle: BundleOpt) -> None:

@@ -32,10 +32,12 @@ from embed.errors import EmbedDogsError
 from embed.runtimes import RUNTIME_CHOICES
 from index.choice import INDEX_KINDS, parse_budget
 from ui.build_flow import HEADS
+from ui.cli_help import CommandGroup
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
 
 app = typer.Typer(
+    cls=CommandGroup,  # -q/-v anywhere, plain metavars, defaults in one piece
     help="Embed dog photos with a pretrained backbone, search look-alikes with FAISS and "
     "classify breeds.",
     no_args_is_help=True,
@@ -209,3 +211,35 @@ def progress_bar(description: str, hidden: bool = False
             return advance
 
         yield start
+
+
+EPOCH_LOGS = {"loss": "loss", "accuracy": "acc", "val_accuracy": "val acc"}
+EpochCallback = Callable[[str, int, int, dict[str, float]], None]
+
+
+@contextmanager
+def epoch_bar() -> Iterator[EpochCallback]:
+    """Yields an `on_epoch(phase, epoch, total, logs)` callback (what Keras' callback in
+    `classify.finetune` calls) that drives one bar per training phase, with the latest loss and
+    accuracy beside it, instead of a line per epoch. Early stopping fills the bar at once."""
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
+               MofNCompleteColumn(), TextColumn("epochs  {task.fields[logs]}"),
+               TimeElapsedColumn()]
+    with Progress(*columns, console=err, transient=False, disable=state["quiet"]) as bar:
+        tasks: dict[str, Any] = {}
+
+        def on_epoch(phase: str, epoch: int, total: int, logs: dict[str, float]) -> None:
+            for other, task in tasks.items():  # a new phase: the previous one has ended
+                if other != phase:
+                    bar.update(task, total=bar.tasks[task].completed)
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase.replace("_", " "), total=total,
+                                            logs="")
+            shown = "  ".join(f"{name} {logs[k]:.3g}" if k.endswith("loss") else
+                              f"{name} {logs[k]:.0%}" for k, name in EPOCH_LOGS.items()
+                              if k in logs)
+            bar.update(tasks[phase], completed=epoch, logs=shown)
+
+        yield on_epoch
+        for task in tasks.values():  # early stopping ends a phase before its last epoch
+            bar.update(task, total=bar.tasks[task].completed)

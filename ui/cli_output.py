@@ -108,16 +108,33 @@ def print_gate_evaluation(result: Any, root: Path) -> None:
     def number(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
-    table = Table(title=f"open-set gate on photo sets (head {result.head or 'none'}; AUROC and"
-                  " FPR at 95% dog recall against the held-out test dogs)")
-    for col in ("set", "should be", "images", "kNN AUROC", "kNN FPR@95", "head AUROC",
-                "head FPR@95", "dog (95% CI)", "sure breed", "unknown_breed", "not_a_dog"):
-        table.add_column(col, overflow="fold")
+    # two narrow tables instead of one wide one: each stays readable at 80 columns
+    scores = Table(title=f"open-set gate on photo sets (head {result.head or 'none'}): AUROC,"
+                   " and false-positive rate at 95% recall of the held-out test dogs")
+    for col in ("set", "images", "kNN AUROC", "kNN FPR@95", "head AUROC", "head FPR@95"):
+        scores.add_column(col, justify="left" if col == "set" else "right",
+                          no_wrap=col == "set")
+    verdicts = Table(title="verdicts on each set (share of its photos; sure: a dog whose head"
+                     " and look-alikes agree on the breed)")
+    for col in ("set", "should be", "dog", "95% CI", "sure", "unknown", "not a dog"):
+        verdicts.add_column(col, justify="left" if col in ("set", "should be") else "right",
+                            no_wrap=col == "set")
+    sources = []
     for row in result.rows:
-        table.add_row(row["set"], row["kind"], str(row["images"]), number(row["knn_auroc"]),
-                      share(row["knn_fpr_at_95"]), number(row["head_auroc"]),
-                      share(row["head_fpr_at_95"]), share(row["dog"]) + ci(row.get("dog_ci95")),
-                      share(row.get("sure_breed")), share(row["unknown_breed"]),
-                      share(row["not_a_dog"]))
-    console.print(table)
+        kind = str(row["kind"]).replace("_", " ")
+        name, _, where = str(row["set"]).partition(" (")
+        if where and "/" in where:  # a folder given on the command line: named below
+            sources.append(f"{name}: {where.rstrip(')')}")
+        else:
+            name = str(row["set"])
+        scores.add_row(name, str(row["images"]), number(row["knn_auroc"]),
+                       share(row["knn_fpr_at_95"]), number(row["head_auroc"]),
+                       share(row["head_fpr_at_95"]))
+        verdicts.add_row(name, kind, share(row["dog"]), ci(row.get("dog_ci95")).strip(" ()"),
+                         share(row.get("sure_breed")), share(row["unknown_breed"]),
+                         share(row["not_a_dog"]))
+    console.print(scores)
+    console.print(verdicts)
+    for line in sources:
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
     console.print("written: " + ", ".join(str(root / f) for f in result.files.values()))

@@ -21,6 +21,7 @@ from ui.cli_common import (
     err,
     plain,
     progress_bar,
+    state,
 )
 from ui.cli_output import (
     head_title,
@@ -37,17 +38,24 @@ def classify(
         help="Photos, folders (searched recursively), text files listing one path a line,"
         " or - to read such a list from stdin.", show_default=False)],
     bundle: BundleOpt,
-    out: Annotated[str, typer.Option(
-        "--out", "-o", help="CSV file to write, or - for stdout.")] = "predictions.csv",
+    out: Annotated[str | None, typer.Option(
+        "--out", "-o", metavar="FILE", help="File to write (default, or -: standard output,"
+        " with the summary on stderr).", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Write JSON lines (one object per image) instead of CSV.")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace an existing --out file.")] = False,
     top_k: Annotated[int, typer.Option(min=1, help="Breeds per image.")] = 5,
     head: HeadOpt = None,
     runtime: RuntimeOpt = None,
     space: SpaceOpt = None,
 ) -> None:
-    """Predict the breed of every photo and its nearest look-alike, into a CSV (or JSON lines)."""
-    to_stdout = out == "-"
+    """Predict the breed of every photo and its nearest look-alike, as CSV (or JSON lines)."""
+    to_stdout = out in (None, "-")
+    with clear_errors():
+        if not to_stdout and Path(out).exists() and not Path(out).is_dir() and not overwrite:
+            raise EmbedDogsError(f"{out} exists; pass --overwrite to replace it, or choose"
+                                 " another --out")
     with clear_errors(), progress_bar("classifying", hidden=to_stdout) as start:
         from ui.workflows import classify_images, open_for_queries, resolve_inputs
 
@@ -57,16 +65,18 @@ def classify(
         target = sys.stdout if to_stdout else Path(out)
         summary = classify_images(ctx, photos, target, top_k, on_start=start,
                                   fmt="jsonl" if as_json else "csv")
-    (err if to_stdout else console).print(
+    report = err if to_stdout else console
+    if state["quiet"]:
+        return
+    report.print(
         f"{summary['classified']} of {summary['images']} images classified"
         + (f", {summary['failed']} could not be read (see the error column)"
            if summary["failed"] else "")
         + f"; head: {summary['head'] or 'none'}; look-alikes: {ctx.space} space;"
-        f" wrote {summary['out']}"
-    )
+        f" wrote {summary['out']}", highlight=False, soft_wrap=True)
     if ctx.space_note:
-        (err if to_stdout else console).print(ctx.space_note, highlight=False)
-    print_verdict_counts(summary.get("verdicts"), err if to_stdout else console)
+        report.print(ctx.space_note, highlight=False, soft_wrap=True)
+    print_verdict_counts(summary.get("verdicts"), report)
 
 
 def search(
@@ -105,13 +115,20 @@ def search(
         return
     print_verdict(answer, ctx)
     if ctx.space_note:
-        console.print(ctx.space_note, highlight=False)
-    table = Table(title=f"look-alikes of {image} ({ctx.space} space)")
+        console.print(ctx.space_note, highlight=False, soft_wrap=True)
+    from ui.facts import display_path
+
+    root = ctx.bundle.source_root
+    console.print(f"look-alikes of {image} ({ctx.space} space)"
+                  + (f"; paths under {root}" if root is not None else ""),
+                  highlight=False, soft_wrap=True)
+    table = Table()
     for col in ("rank", "score", "breed"):
         table.add_column(col)
-    table.add_column("path", overflow="fold")
+    table.add_column("path")
     for rank, hit in enumerate(hits, start=1):
-        table.add_row(str(rank), f"{hit['score']:.4f}", str(hit["label"] or "-"), hit["path"])
+        table.add_row(str(rank), f"{hit['score']:.4f}", str(hit["label"] or "-"),
+                      display_path(hit["path"], root))
     console.print(table)
 
 

@@ -3,6 +3,7 @@ summary) and the app (report page, sidebar) both show, and the gate's and heads'
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from embed.manifest import Manifest
@@ -111,6 +112,25 @@ def int8_summary(runtime: dict[str, Any]) -> str:
     return f"; int8 not used: {check.get('reason')}"
 
 
+def display_path(path: str, root: Path | None = None) -> str:
+    """A photo's path as a person reads it: relative to the bundle's source root, else to the
+    current folder, else as stored (`--json` output keeps paths absolute)."""
+    for base in (root, Path.cwd()):
+        if base is not None and Path(path).is_relative_to(base):
+            return str(Path(path).relative_to(base))
+    return path
+
+
+def breed_counts(metadata: Any) -> list[tuple[str, int]]:
+    """(breed, photos) for every breed the bundle knows, most photos first, then by name;
+    unlabelled rows last as "(unlabelled)"."""
+    labels = metadata["label"]
+    known = labels[labels.notna()].astype(str).value_counts()
+    rows = sorted(((str(b), int(n)) for b, n in known.items()), key=lambda r: (-r[1], r[0]))
+    unlabelled = int(labels.isna().sum())
+    return rows + ([("(unlabelled)", unlabelled)] if unlabelled else [])
+
+
 def manifest_facts(manifest: Manifest) -> list[tuple[str, str]]:
     """The manifest as (name, value) rows a person can read: the one formatter that `info`,
     `build-index`'s summary and the app's report and sidebar all show."""
@@ -136,8 +156,8 @@ def manifest_facts(manifest: Manifest) -> list[tuple[str, str]]:
         *engine_facts(manifest),
         ("source", f"{src.kind} {src.location}"),
         ("splits", ", ".join(f"{k} {v}" for k, v in src.splits.items()) or "-"),
-        ("images", f"images {counts.images}, embedded {counts.embedded},"
-                   f" skipped {counts.skipped}"),
+        ("images", f"{counts.images} found, {counts.embedded} embedded,"
+                   f" {counts.skipped} skipped"),
         ("index", f"{idx.kind} ({idx.factory}), metric {idx.metric}" if idx else "none"),
         ("recall@10 vs exact search", str(idx.get("recall@10") if idx else None)),
     ]

@@ -8,6 +8,7 @@ PER_PAGE = 24
 COLUMNS = 6
 
 ctx = widgets.context()
+widgets.enter_scope("browse")
 ref = widgets.bundle_ref()
 groups = widgets.breed_groups(ref)
 names = widgets.file_names(ref)

@@ -1,9 +1,10 @@
-"""Report: the breed head's test metrics and the bundle's manifest facts."""
+"""Report: the breed heads' test metrics, the photos behind them, the open-set gate and the
+bundle's manifest facts, in tables with words for column names."""
 
 import pandas as pd
 import streamlit as st
 
-from ui import browse, core, facts, widgets
+from ui import browse, facts, report_view, widgets
 
 ctx = widgets.context()
 ref = widgets.bundle_ref()
@@ -33,14 +34,12 @@ for head in heads:
     table_col, plot_col = st.columns(2)
     with table_col:
         st.subheader("Per breed")
-        st.dataframe(head.per_breed, hide_index=True, width="stretch",
-                     column_config={k: st.column_config.NumberColumn(format="%.2f")
-                                    for k in ("precision", "recall", "f1")})
+        st.dataframe(head.per_breed.rename(columns=browse.PER_BREED_COLUMNS), hide_index=True,
+                     width="stretch",
+                     column_config={name: st.column_config.NumberColumn(format="%.2f")
+                                    for name in ("Precision", "Recall", "F1")})
         st.subheader("Most confused")
-        pairs = pd.DataFrame(m.get("most_confused") or [])
-        for column in ("true", "predicted"):
-            if column in pairs:
-                pairs[column] = pairs[column].map(core.pretty_breed)
+        pairs = browse.human_confusions(m.get("most_confused") or [])
         if pairs.empty:
             st.write("No confusions on the test split.")
         else:
@@ -49,27 +48,30 @@ for head in heads:
         st.subheader("Confusion matrix")
         if head.confusion_png is not None:
             st.image(str(head.confusion_png), width="stretch")
+            st.caption("Pick a cell below to see the photos behind it.")
         else:
             st.write("No confusion-matrix image in the bundle.")
+
+report_view.test_photo_views(ctx)
 
 st.header("Look-alike space")
 st.caption("Look-alikes are searched in a space fitted on the train split's breeds (raw"
            " embedding beside shrinkage LDA), measured on the test split against the raw one.")
-st.dataframe(pd.DataFrame(facts.space_facts(ctx.bundle.manifest), columns=["", "value"]),
-             hide_index=True, width="stretch")
+st.table(pd.DataFrame(facts.space_facts(ctx.bundle.manifest), columns=["What", "Value"])
+         .set_index("What"))
 
 st.header("Open-set gate")
 st.caption("Before naming a breed the app checks for evidence that the photo is a dog of one"
            " of this bundle's breeds. Thresholds come from the train split only.")
-st.dataframe(pd.DataFrame(facts.gate_facts(ctx.bundle.manifest), columns=["", "value"]),
-             hide_index=True, width="stretch")
+st.table(pd.DataFrame(facts.gate_facts(ctx.bundle.manifest), columns=["What", "Value"])
+         .set_index("What"))
 dev = browse.gate_dev_table(ctx.bundle)
 if dev is not None:
     st.subheader("Measured on other photos")
-    st.caption("From `embed-dogs evaluate --not-dogs … --unknown-breeds …`: AUROC and"
-               " false-positive rate at 95% dog recall, and the verdicts' shares.")
-    st.dataframe(dev, hide_index=True, width="stretch")
+    st.caption("From `embed-dogs evaluate --not-dogs … --unknown-breeds …`: AUROC, the share"
+               " of wrong photos let through at 95% dog recall, and how each set was called.")
+    st.table(browse.human_gate_dev(dev).set_index("Photo set"))
 
 st.header("Bundle")
-facts = pd.DataFrame(facts.manifest_facts(ctx.bundle.manifest), columns=["", "value"])
-st.dataframe(facts, hide_index=True, width="stretch")
+st.table(pd.DataFrame(facts.manifest_facts(ctx.bundle.manifest), columns=["What", "Value"])
+         .set_index("What"))

@@ -7,6 +7,7 @@ over the same photos share them. Each file is written atomically.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import os
@@ -61,6 +62,17 @@ def thumbnail(path: str, sha256: str, size: int = THUMB_SIZE, cache_dir: Path | 
     with atomic_path(out) as tmp:
         small.save(tmp, format="JPEG", quality=85)
     return out
+
+
+def data_uri(jpeg: bytes) -> str:
+    """A small JPEG as a data: URI: what Streamlit's image columns and the map's hover show."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def file_thumb(path: str, sha256: str = "", size: int = 96) -> str | None:
+    """A dataset photo's cached square thumbnail as a data URI (None without a file)."""
+    thumb = thumbnail(path, sha256, size) if path else None
+    return data_uri(thumb.read_bytes()) if thumb else None
 
 
 def display_jpeg(data: bytes, size: int = PREVIEW_SIZE) -> bytes:

@@ -63,8 +63,8 @@ def file_names(ref: core.BundleRef) -> list[str]:
 
 @st.cache_data(show_spinner="Projecting the embeddings to 2-D…", max_entries=4)
 def map_data(ref: core.BundleRef, method: str) -> Any:
-    """The map page's table (position, x, y, breed, file)."""
-    return browse.map_table(load_context(ref).bundle, method)
+    """The map page's table (position, x, y, breed, file, hover thumbnail)."""
+    return browse.map_table(load_context(ref).bundle, method, thumbs=True)
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -108,13 +108,30 @@ def keep_widget_state() -> None:
         st.session_state[key] = st.session_state.get(key, default)
 
 
-# ---- the query -------------------------------------------------------------------------------
+# ---- the query: one per page (and per Identify source) ---------------------------------------
+QUERY_SCOPE = "query_scope"
+PICKERS = ("identify_pick", "map_pick")
+
+
+def enter_scope(scope: str) -> None:
+    """The page (or Identify source) now shown: its query is its own, so a photo chosen on one
+    page does not follow the user to another."""
+    st.session_state[QUERY_SCOPE] = scope
+
+
+def _query_key() -> str:
+    return f"{QUERY}:{st.session_state.get(QUERY_SCOPE, 'identify_upload')}"
+
+
 def current_query() -> core.Query | None:
-    return st.session_state.get(QUERY)
+    return st.session_state.get(_query_key())
 
 
-def set_query(query: core.Query) -> None:
-    st.session_state[QUERY] = query
+def set_query(query: core.Query | None) -> None:
+    if query is None:
+        st.session_state.pop(_query_key(), None)
+    else:
+        st.session_state[_query_key()] = query
 
 
 UPLOAD_GENERATION = "upload_generation"
@@ -123,6 +140,20 @@ UPLOAD_GENERATION = "upload_generation"
 def uploader_key() -> str:
     """The upload widget's key: a new one empties the widget (see `use_row`)."""
     return f"identify_upload_{st.session_state.get(UPLOAD_GENERATION, 0)}"
+
+
+def clear_query() -> None:
+    """The clear button: this page's query goes, and the widgets that chose it let go."""
+    set_query(None)
+    st.session_state[UPLOAD_GENERATION] = st.session_state.get(UPLOAD_GENERATION, 0) + 1
+    for picker in PICKERS:
+        st.session_state.pop(f"{picker}_row", None)
+    st.session_state.pop("map_applied", None)
+
+
+def clear_button() -> None:
+    st.button("Clear", key="clear_query", icon=":material/close:", on_click=clear_query,
+              help="Forget this photo and start again")
 
 
 def use_row(position: int) -> None:
@@ -155,6 +186,7 @@ def handle_photo(file: Any, source: str) -> None:
             set_query(core.query_from_upload(file.name, file.getvalue(), context().embedder))
             st.session_state[seen] = (file_id, None)
         except core.UploadRejected as exc:
+            set_query(None)  # the previous photo's answer must not stand under the error
             st.session_state[seen] = (file_id, str(exc))
     problem = st.session_state[seen][1]
     if problem:
@@ -239,9 +271,9 @@ def gate_refusal(ctx: Any, prediction: core.Prediction) -> None:
 
 
 def lookalikes_hidden(query: core.Query, prediction: core.Prediction | None) -> bool:
-    """After a refusal the look-alikes are dogs that the photo only resembles a little: they
-    stay behind a toggle."""
-    if prediction is None or prediction.names_a_breed:
+    """After "not a dog" the look-alikes are dogs the photo only resembles a little: they stay
+    behind a toggle. A dog of an unknown breed is still a dog: its look-alikes are shown."""
+    if prediction is None or prediction.verdict != "not_a_dog":
         return False
     key = f"{LOOKALIKE_TOGGLE}_{query.position}_{query.name}"
     return not st.toggle("Show the closest dataset photos anyway", key=key, value=False)
@@ -251,8 +283,8 @@ def gallery(ctx: Any, query: core.Query, prediction: core.Prediction | None) -> 
     """The k nearest dataset images, filterable by breed, each usable as the next query."""
     st.subheader("Look-alikes")
     if lookalikes_hidden(query, prediction):
-        st.caption("Hidden: the photo is not one of this bundle's dogs, so its nearest photos"
-                   " are only distant look-alikes.")
+        st.caption("Hidden: the photo does not look like a dog, so its nearest photos are"
+                   " only distant look-alikes.")
         return
     breed = prediction.breed if prediction and prediction.names_a_breed else query.label
     options = list(core.FILTERS) if breed else ["all"]
@@ -312,8 +344,11 @@ def query_panel(ctx: Any, query: core.Query) -> None:
         where = "dataset photo" if query.position is not None else "your photo"
         labelled = f", labelled **{pretty(query.label)}**" if query.label else ""
         st.markdown(f"Query: `{query.name}` ({where}{labelled})")
-        if st.button("View full size", key="full_size", icon=":material/open_in_full:"):
+        left, right = st.columns(2)
+        if left.button("View full size", key="full_size", icon=":material/open_in_full:"):
             full_size(ctx, query)
+        with right:
+            clear_button()
     with predictions:
         prediction = prediction_block(ctx, query)
     gallery(ctx, query, prediction)
@@ -331,13 +366,21 @@ def missing_bundle_page(path: str | None, problem: str | None) -> None:
 
 
 def sidebar_facts(ctx: Any) -> None:
-    """Which bundle is open, in a few words."""
-    shown = dict(facts.manifest_facts(ctx.bundle.manifest))
+    """Which bundle is open and what it knows: its breeds and how many photos each."""
+    counts = facts.breed_counts(ctx.index.metadata)
+    known = [c for c in counts if c[0] != core.UNLABELLED]
     with st.sidebar:
-        st.caption(
-            f"Bundle `{ctx.bundle.root.name}`: {len(ctx.index.metadata):,} images,"
-            f" {shown['backbone']}, head {ctx.predictor.name if ctx.predictor else 'none'}"
-        )
+        st.markdown(f"**{ctx.bundle.root.name}**: {len(ctx.index.metadata):,} photos,"
+                    f" {len(known)} breeds")
+        if ctx.predictor is None:
+            st.caption("No breed head: look-alikes only.")
+        with st.expander("Breeds and photos", expanded=len(counts) <= 12):
+            st.dataframe(
+                [{"breed": pretty(b) if b != core.UNLABELLED else b, "photos": n}
+                 for b, n in counts],
+                hide_index=True, width="stretch", height=min(36 * len(counts) + 38, 420),
+                column_config={"breed": st.column_config.TextColumn("Breed"),
+                               "photos": st.column_config.NumberColumn("Photos")})
         st.toggle("Learned look-alike space", key=SPACE_TOGGLE, value=True,
                   help="Look-alikes in the space fitted on the bundle's breeds (off: the raw"
                        " embedding). The gate's verdicts are the same either way.")
