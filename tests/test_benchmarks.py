@@ -52,8 +52,10 @@ QUICK = {"decode_compare", "index_scale"}  # seconds; the others load TensorFlow
 
 
 # smoke-run elsewhere, or measurements over ../shared's real photos only (run by hand; their
-# figures are in their docstrings): audit_scale has tests/test_audit_benchmarks.py
-ELSEWHERE = {"audit_scale", "audit_planted", "gate_compare", "space_compare", "space_data"}
+# figures are in their docstrings): audit_scale has tests/test_audit_benchmarks.py; int8_samples
+# judges the int8 check on real weights and photos (docs/notes/speed.md has its table)
+ELSEWHERE = {"audit_scale", "audit_planted", "gate_compare", "int8_samples", "space_compare",
+             "space_data"}
 
 
 def test_every_benchmark_is_smoke_run() -> None:
