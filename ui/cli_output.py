@@ -102,9 +102,6 @@ def print_gate_evaluation(result: Any, root: Path) -> None:
     def share(value: float | None) -> str:
         return "-" if value is None else f"{value:.1%}"
 
-    def ci(pair: list[float] | None) -> str:
-        return f" ({pair[0]:.1%}–{pair[1]:.1%})" if pair else ""
-
     def number(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
@@ -114,11 +111,11 @@ def print_gate_evaluation(result: Any, root: Path) -> None:
     for col in ("set", "images", "kNN AUROC", "kNN FPR@95", "head AUROC", "head FPR@95"):
         scores.add_column(col, justify="left" if col == "set" else "right",
                           no_wrap=col == "set")
-    verdicts = Table(title="verdicts on each set (share of its photos; sure: a dog whose head"
-                     " and look-alikes agree on the breed)")
-    for col in ("set", "should be", "dog", "95% CI", "sure", "unknown", "not a dog"):
+    verdicts = Table(title="verdicts on each set (share of its photos; in brackets: dogs"
+                     " shown as a sure breed, head and look-alikes agreeing)")
+    for col in ("set", "should be", "dog (sure)", "unknown", "not a dog"):
         verdicts.add_column(col, justify="left" if col in ("set", "should be") else "right",
-                            no_wrap=col == "set")
+                            no_wrap=col in ("set", "should be"))
     sources = []
     for row in result.rows:
         kind = str(row["kind"]).replace("_", " ")
@@ -130,11 +127,17 @@ def print_gate_evaluation(result: Any, root: Path) -> None:
         scores.add_row(name, str(row["images"]), number(row["knn_auroc"]),
                        share(row["knn_fpr_at_95"]), number(row["head_auroc"]),
                        share(row["head_fpr_at_95"]))
-        verdicts.add_row(name, kind, share(row["dog"]), ci(row.get("dog_ci95")).strip(" ()"),
-                         share(row.get("sure_breed")), share(row["unknown_breed"]),
-                         share(row["not_a_dog"]))
+        sure = row.get("sure_breed")
+        verdicts.add_row(name, kind, share(row["dog"]) + ("" if sure is None
+                                                          else f" ({share(sure)})"),
+                         share(row["unknown_breed"]), share(row["not_a_dog"]))
     console.print(scores)
     console.print(verdicts)
     for line in sources:
         console.print(f"  {line}", highlight=False, soft_wrap=True)
+    for row in result.rows:  # the interval of each set's dog share (Wilson, 95 %)
+        if row.get("dog_ci95"):
+            low, high = row["dog_ci95"]
+            console.print(f"  {row['set']}: dog {share(row['dog'])}, 95% CI {low:.1%}–{high:.1%}",
+                          highlight=False, soft_wrap=True)
     console.print("written: " + ", ".join(str(root / f) for f in result.files.values()))
