@@ -154,3 +154,19 @@ def private_keras_home(tmp_path: Path) -> Path:
     for folder in (home, *(p for p in home.rglob("*") if p.is_dir())):
         folder.chmod(0o755)  # copytree copies the shared folders' read-only modes
     return home
+
+
+# The fast subset (`pytest -m fast`, about a minute on 2 cores): every test that is neither
+# slow nor a browser test, except the modules below, which drive the app, real backbones,
+# runtime conversions or benchmark scripts. The full suite runs them all (and CI does).
+NOT_FAST_MODULES = frozenset({
+    "test_ui_app", "test_runtimes", "test_backbones", "test_audit_store", "test_finetune",
+    "test_serving", "test_benchmarks", "test_audit_benchmarks",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        heavy = item.get_closest_marker("slow") or item.get_closest_marker("browser")
+        if not heavy and item.module.__name__.rsplit(".", 1)[-1] not in NOT_FAST_MODULES:
+            item.add_marker(pytest.mark.fast)

@@ -20,6 +20,7 @@ from tests.conftest import REPO, TINY, write_dataset
 
 pytestmark = pytest.mark.slow
 WRITERS = ("build-index", "add", "remove", "train")
+WAVES = 4  # each wave: 3 commands at once, one of them killed (the suite's longest test)
 
 
 def command(op: str, bundle: Path, photos: Path, extra: Path, query: Path) -> list[str]:
@@ -55,7 +56,7 @@ def test_many_processes_with_kills_leave_a_whole_bundle(tmp_path: Path) -> None:
     rng = random.Random(0)
     runs: list[dict] = []
     kills = 0
-    for wave in range(6):
+    for wave in range(WAVES):
         procs = []
         for i in range(3):
             op = rng.choice(("build-index", "add", "remove", "train", "search", "search"))
@@ -99,6 +100,6 @@ def test_many_processes_with_kills_leave_a_whole_bundle(tmp_path: Path) -> None:
         lines = [ln for ln in run["stderr"].splitlines() if ln.strip()]
         assert run["code"] == 2 and len(lines) == 1 and lines[0].startswith("error:"), run
     ok = sum(r["code"] == 0 for r in runs)
-    print(f"stress: {len(runs)} commands in 6 waves of 3 processes, {kills} killed, {ok}"
+    print(f"stress: {len(runs)} commands in {WAVES} waves of 3 processes, {kills} killed, {ok}"
           f" succeeded, {len(refusals)} refused in one line, 0 lost")
-    assert ok >= 6 and kills >= 3
+    assert ok >= 4 and kills >= 2
