@@ -42,7 +42,7 @@ def test_add_then_remove_round_trip(tmp_path: Path) -> None:
                                 "--runtime", "keras"])
     assert added.exit_code == 0, added.output
     said = " ".join(added.output.split())
-    assert "added 8 images" in said and "1 were already there" in said
+    assert "added 8 images" in said and "1 was already there" in said
     assert "1 could not be used" in said
 
     bundle = Bundle.open(out)

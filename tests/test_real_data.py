@@ -35,7 +35,10 @@ def test_dog_tuned_backbone_on_woof_sample(woof: Path, tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == {"images": 600, "embedded": 600, "skipped": 0}
-    assert manifest["source"]["splits"] == {"train": 480, "test": 120}
+    # 20 % of 60 photos per breed held out (120), then near-copy groups moved whole to one
+    # side: at most the moved photos change the split's sizes
+    splits, moved = manifest["source"]["splits"], manifest["source"]["near_duplicate_rows_moved"]
+    assert splits["train"] + splits["test"] == 600 and abs(splits["test"] - 120) <= moved
     assert manifest["index"]["recall@10"] == 1.0
     metrics = manifest["heads"]["logreg"]["metrics"]
     assert metrics["top1"] >= 0.85 and metrics["top5"] >= 0.97  # measured 0.942 / 1.0

@@ -235,7 +235,7 @@ def add(
     console.print(f"added {stats.embedded} images to {bundle}"
                   + (f", {stats.skipped} could not be used (see skipped.csv)"
                      if stats.skipped else "")
-                  + f"; {stats.reused} were already there")
+                  + f"; {stats.reused} {'was' if stats.reused == 1 else 'were'} already there")
     print_change_effects(bundle)
 
 
