@@ -22,6 +22,9 @@ from ui.audit_report import calibrate_near_duplicates
 
 log = logging.getLogger(__name__)
 BUILD_CALIBRATION_PHOTOS = 40  # x 5 edited copies embedded: seconds, not minutes
+# a small folder calibrates on a quarter of its photos (at least 10): 40 photos x 5 copies
+# would cost a 40-photo build more than embedding the folder itself
+SMALL_FOLDER_SHARE, SMALL_FOLDER_MIN = 4, 10
 BUILD_GRAPH_K = 8  # neighbours per row looked at for near-copies
 
 
@@ -38,6 +41,7 @@ def keep_near_copies_together(bundle: Bundle, embedder: Any,
     vectors = bundle.embeddings()
     if len(table) < 3 or table["label"].notna().sum() < 2:
         return None
+    photos = min(photos, max(SMALL_FOLDER_MIN, len(table) // SMALL_FOLDER_SHARE))
     log.info("keeping near-duplicate groups in one split (calibrating on %s photos)",
              min(photos, len(table)))
     try:
