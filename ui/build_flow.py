@@ -317,7 +317,7 @@ def matching_positions(bundle: Bundle, patterns: list[str]) -> Any:
 
 def matching_paths(bundle_dir: str | Path, patterns: list[str]) -> list[str]:
     """The photos `remove` with these patterns would drop now, as stored (absolute paths);
-    read-only, for `remove --dry-run` and for listing what went."""
+    read-only, for `remove --dry-run`."""
     bundle = Bundle.open(bundle_dir)
     mask = matching_positions(bundle, patterns)
     return bundle.metadata()["path"].astype(str)[mask].tolist()
@@ -336,19 +336,21 @@ def change_effects(bundle_dir: str | Path) -> dict[str, Any]:
             "stale": stale}
 
 
-def remove_from_bundle(bundle_dir: str | Path, patterns: list[str]) -> int:
+def remove_from_bundle(bundle_dir: str | Path, patterns: list[str]) -> list[str]:
     """Drop the rows whose paths match `patterns` (paths or globs); refresh index, head and
-    report. Returns how many rows went."""
+    report. Returns the paths that went, as stored, matched under the lock (so a listing
+    names exactly what this change removed)."""
     with change_bundle(bundle_dir, "remove") as staged:
         drop = matching_positions(staged, patterns)  # under the lock: the rows of now
         if not drop.any():
             raise SourceError(f"no image of {bundle_dir} matches {', '.join(patterns)}")
         if drop.all():
             raise SourceError("that would remove every image; build a new bundle instead")
+        gone = staged.metadata()["path"].astype(str)[drop].tolist()
         removed = remove_rows(staged, drop)
         refresh_after_change(staged, {"op": "remove", "patterns": patterns,
                                       "removed": removed})
-    return removed
+    return gone
 
 
 def train_head(

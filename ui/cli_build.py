@@ -307,19 +307,19 @@ def remove(
             return
         if not wanted:
             raise EmbedDogsError("name the images to remove: paths, globs or --from-file")
-        from ui.build_flow import matching_paths
-
-        going = matching_paths(bundle, wanted)
         if dry_run:
+            from ui.build_flow import matching_paths
+
+            going = matching_paths(bundle, wanted)
             if not going:
                 raise EmbedDogsError(f"no image of {bundle} matches {', '.join(wanted)}")
             print_paths(going, bundle)
             console.print(f"would remove {len(going)} images from {bundle} (dry run: nothing"
                           " changed)", highlight=False)
             return
-        removed = remove_from_bundle(bundle, wanted)
-    print_paths(going, bundle)
-    console.print(f"removed {removed} images from {bundle}", highlight=False)
+        gone = remove_from_bundle(bundle, wanted)
+    print_paths(gone, bundle)
+    console.print(f"removed {len(gone)} images from {bundle}", highlight=False)
     print_change_effects(bundle)
 
 
