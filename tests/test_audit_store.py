@@ -178,6 +178,7 @@ def test_remove_from_file_takes_the_audit_csv(mislabelled: tuple[Path, list[str]
     labels = (findings["issue"] == "label").sum()
     assert f"removed {labels} images" in unboxed(done.output)
     assert "1 listed paths are not in it" in unboxed(done.output)
+    assert set(flagged) <= set(done.output.split())  # lists what went, one a line
     bundle = Bundle.open(bundle_dir)
     left = set(bundle.metadata()["path"])
     assert len(left) == rows_before - labels and not any(p in left for p in flagged)

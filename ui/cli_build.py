@@ -295,9 +295,7 @@ def remove(
             result = remove_listed(bundle, wanted, dry_run)
             for path in result.unknown:
                 err.print(f"not in the bundle: {path}", highlight=False, soft_wrap=True)
-            if dry_run:
-                for path in result.removed:
-                    console.print(path, highlight=False, soft_wrap=True)
+            print_paths(result.removed, bundle)
             verb = "would remove" if dry_run else "removed"
             console.print(f"{verb} {len(result.removed)} images from {bundle}"
                           + (f"; {len(result.unknown)} listed paths are not in it"
