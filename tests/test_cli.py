@@ -310,6 +310,11 @@ def test_classify_writes_stdout_by_default_and_never_overwrites(
     replaced = runner.invoke(app, ["classify", str(one), "--bundle", str(built), "--out",
                                    str(out), "--overwrite"])
     assert replaced.exit_code == 0 and len(pd.read_csv(out)) == 1
+    for bad, said in ((tmp_path, "is a folder"), (tmp_path / "no" / "p.csv", "does not exist")):
+        # refused before any work: even before the (missing) bundle is opened
+        early = runner.invoke(app, ["classify", str(one), "--bundle", str(tmp_path / "none"),
+                                    "--out", str(bad)])
+        assert early.exit_code == 2 and said in unboxed(early.output), early.output
 
 
 def test_search_shows_paths_relative_to_the_source(built: Path, messy_dataset: Path) -> None:
