@@ -12,7 +12,11 @@ Three questions, each answered by a signal measured against the bundle's train s
    Both thresholds come from simulated unknown breeds: each train breed in turn is left out,
    the subspace and the neighbours come from the other breeds, and the thresholds keep
    ``keep_unknown`` (95 %) of the left-out dogs, so a dog of a breed the bundle lacks is still
-   a dog.
+   a dog. A third, *joint* test (``joint_min``, gate version 2) standardises both signals on
+   those simulated unknown dogs and adds them (kNN z-score minus residual z-score), with a
+   threshold that keeps the same share of them: a photo that only just passes both tests
+   (the corner where cats and stuffed toys sit) is not a dog. On the simulated unknown dogs
+   it costs nothing (they are spread along the diagonal, not in that corner).
 2. **Is it one of the known breeds?** Positive evidence of an unknown breed: the photo is a
    dog (1.) and its cosine similarity to the nearest breed's centre (the mean of that breed's
    train vectors) is lower than ``keep_known`` (95 %) of known dogs reach, measured out of
@@ -40,7 +44,8 @@ from classify.gate import DOG, NOT_A_DOG, UNKNOWN_BREED, knn_similarity
 from embed.checked_arrays import read_checked_npz, save_checked_npz
 from embed.errors import BundleError
 
-EVIDENCE_VERSION = 1
+EVIDENCE_VERSION = 2  # 2 adds the joint dog test; 1 is still read (no joint test)
+READABLE_VERSIONS = (1, 2)
 KNN_K = 5
 PCA_DIMS = 64
 FOLDS = 5
@@ -115,6 +120,14 @@ class EvidenceGate:
     def k(self) -> int:
         return int(self.record["k"])
 
+    def joint(self, knn: np.ndarray, res: np.ndarray) -> np.ndarray | None:
+        """The joint dog score (kNN z-score minus residual z-score, standardised on the
+        simulated unknown dogs); None for a version-1 gate, which has no joint test."""
+        scale = self.record.get("joint")
+        if not scale:
+            return None
+        return joint_score(knn, res, scale)
+
     def signals(self, vectors: np.ndarray) -> dict[str, np.ndarray]:
         """The stored-vector signals of raw query vectors: residual outside the dog
         subspace, similarity to the nearest breed centre, and that breed."""
@@ -132,8 +145,10 @@ class EvidenceGate:
         nearest look-alikes (best first, any space), per query."""
         sig = self.signals(vectors)
         t = self.record["thresholds"]
+        knn = np.asarray(knn, np.float64)
+        joint = self.joint(knn, sig["residual"])
         out = []
-        for i, score in enumerate(np.asarray(knn, np.float64)):
+        for i, score in enumerate(knn):
             res, near = float(sig["residual"][i]), float(sig["breed_similarity"][i])
             if res > t["residual_max"]:
                 out.append(Answer(NOT_A_DOG, False, (
@@ -143,6 +158,11 @@ class EvidenceGate:
                 out.append(Answer(NOT_A_DOG, False, (
                     f"Its nearest photos in the bundle are only {score:.2f} similar; dogs of a"
                     f" breed it does not know reach {t['knn_min']:.2f}.")))
+            elif joint is not None and not joint[i] >= t["joint_min"]:
+                out.append(Answer(NOT_A_DOG, False, (
+                    f"It only just passes both dog tests ({res:.0%} outside the dogs' common"
+                    f" directions, nearest photos {score:.2f} similar): taken together that is"
+                    " less dog-like than dogs of a breed the bundle lacks.")))
             elif near < t["breed_similarity_min"]:
                 out.append(Answer(UNKNOWN_BREED, False, (
                     f"It looks like a dog (its nearest photos are {score:.2f} similar), but"
@@ -186,7 +206,7 @@ class EvidenceGate:
         if set(entries) != {"mean", "basis", "classes", "centres", "record"} or not intact:
             raise BundleError(f"{path} is damaged (checksum mismatch); refit the gate")
         record = json.loads(str(entries["record"]))
-        if record.get("version") != EVIDENCE_VERSION:
+        if record.get("version") not in READABLE_VERSIONS:
             raise BundleError(f"{path} holds a gate this version cannot read")
         return cls(record, entries["mean"], entries["basis"], entries["classes"],
                    entries["centres"])
@@ -234,18 +254,22 @@ def fit_evidence_gate(vectors: np.ndarray, labels: np.ndarray, k: int = KNN_K,
         raise ValueError("the evidence gate needs labelled rows of at least two breeds")
     unknown = simulated_unknown(x, y, k, dims)
     known_near = out_of_fold_known(x, y, folds)
+    scale = joint_scale(unknown["knn"], unknown["residual"])
+    joint = joint_score(unknown["knn"], unknown["residual"], scale)
     thresholds = {"residual_max": _keep(unknown["residual"], keep_unknown, high_is_good=False),
                   "knn_min": _keep(unknown["knn"], keep_unknown),
+                  "joint_min": _keep(joint, keep_unknown),
                   "breed_similarity_min": _keep(known_near, keep_known)}
     thresholds = {key: round(value, 6) for key, value in thresholds.items()}
     mean, basis = dog_subspace(x, dims)
     classes, centres = breed_centres(x, y)
     t = thresholds
-    is_dog = (unknown["residual"] <= t["residual_max"]) & (unknown["knn"] >= t["knn_min"])
+    is_dog = ((unknown["residual"] <= t["residual_max"]) & (unknown["knn"] >= t["knn_min"])
+              & (joint >= t["joint_min"]))
     record = {
         "version": EVIDENCE_VERSION, "k": int(k), "pca_dims": int(basis.shape[0]),
         "keep_unknown": keep_unknown, "keep_known": keep_known, "folds": int(folds),
-        "thresholds": thresholds,
+        "thresholds": thresholds, "joint": scale,
         "figures": {
             "train_rows": int(len(x)), "breeds": int(len(classes)),
             "simulated_unknown_kept_as_dog": round(float(is_dog.mean()), 4),
@@ -261,6 +285,23 @@ def fit_evidence_gate(vectors: np.ndarray, labels: np.ndarray, k: int = KNN_K,
         **({"fitted_on": fitted_on} if fitted_on else {}),
     }
     return EvidenceGate(record, mean, basis, classes, centres)
+
+
+def joint_scale(knn: np.ndarray, res: np.ndarray) -> dict[str, float]:
+    """Mean and spread of both dog signals over the simulated unknown dogs."""
+    k, r = np.asarray(knn, np.float64), np.asarray(res, np.float64)
+    spread = 1e-6  # signals with no spread (constructed vectors): one unit of 1e-6
+    return {"knn_mean": round(float(k.mean()), 6),
+            "knn_sd": round(max(float(k.std()), spread), 6),
+            "residual_mean": round(float(r.mean()), 6),
+            "residual_sd": round(max(float(r.std()), spread), 6)}
+
+
+def joint_score(knn: np.ndarray, res: np.ndarray, scale: dict[str, float]) -> np.ndarray:
+    """High for dog-like photos: close neighbours and little outside the dogs' subspace."""
+    k, r = np.asarray(knn, np.float64), np.asarray(res, np.float64)
+    return ((k - scale["knn_mean"]) / scale["knn_sd"]
+            - (r - scale["residual_mean"]) / scale["residual_sd"])
 
 
 def _max_other(x: np.ndarray, centres: np.ndarray, classes: np.ndarray, own: str) -> float:

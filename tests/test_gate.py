@@ -125,7 +125,8 @@ def test_thresholds_and_figures_are_in_the_manifest(vector_bundle: Path) -> None
     bundle = Bundle.open(vector_bundle)
     gate = bundle.manifest.model_dump()["gate"]
     assert gate["version"] == 2 and gate["signal"] == "evidence" and gate["k"] == 5
-    assert set(gate["thresholds"]) == {"residual_max", "knn_min", "breed_similarity_min"}
+    assert set(gate["thresholds"]) == {"residual_max", "knn_min", "joint_min",
+                                      "breed_similarity_min"}
     assert bundle.checked_file(gate["file"]) is not None  # listed with its sha256
     kept = gate["figures"]["test_split"]
     # a breed's train rows are one point (no spread), so a known dog must sit on it; every
@@ -337,7 +338,7 @@ def test_app_says_not_a_dog_and_hides_lookalikes(tiny_bundle: Path, tmp_path: Pa
 
     # another folder: the app caches what it loaded per bundle path
     lenient = force_gate(Path(shutil.copytree(copy, tmp_path / "lenient")), knn_min=-1.0,
-                         breed_similarity_min=1.01)
+                         joint_min=-1e9, breed_similarity_min=1.01)
     monkeypatch.setenv(core.BUNDLE_ENV, str(lenient))
     at = AppTest.from_file(str(REPO / "ui" / "app.py"), default_timeout=120).run()
     at.file_uploader[0].set_value(("odd.jpg", _png((64, 64)), "image/png")).run()

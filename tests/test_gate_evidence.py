@@ -96,7 +96,9 @@ def test_head_disagreeing_with_neighbours_is_never_a_sure_breed(gate, world):
 
 def test_record_is_json_and_thresholds_come_from_the_train_split(gate, world):
     record = json.loads(json.dumps(gate.record))
-    assert set(record["thresholds"]) == {"residual_max", "knn_min", "breed_similarity_min"}
+    assert set(record["thresholds"]) == {"residual_max", "knn_min", "joint_min",
+                                         "breed_similarity_min"}
+    assert set(record["joint"]) == {"knn_mean", "knn_sd", "residual_mean", "residual_sd"}
     assert record["figures"]["train_rows"] == len(world["train"][0])
     assert record["figures"]["known_out_of_fold_kept_as_known"] >= 0.9
     assert "train split" in record["calibrated_on"]
@@ -115,6 +117,28 @@ def test_save_load_round_trip_and_tampering(gate, world, tmp_path):
     np.savez(tmp_path / "bad.npz", **entries)
     with pytest.raises(BundleError, match="checksum"):
         EvidenceGate.load(tmp_path / "bad.npz")
+
+
+def test_joint_dog_test_and_version_1_gates(gate, world, tmp_path):
+    """The joint test keeps the simulated unknown dogs it was set on (the individual tests'
+    95 % each, so at least 90 % together); a photo below it is not a dog and says why; a
+    version-1 gate (no joint test) still loads and answers as before."""
+    assert gate.record["version"] == 2
+    assert gate.record["figures"]["simulated_unknown_kept_as_dog"] >= 0.9
+    x, y = world["test"]
+    strict = EvidenceGate({**gate.record, "thresholds": {**gate.record["thresholds"],
+                                                          "joint_min": 1e9}},
+                          gate.mean, gate.basis, gate.classes, gate.centres)
+    answers = _answers(strict, world, x)
+    assert {a.verdict for a in answers} == {NOT_A_DOG}
+    assert "only just passes both dog tests" in answers[0].why
+    old = {k: v for k, v in gate.record.items() if k != "joint"}
+    old["version"] = 1
+    old["thresholds"] = {k: v for k, v in old["thresholds"].items() if k != "joint_min"}
+    EvidenceGate(old, gate.mean, gate.basis, gate.classes, gate.centres).save(tmp_path / "v1.npz")
+    v1 = EvidenceGate.load(tmp_path / "v1.npz")
+    assert v1.joint(np.ones(2), np.zeros(2)) is None
+    assert [a.verdict for a in _answers(v1, world, x)].count(DOG) >= 0.9 * len(x)
 
 
 def test_needs_two_breeds(world):

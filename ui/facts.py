@@ -43,6 +43,8 @@ def gate_facts(manifest: Manifest) -> list[tuple[str, str]]:
          " outside the principal directions of the bundle's dogs)"),
         ("not a dog: kNN below", f"{t.get('knn_min', 0):.3f} (mean similarity to the"
          f" {gate.k} nearest photos, raw space)"),
+        *([("not a dog: joint score below", f"{t['joint_min']:.2f} (kNN and residual"
+             " together, in spreads of breeds left out)")] if "joint_min" in t else []),
         ("unknown breed: breed similarity below", f"{t.get('breed_similarity_min', 0):.3f}"
          " (cosine to the nearest breed's centre)"),
         ("sure breed", f"the head's breed is the breed of most of the {gate.k} nearest"
