@@ -85,9 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     repos = [Path(r).resolve() for r in (args.repo or [str(REPO)])]
     work = Path(args.work or tempfile.mkdtemp(prefix="startup-"))
-    source = make_folder(work / "photos", args.per_breed)
+    source = work / "photos"  # a work folder of an earlier run is reused as it is
+    if not source.exists():
+        make_folder(source, args.per_breed)
     keras_home = work / "keras-home"
-    shutil.copytree(DATA / "keras-home", keras_home)
+    if not keras_home.exists():
+        shutil.copytree(DATA / "keras-home", keras_home)
     figures: dict[str, dict[str, list[float]]] = {str(r): {} for r in repos}
     envs = {}
     for i, repo in enumerate(repos):  # warm each checkout's own cache once
