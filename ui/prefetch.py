@@ -15,10 +15,10 @@ import importlib
 import threading
 from collections.abc import Iterable
 
-# what fit_default_head and its report import (classify.logreg, index.lda, classify.evaluation)
+# what fit_default_head and its report import (classify.logreg, classify.evaluation)
 HEAD_MODULES = (
-    "sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing", "sklearn.covariance",
-    "sklearn.metrics", "skops.io", "matplotlib.figure", "matplotlib.backends.backend_agg",
+    "sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing", "sklearn.metrics",
+    "skops.io", "matplotlib.figure", "matplotlib.backends.backend_agg",
 )
 
 
