@@ -10,9 +10,9 @@ reduced to a standard problem with one Cholesky factor, and only the leading eig
 are computed: the same directions (up to sign, which distances do not see) and eigenvalues.
 The scatter matrices are built from n x d factors (`shrunk_parts`), never from one d x d
 covariance per breed. The explained-variance ratios are the kept eigenvalues over the sum
-of all of them (the trace of the reduced matrix). scikit-learn sorts all the ratios instead, and since the
-difference of two differently shrunk matrices is not positive semi-definite, that sum can be
-negative (woof-sample, 450 rows: -295), and its "largest ratios" then belong to the most
+of all of them (the trace of the reduced matrix). scikit-learn sorts all the ratios instead,
+and since the difference of two differently shrunk matrices is not positive semi-definite,
+that sum can be negative (woof-sample, 450 rows: -295), and its "largest ratios" then belong to the most
 negative eigenvalues, not to the kept directions; with a positive sum the two agree.
 """
 
