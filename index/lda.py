@@ -12,8 +12,9 @@ The scatter matrices are built from n x d factors (`shrunk_parts`), never from o
 covariance per breed. The explained-variance ratios are the kept eigenvalues over the sum
 of all of them (the trace of the reduced matrix). scikit-learn sorts all the ratios instead,
 and since the difference of two differently shrunk matrices is not positive semi-definite,
-that sum can be negative (woof-sample, 450 rows: -295), and its "largest ratios" then belong to the most
-negative eigenvalues, not to the kept directions; with a positive sum the two agree.
+that sum can be negative (woof-sample, 450 rows: -295), and its "largest ratios" then
+belong to the most negative eigenvalues, not to the kept directions; with a positive sum the
+two agree.
 """
 
 from __future__ import annotations
