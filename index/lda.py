@@ -49,7 +49,18 @@ def shrunk_parts(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def lda_directions(x: np.ndarray, y: np.ndarray, m: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(scalings (d, m), explained-variance ratios (m,)) of shrinkage LDA: the m leading
-    generalised eigenvectors of (between, within) scatter, normalised to ``v' Sw v = 1``."""
+    generalised eigenvectors of (between, within) scatter, normalised to ``v' Sw v = 1``.
+
+    On one BLAS thread: on the shared 2-core EPYC (load ~7) two threads took 1.9 s wall and
+    1.2 s CPU (a waiting OpenBLAS thread spins while its partner is descheduled), one took
+    0.7 s wall and 0.4 s CPU; even the best two-thread run (1.07 s) was slower."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        return _lda_directions(x, y, m)
+
+
+def _lda_directions(x: np.ndarray, y: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     from scipy import linalg
 
     x = np.asarray(x, np.float64)
