@@ -146,16 +146,26 @@ def interleaved(runtime: Any, items: list[Any], config: Any, repeats: int
         for one in passes.values():  # warm-up, outside the timing
             one()
         rounds: dict[str, list[float]] = {k: [] for k in passes}
+        cpu: dict[str, list[float]] = {k: [] for k in passes}  # process CPU ms per image
         for _ in range(repeats):
             for key, one in passes.items():
                 rounds[key].extend(_timed_passes(one, 1))
+                cpu[key].append(CPU_MS[-1])
     ratios = {
         "c/d": [c / d for c, d in zip(rounds["c"], rounds["d"], strict=True)],
         "c8/d8": [c / d for c, d in zip(rounds["c8"], rounds["d8"], strict=True)],
         "d8/d": [c / d for c, d in zip(rounds["d8"], rounds["d"], strict=True)],
         "c8/c": [c / d for c, d in zip(rounds["c8"], rounds["c"], strict=True)],
     }
-    return {"rounds": rounds, "ratios": ratios,
+    # the same ratios from CPU time (images per CPU-second): what a machine with the cores to
+    # itself would see; other processes' load moves wall time far more than CPU time
+    cpu_ratios = {
+        "c/d": [d / c for c, d in zip(cpu["c"], cpu["d"], strict=True)],
+        "c8/d8": [d / c for c, d in zip(cpu["c8"], cpu["d8"], strict=True)],
+        "d8/d": [d / c for c, d in zip(cpu["d8"], cpu["d"], strict=True)],
+        "c8/c": [d / c for c, d in zip(cpu["c8"], cpu["c"], strict=True)],
+    }
+    return {"rounds": rounds, "ratios": ratios, "round_cpu_ms": cpu, "cpu_ratios": cpu_ratios,
             "vectors_c": np.concatenate(vectors["c"]),
             "vectors_c8": np.concatenate(vectors["c8"])}
 
@@ -444,6 +454,15 @@ def run_size(size: int | None, args: argparse.Namespace, folder: Path) -> dict[s
         ratios = {k: statistics.median(v) for k, v in res["ratios"].items()}
         print(f"  end-to-end int8 gain against the bare one: (c8/c) / (d8/d) ="
               f" {ratios['c8/c'] / ratios['d8/d']:.2f} (target >= 0.85)")
+        if res.get("cpu_ratios"):
+            cpu_ms = "  ".join(f"{k} {statistics.median(v):.2f}"
+                               for k, v in res["round_cpu_ms"].items())
+            print(f"  CPU ms/image (median of rounds): {cpu_ms}")
+            print("  the same ratios by CPU time (img per CPU-s): " + "   ".join(
+                f"{k} = {statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
+                for k, v in res["cpu_ratios"].items()))
+            by_cpu = {k: statistics.median(v) for k, v in res["cpu_ratios"].items()}
+            print(f"  by CPU time: (c8/c) / (d8/d) = {by_cpu['c8/c'] / by_cpu['d8/d']:.2f}")
         if res.get("auto"):
             print(f"  --runtime auto chose: {res['auto']['chose']}")
             for case, line in res["auto"]["rule"].items():

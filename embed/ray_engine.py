@@ -60,6 +60,7 @@ from embed.ray_cluster import (
     Cluster,
     RayOptions,
     import_ray,
+    local_threads,
     start_or_join,
 )
 from embed.ray_plan import (
@@ -70,7 +71,15 @@ from embed.ray_plan import (
     plan_shards,
     write_inputs,
 )
-from embed.ray_worker import ShardEmbedder, WorkerSpec, per_worker, worker_env, worker_spec
+from embed.ray_worker import (
+    ShardEmbedder,
+    WorkerSpec,
+    backbone_modules,
+    env_for,
+    per_worker,
+    worker_env,
+    worker_spec,
+)
 from embed.shards import clear_leftovers
 from embed.sources import Source, encoded_images
 
@@ -109,26 +118,34 @@ class RayEngine:
             self._started = False
             self._cluster = None
 
-    def cluster(self) -> Cluster:
-        """Start or join the cluster (once) and size the actor pool."""
+    def cluster(self, embedder: Embedder | None = None) -> Cluster:
+        """Start or join the cluster (once) and size the actor pool. A local cluster is
+        started with the actors' environment (`embedder`'s code paths), so that they need no
+        runtime_env of their own and Ray hands them its prestarted workers."""
         if self._cluster is None:
-            self._cluster, self._started = start_or_join(self.options)
+            env = None
+            if self.options.address is None:
+                modules = backbone_modules(embedder) if embedder is not None else ()
+                env = env_for(local_threads(self.options), modules)
+            self._cluster, self._started = start_or_join(self.options, env)
         return self._cluster
 
-    def items_per_shard(self, items: int, rows_per_shard: int) -> int:
-        return items_per_shard(items, self.cluster().workers, rows_per_shard)
+    def items_per_shard(self, items: int, rows_per_shard: int,
+                        embedder: Embedder | None = None) -> int:
+        return items_per_shard(items, self.cluster(embedder).workers, rows_per_shard)
 
     # ---- the engine's calls ---------------------------------------------------------------
     def resume_key(self, source: Source, embedder: Embedder, runtime: str,
                    rows_per_shard: int) -> dict[str, Any]:
         """The local key plus the plan: a rerun reuses shards only of the same plan."""
         return {**resume_key(source, embedder, runtime, rows_per_shard), "engine": self.name,
-                "items_per_shard": self.items_per_shard(len(source.items), rows_per_shard)}
+                "items_per_shard": self.items_per_shard(len(source.items), rows_per_shard,
+                                                         embedder)}
 
     def embed_source_into(self, bundle: Bundle, source: Source, embedder: Embedder,
                           batch_size: int, rows_per_shard: int,
                           on_progress: ProgressCallback | None = None) -> EmbedStats:
-        cluster = self.cluster()
+        cluster = self.cluster(embedder)
         fixed = prepare_runtime(source, embedder, batch_size)  # once, here on the driver
         save_serving_model(embedder, bundle)  # the model it decided on: the workers run it
         unit = self.items_per_shard(len(source.items), rows_per_shard)
@@ -159,7 +176,7 @@ class RayEngine:
     def append_source(self, bundle: Bundle, source: Source, embedder: Embedder,
                       batch_size: int = DEFAULT_BATCH_SIZE,
                       on_progress: ProgressCallback | None = None) -> EmbedStats:
-        cluster = self.cluster()
+        cluster = self.cluster(embedder)
         items = new_items(bundle, source)
         prepare_runtime(source, embedder, batch_size, calibrate=False)  # as `add` locally
         embeddings = bundle.manifest.embeddings.model_dump()
@@ -198,7 +215,7 @@ class RayEngine:
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
             num_cpus=cluster.cpus_per_worker,
-            runtime_env={"env_vars": worker_env(spec)},
+            **actor_env(cluster, worker_env(spec)),
         )
         results: dict[int, dict[str, Any]] = {}
         started, cpu = time.perf_counter(), time.process_time()
@@ -264,3 +281,11 @@ def record_keras(bundle: Bundle, embedder: Embedder) -> None:
                "LiteRT was not checked against Keras before the workers started (no readable"
                " image among the first ones), so the workers ran Keras"}
     bundle.update_manifest(backbone={**identity, "runtime": runtime})
+
+
+def actor_env(cluster: Cluster, env: dict[str, str]) -> dict[str, Any]:
+    """The actors' `runtime_env`, only where their workers do not already have `env`: a
+    runtime_env of their own keeps Ray from handing them its prestarted idle workers."""
+    if dict(cluster.inherited_env) == env:
+        return {}
+    return {"runtime_env": {"env_vars": env}}

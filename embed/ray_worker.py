@@ -98,8 +98,6 @@ def worker_spec(bundle: Bundle, embedder: Embedder, batch_size: int, threads: in
         raise BundleError(f"bundle {bundle.root} carries no backbone weights for the workers")
     model = shipped_model(bundle, embedder)
     runtime = embedder.runtime
-    builder = embedder.spec.custom_builder
-    module = getattr(builder, "__module__", "") if builder is not None else ""
     root = bundle.source_root
     return WorkerSpec(
         bundle=str(bundle.root.resolve()),
@@ -114,9 +112,16 @@ def worker_spec(bundle: Bundle, embedder: Embedder, batch_size: int, threads: in
         parity=runtime.parity if model is not None else None,
         batch_size=batch_size,
         source_root=str(root) if root is not None else None,
-        modules=(module,) if module and not module.startswith("embed.") else (),
+        modules=backbone_modules(embedder),
         threads=threads,
     )
+
+
+def backbone_modules(embedder: Embedder) -> tuple[str, ...]:
+    """The module that registers a custom backbone (the workers import it first), if any."""
+    builder = embedder.spec.custom_builder
+    module = getattr(builder, "__module__", "") if builder is not None else ""
+    return (module,) if module and not module.startswith("embed.") else ()
 
 
 def code_paths(modules: tuple[str, ...]) -> list[str]:
@@ -137,13 +142,18 @@ def code_paths(modules: tuple[str, ...]) -> list[str]:
 def worker_env(spec: WorkerSpec) -> dict[str, str]:
     """Environment of the actors: the driver's code first on the path, and thread counts that
     fit the actor's share of the cores (LiteRT, decoding, TensorFlow)."""
-    threads = str(spec.threads)
+    return env_for(spec.threads, spec.modules)
+
+
+def env_for(threads: int, modules: tuple[str, ...] = ()) -> dict[str, str]:
+    """`worker_env` from its two inputs: a local cluster is started with it before any spec
+    exists (embed.ray_cluster.start_or_join)."""
     inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {
-        "PYTHONPATH": os.pathsep.join(dict.fromkeys(code_paths(spec.modules) + inherited)),
-        "EMBED_DOGS_LITERT_THREADS": threads,
-        "EMBED_DOGS_DECODE_THREADS": threads,
-        "TF_NUM_INTRAOP_THREADS": threads,
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys(code_paths(modules) + inherited)),
+        "EMBED_DOGS_LITERT_THREADS": str(threads),
+        "EMBED_DOGS_DECODE_THREADS": str(threads),
+        "TF_NUM_INTRAOP_THREADS": str(threads),
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
     }
 

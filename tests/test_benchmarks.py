@@ -53,9 +53,10 @@ QUICK = {"decode_compare", "index_scale"}  # seconds; the others load TensorFlow
 
 # smoke-run elsewhere, or measurements over ../shared's real photos only (run by hand; their
 # figures are in their docstrings): audit_scale has tests/test_audit_benchmarks.py; int8_samples
-# judges the int8 check on real weights and photos (docs/notes/speed.md has its table)
+# judges the int8 check on real weights and photos (docs/notes/speed.md has its table);
+# startup times warm builds of woof-sample photos with the dog-tuned weights (docs/notes/speed2.md)
 ELSEWHERE = {"audit_scale", "audit_planted", "gate_compare", "int8_samples", "space_compare",
-             "space_data"}
+             "space_data", "startup"}
 
 
 def test_every_benchmark_is_smoke_run() -> None:

@@ -150,6 +150,27 @@ def test_an_address_where_no_ray_cluster_answers_fails_within_seconds() -> None:
         assert time.perf_counter() - started < 6
 
 
+def test_actors_get_a_runtime_env_only_where_their_workers_lack_it(monkeypatch) -> None:
+    """A local cluster started with the actors' environment needs no per-actor runtime_env
+    (which would keep Ray from reusing its prestarted workers, issue 21); a joined one, or a
+    different environment, still gets it. The driver's own environment is left as it was."""
+    from embed.ray_cluster import Cluster, environment
+    from embed.ray_engine import actor_env
+
+    env = {"EMBED_DOGS_LITERT_THREADS": "2", "PYTHONPATH": "/code"}
+    started = Cluster("local", None, 1, 2, 1, 2, 2, tuple(sorted(env.items())))
+    joined = Cluster("auto", None, 1, 2, 1, 2, 2)
+    assert actor_env(started, env) == {}
+    assert actor_env(joined, env) == {"runtime_env": {"env_vars": env}}
+    other = {**env, "EMBED_DOGS_LITERT_THREADS": "1"}
+    assert actor_env(started, other) == {"runtime_env": {"env_vars": other}}
+    monkeypatch.setenv("PYTHONPATH", "/mine")
+    monkeypatch.delenv("EMBED_DOGS_LITERT_THREADS", raising=False)
+    with environment(env):
+        assert os.environ["PYTHONPATH"] == "/code"
+    assert os.environ["PYTHONPATH"] == "/mine" and "EMBED_DOGS_LITERT_THREADS" not in os.environ
+
+
 # ---- slow: a real local Ray cluster ----------------------------------------------------
 def with_bad_files(root: Path) -> Path:
     """60 photos in 3 breeds, a truncated and an empty JPEG (62 items), and a text file."""
@@ -223,13 +244,18 @@ def assert_same(report: dict) -> None:
 
 @pytest.mark.slow
 def test_cli_build_and_add_on_a_cluster_it_starts(tmp_path: Path, photos: Path,
-                                                  local_bundle: Bundle) -> None:
+                                                  local_bundle: Bundle, monkeypatch) -> None:
     """`build-index --engine ray` starts (and stops) its own local cluster; `add --engine ray`
     appends the photos the bundle lacks, as the local `add` does."""
     import ray
 
+    import embed.ray_engine as ray_engine
     from ui.cli import app
 
+    asked: list[dict] = []  # the actors' runtime_env: none, their workers inherit it
+    real = ray_engine.actor_env
+    monkeypatch.setattr(ray_engine, "actor_env",
+                        lambda *a: asked.append(real(*a)) or asked[-1])
     part = tmp_path / "part"
     shutil.copytree(photos, part)
     shutil.rmtree(part / "samoyed")
@@ -259,6 +285,7 @@ def test_cli_build_and_add_on_a_cluster_it_starts(tmp_path: Path, photos: Path,
     order = [position[sha] for sha in mine["sha256"]]
     cosines = np.einsum("ij,ij->i", bundle.embeddings(), local_bundle.embeddings()[order])
     assert cosines.min() >= 0.9999 and len(set(mine["row_id"])) == 60
+    assert asked == [{}, {}]  # build and add: the prestarted workers could serve the actors
 
 
 @pytest.mark.slow

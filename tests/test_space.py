@@ -123,3 +123,27 @@ def test_refuses_one_breed_and_unknown_kinds(split):
         fit_space(x_tr, np.full(len(x_tr), "only"))
     with pytest.raises(ValueError, match="unknown space kind"):
         fit_space(x_tr, y_tr, "pca")
+
+
+@pytest.mark.parametrize("n_per, dim", [(40, 32), (3, 64)])  # more rows than dims, and fewer
+def test_lda_directions_are_scikit_learns_eigen_solution(n_per, dim):
+    """Solving only the kept directions (issue 21) gives scikit-learn's full eigen solve's
+    leading directions (up to sign) and eigenvalues."""
+    from scipy import linalg
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from index.lda import lda_directions
+
+    x, y = planted(n_per=n_per, dim=dim, seed=3)
+    x = x.astype(np.float64)
+    lda = LinearDiscriminantAnalysis(solver="eigen", shrinkage="auto").fit(x, y)
+    scalings, ratios = lda_directions(x, y, 3)
+    expected = lda.scalings_[:, :3]
+    signs = np.sign((scalings * expected).sum(axis=0))
+    np.testing.assert_allclose(scalings * signs, expected, rtol=1e-7, atol=1e-9)
+    within = lda.covariance_  # v' Sw v = 1, as scipy normalises generalised eigenvectors
+    np.testing.assert_allclose(scalings.T @ within @ scalings, np.eye(3), atol=1e-8)
+    from sklearn.discriminant_analysis import _cov  # the total scatter scikit-learn forms
+
+    values = linalg.eigh(_cov(x, "auto") - within, within, eigvals_only=True)
+    np.testing.assert_allclose(ratios, values[::-1][:3] / values.sum(), rtol=1e-7)

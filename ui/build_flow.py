@@ -49,6 +49,7 @@ from index.lookalikes import build_bundle_index, extend_bundle_index
 from index.space_store import drop_bundle_space, fit_bundle_space
 from ui.audit_store import refresh_audit
 from ui.build_grouping import keep_near_copies_together
+from ui.prefetch import prefetch
 
 DEFAULT_OUT = "dogs-bundle"
 log = logging.getLogger(__name__)
@@ -145,6 +146,7 @@ def build_bundle(
     engine = build_engine(config)
     with BundleWriter(config.out, config.overwrite, source_root(config)) as writer, engine:
         src = open_build_source(config)
+        imports = prefetch() if src.labelled else None  # the head's libraries, meanwhile
         embedder = open_build_embedder(config)
         # an index that cannot fit the budget is said now, not after hours of embedding
         choose_index(config.index_kind, len(src.items), embedder.dim, config.memory_budget)
@@ -164,6 +166,8 @@ def build_bundle(
         keep_near_copies_together(bundle, embedder)  # before the index and head see splits
         index_bundle(bundle, config.index_kind, config.memory_budget)
         if src.labelled and stats.embedded:
+            if imports is not None:
+                imports.join()
             fit_default_head(bundle)
         record_history(bundle, {"op": "build", "source": src.location})
         target = writer.commit()
