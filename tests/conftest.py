@@ -191,6 +191,11 @@ NOT_FAST_MODULES = frozenset({
 # share nothing: each goes to whichever worker is free.
 SPREAD_MODULES = frozenset({"test_benchmarks"})
 SHARED_GROUPS = {"woof_bundle": "woof-sample"}
+# The longest modules first (seconds on 2 cores, serial), so the two workers end together
+# rather than one finishing a long module alone; the rest keep their order.
+LONGEST_FIRST = ("test_benchmarks", "test_ray_engine", "test_stress", "test_gate",
+                 "test_real_data", "test_ui_app", "test_staging", "test_ui_browser",
+                 "test_runtimes", "test_backbones")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -202,3 +207,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = next((g for f, g in SHARED_GROUPS.items() if f in item.fixturenames), None)
         if group or module not in SPREAD_MODULES:
             item.add_marker(pytest.mark.xdist_group(group or module))
+    rank = {m: i for i, m in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
