@@ -16,6 +16,8 @@ BENCHMARKS = REPO / "benchmarks"
 
 # script -> (its tiny options, given the photo folder and a scratch folder; a line it prints
 # at its end). Photos: the suite's 30 labelled 48x40 JPEGs; backbones at 32 px, random weights.
+# finetune_compare and ray_scaling embed with the Keras runtime: LiteRT conversion (twice in
+# each) is tested in test_runtimes, and skipping it here took about 30 % off both runs.
 Args = Callable[[Path, Path], list[str]]
 SCRIPTS: dict[str, tuple[Args, str]] = {
     "decode_compare": (lambda photos, tmp: ["--folder", str(photos), "--sizes", "32",
@@ -38,14 +40,16 @@ SCRIPTS: dict[str, tuple[Args, str]] = {
     "finetune_compare": (lambda photos, tmp: ["--source", str(photos), "--out",
                                               str(tmp / "out"), "--configs",
                                               "random_mobilenet_v2_32", "--unfreeze", "1",
-                                              "--fine-tune-epochs", "1", "--no-augment"],
+                                              "--fine-tune-epochs", "1", "--no-augment",
+                                              "--runtime", "keras"],
                          "| random_mobilenet_v2_32 | logreg on re-embedded bundle |"),
     "query_latency": (lambda photos, tmp: ["--photos", str(photos), "--weights", "none",
                                            "--image-size", "32"],
                       "import tensorflow"),
     "ray_scaling": (lambda photos, tmp: ["--folder", str(photos), "--image-size", "32",
                                          "--weights", "none", "--workers", "1",
-                                         "--repeats", "1", "--batch-size", "8"],
+                                         "--repeats", "1", "--batch-size", "8",
+                                         "--runtime", "keras"],
                     "equality, local vs ray 1 worker(s)"),
 }
 QUICK = {"decode_compare", "index_scale"}  # seconds; the others load TensorFlow or build

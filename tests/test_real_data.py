@@ -27,12 +27,12 @@ def woof() -> Path:
     return shared_path("woof-sample")
 
 
-def test_dog_tuned_backbone_on_woof_sample(woof: Path, tmp_path: Path) -> None:
+def test_dog_tuned_backbone_on_woof_sample(woof: Path, woof_bundle: Path,
+                                           tmp_path: Path) -> None:
+    """The session's woof bundle (tests/conftest.py: `build-index` of woof-sample with the
+    dog-tuned mobilenet_v2 at 160 px), then search and classify on it."""
     weights = shared_path("weights", "mobilenet_v2_160_dogs_no_top.weights.h5")
-    out = tmp_path / "bundle"
-    run = _cli("build-index", "--source", woof, "--out", out, "--backbone", "mobilenet_v2",
-               "--image-size", "160", "--weights", weights)
-    assert run.returncode == 0, run.stderr[-3000:]
+    out = woof_bundle
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == {"images": 600, "embedded": 600, "skipped": 0}
     # 20 % of 60 photos per breed held out (120), then near-copy groups moved whole to one

@@ -26,6 +26,9 @@ CHROMIUM_ARGS = [
 ]
 START_TIMEOUT_S = 60
 PAGE_TIMEOUT_MS = 120_000  # the first session loads TensorFlow and the model
+# every other expectation: Playwright's default (5 s) is too short on 2 cores while the other
+# xdist worker runs a module beside this test (a dataframe's header was seen still hidden)
+EXPECT_TIMEOUT_MS = 30_000
 
 # `streamlit run`, after registering the tests' tiny backbone (the bundle was built with it)
 TESTS = str(Path(__file__).resolve().parent)
@@ -92,6 +95,7 @@ def server(tiny_bundle: Path, tmp_path: Path) -> Iterator[str]:
 def test_upload_shows_breed_and_gallery_in_chromium(server: str, dataset: Path, tmp_path: Path):
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     photo = sorted((dataset / "Beagle").glob("*.jpg"))[0]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
