@@ -329,13 +329,15 @@ def matching_paths(bundle_dir: str | Path, patterns: list[str]) -> list[str]:
 
 def change_effects(bundle_dir: str | Path) -> dict[str, Any]:
     """After `add`/`remove`: the new breeds its last change introduced, what was refitted on
-    the new rows (fresh heads, the gate) and what is stale (a fine-tuned head to retrain)."""
+    the new rows (fresh heads, gate, look-alike space, audit) and what is stale (a fine-tuned head to retrain)."""
     manifest = Bundle.open(bundle_dir).manifest
     last = manifest.history[-1] if manifest.history else {}
     stale = manifest.stale()
     refitted = [f"head {h}" for h in manifest.heads if not manifest.head_is_stale(h)]
-    if manifest.gate is not None and "gate" not in stale:
-        refitted.append("open-set gate")
+    for section, name in (("gate", "open-set gate"), ("space", "look-alike space"),
+                          ("audit", "audit")):
+        if getattr(manifest, section) is not None and section not in stale:
+            refitted.append(name)
     return {"new_breeds": list(last.get("new_breeds") or []), "refitted": refitted,
             "stale": stale}
 
