@@ -329,7 +329,8 @@ def matching_paths(bundle_dir: str | Path, patterns: list[str]) -> list[str]:
 
 def change_effects(bundle_dir: str | Path) -> dict[str, Any]:
     """After `add`/`remove`: the new breeds its last change introduced, what was refitted on
-    the new rows (fresh heads, gate, look-alike space, audit) and what is stale (a fine-tuned head to retrain)."""
+    the new rows (fresh heads, gate, look-alike space, audit) and what is stale (a
+    fine-tuned head to retrain)."""
     manifest = Bundle.open(bundle_dir).manifest
     last = manifest.history[-1] if manifest.history else {}
     stale = manifest.stale()
