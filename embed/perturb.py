@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -64,25 +65,40 @@ def near_copies(data: bytes, seed: int = 0) -> dict[str, bytes]:
             for kind, scale, quality, keep in PERTURBATIONS}
 
 
+def embed_copies(data: bytes, embed: Callable[[bytes], np.ndarray], seed: int = 0
+                 ) -> dict[str, np.ndarray]:
+    """The vectors of one photo's near-copies by kind; a copy too small to embed leaves out
+    only itself."""
+    vectors = {}
+    for kind, copy in near_copies(data, seed).items():
+        try:
+            vectors[kind] = np.asarray(embed(copy), np.float32)
+        except (OSError, ValueError):  # ImageDecodeError is a ValueError
+            continue
+    return vectors
+
+
 def copy_similarities(paths: Sequence[str | Path], originals: np.ndarray,
-                      embed: Callable[[bytes], np.ndarray], seed: int = 0
+                      embed: Callable[[bytes], np.ndarray], seed: int = 0,
+                      hashes: Sequence[str] | None = None, cache: Any = None
                       ) -> tuple[np.ndarray, list[str]]:
     """Cosine similarity of each photo's stored vector (`originals`, L2-normalised, one row per
     path) to the embedding of each of its near-copies; returns (similarities, kinds). Photos
-    that cannot be read any more, and copies that cannot be embedded, are left out."""
+    that cannot be read any more, and copies that cannot be embedded, are left out. With the
+    photos' content `hashes` and a `cache` (`embed.copy_cache.CopyVectors`), copies embedded
+    by an earlier build are taken from it instead of being made and embedded again."""
     sims: list[float] = []
     kinds: list[str] = []
     for i, path in enumerate(paths):
-        try:
-            copies = near_copies(Path(path).read_bytes(), seed + i)
-        except (OSError, ValueError):
-            continue
-        vectors = {}
-        for kind, copy in copies.items():  # a copy too small to embed leaves out only itself
+        remembered = hashes is not None and cache is not None
+        vectors = cache.get(hashes[i], seed + i) if remembered else None
+        if vectors is None:
             try:
-                vectors[kind] = np.asarray(embed(copy), np.float32)
-            except (OSError, ValueError):  # ImageDecodeError is a ValueError
+                vectors = embed_copies(Path(path).read_bytes(), embed, seed + i)
+            except (OSError, ValueError):
                 continue
+            if remembered:
+                cache.put(hashes[i], seed + i, vectors)
         for kind, vector in vectors.items():
             sims.append(float(vector @ np.asarray(originals[i], np.float32)))
             kinds.append(kind)

@@ -3,6 +3,7 @@ planting (which row was copied, swapped, blurred), never from the code under tes
 
 from __future__ import annotations
 
+import hashlib
 import io
 
 import numpy as np
@@ -195,6 +196,42 @@ def test_near_copies_are_smaller_or_cropped_jpegs_of_the_original():
 
     sims, kinds = copy_similarities(["/no/such.jpg"], np.zeros((1, 192)), embed)
     assert len(sims) == 0  # unreadable photos are left out
+
+
+def test_a_rebuild_takes_near_copy_vectors_from_the_cache(tmp_path):
+    """The cache gives exactly what embedding the copies gives, without embedding them, and
+    only for the same photo bytes, seed and embedder."""
+    from embed.copy_cache import CopyVectors
+
+    paths, hashes = [], []
+    for i in range(3):
+        data = jpeg(photo(np.random.default_rng(20 + i)))
+        (tmp_path / f"{i}.jpg").write_bytes(data)
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        hashes.append(hashlib.sha256(data).hexdigest())
+    calls = []
+
+    def embed(encoded: bytes) -> np.ndarray:  # a colour-layout "backbone" that counts
+        calls.append(1)
+        img = Image.open(io.BytesIO(encoded)).convert("RGB").resize((8, 8))
+        return unit(np.asarray(img, np.float32).ravel() - 127.5)
+
+    originals = np.stack([embed((tmp_path / f"{i}.jpg").read_bytes()) for i in range(3)])
+    calls.clear()
+    plain, plain_kinds = copy_similarities(paths, originals, embed, seed=5)
+    made = len(calls)
+    assert made == 3 * len(PERTURBATIONS)
+    cache = CopyVectors({"name": "colour-layout"}, tmp_path / "cache")
+    first, _ = copy_similarities(paths, originals, embed, 5, hashes, cache)
+    again, again_kinds = copy_similarities(paths, originals, embed, 5, hashes, cache)
+    assert len(calls) == 2 * made  # the second pass embedded nothing
+    np.testing.assert_allclose(again, plain, rtol=1e-6)
+    np.testing.assert_allclose(first, plain, rtol=1e-6)
+    assert again_kinds == plain_kinds
+    other = CopyVectors({"name": "another backbone"}, tmp_path / "cache")
+    copy_similarities(paths, originals, embed, 5, hashes, other)
+    copy_similarities(paths, originals, embed, 6, hashes, cache)  # another seed: other edits
+    assert len(calls) == 4 * made
 
 
 def test_blurred_dark_washed_out_and_tiny_photos_are_found(tmp_path):

@@ -128,10 +128,11 @@ def compose_findings(table: Any, signals: Signals) -> Any:
 # ---- running the signals on a bundle ---------------------------------------------------------
 def calibrate_near_duplicates(bundle: Any, table: Any, vectors: np.ndarray,
                               embed: Any = None, photos: int = CALIBRATION_PHOTOS,
-                              seed: int = 0) -> Any:
+                              seed: int = 0, cache: Any = None) -> Any:
     """The near-duplicate threshold from this bundle's own photos: a seeded sample copied five
     ways (embed.perturb) and embedded with the bundle's own embedder, against each sampled
-    row's nearest distinct photo of its label."""
+    row's nearest distinct photo of its label. `cache` (embed.copy_cache.CopyVectors for
+    that embedder) remembers the copies' vectors between builds."""
     from embed.embedder import serving_embedder
     from embed.perturb import copy_similarities
     from index.duplicates import calibrate_threshold, same_label_neighbour_sims
@@ -142,7 +143,8 @@ def calibrate_near_duplicates(bundle: Any, table: Any, vectors: np.ndarray,
         embed = serving_embedder(bundle).embed_image_bytes
     sample = np.sort(rng.choice(len(table), min(photos, len(table)), replace=False))
     paths = table["path"].astype(str).to_numpy()
-    copy_sims, _ = copy_similarities(paths[sample], vectors[sample], embed, seed)
+    hashes = table["sha256"].astype(str).to_numpy()[sample]
+    copy_sims, _ = copy_similarities(paths[sample], vectors[sample], embed, seed, hashes, cache)
     negatives = np.sort(rng.choice(labelled, min(NEGATIVE_ROWS, len(labelled)), replace=False))
     neighbour_sims = same_label_neighbour_sims(vectors, table["label"].to_numpy(object),
                                                table["sha256"].to_numpy(object), negatives)
