@@ -161,3 +161,15 @@ def test_int8_failing_its_check_builds_with_float32(dataset: Path, tmp_path: Pat
     served = bundle / manifest["backbone"]["serving_model"]
     assert file_sha256(served) == file_sha256(runtime["cache_file"])
     assert "int8" not in Path(runtime["cache_file"]).name
+
+
+def test_the_map_loads_umap_without_tensorflow() -> None:
+    """umap-learn's package imports TensorFlow for its optional ParametricUMAP; the app's map
+    must not pay that (5 s, hundreds of MB) in a process that serves through LiteRT."""
+    probe = ("import sys; from ui.browse import import_umap, projection_methods;"
+             " assert projection_methods()[0] == 'UMAP'; umap = import_umap();"
+             " assert hasattr(umap, 'UMAP'); print('tensorflow' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip() == "False"

@@ -47,12 +47,26 @@ HOVER_THUMB = 64
 
 
 def projection_methods() -> list[str]:
-    """UMAP first (a declared dependency), PCA always; PCA alone if umap-learn is missing."""
-    try:
-        import umap  # noqa: F401
-    except ImportError:
-        return ["PCA"]
-    return ["UMAP", "PCA"]
+    """UMAP first (a declared dependency), PCA always; PCA alone if umap-learn is missing.
+    Asks whether it is installed without importing it (see `import_umap`)."""
+    from importlib.util import find_spec
+
+    return ["UMAP", "PCA"] if find_spec("umap") is not None else ["PCA"]
+
+
+def import_umap() -> Any:
+    """umap-learn without TensorFlow. Its package `__init__` imports the optional
+    ParametricUMAP, which imports TensorFlow when it is installed (as here): 5 s and several
+    hundred MB in an app that otherwise serves through LiteRT without it. Marking that one
+    submodule absent makes umap take its own "TensorFlow not installed" path; UMAP itself
+    does not use it."""
+    import sys
+
+    if "umap" not in sys.modules:
+        sys.modules.setdefault("umap.parametric_umap", None)  # type: ignore[arg-type]
+    import umap
+
+    return umap
 
 
 def projection_for(method: str, rows: int) -> tuple[str, str]:
@@ -96,8 +110,7 @@ def project_2d(vectors: np.ndarray, method: str = "PCA", seed: int = 0) -> np.nd
     if len(vectors) < 3:
         return np.zeros((len(vectors), 2), np.float32)
     if method == "UMAP" and len(vectors) >= UMAP_MIN_ROWS:
-        import umap
-
+        umap = import_umap()
         return np.asarray(umap.UMAP(n_components=2, metric="cosine", random_state=seed,
                                     n_jobs=1).fit_transform(vectors), np.float32)
     from sklearn.decomposition import PCA
