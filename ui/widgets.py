@@ -61,7 +61,8 @@ def file_names(ref: core.BundleRef) -> list[str]:
     return [core.file_name(p) for p in load_context(ref).index.metadata["path"].astype(str)]
 
 
-@st.cache_data(show_spinner="Projecting the embeddings to 2-D…", max_entries=4)
+@st.cache_data(show_spinner="Projecting the embeddings to 2-D… (UMAP compiles itself the"
+               " first time the app draws a map: about 10 s)", max_entries=4)
 def map_data(ref: core.BundleRef, method: str) -> Any:
     """The map page's table (position, x, y, breed, file, hover thumbnail)."""
     return browse.map_table(load_context(ref).bundle, method, thumbs=True)
