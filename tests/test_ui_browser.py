@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,6 +39,17 @@ LAUNCHER = (
 )
 
 pytestmark = pytest.mark.browser
+
+
+def top_of(locator: Any, tries: int = 100) -> float:
+    """The element's top edge. Streamlit re-renders a page after a click, so an element seen
+    visible can be detached for a moment (its box is then None): wait for it to settle."""
+    for _ in range(tries):
+        box = locator.bounding_box()
+        if box is not None:
+            return float(box["y"])
+        time.sleep(0.1)
+    raise AssertionError(f"{locator} has no box after {tries / 10:.0f} s")
 
 
 def free_port() -> int:
@@ -136,7 +148,7 @@ def test_upload_shows_breed_and_gallery_in_chromium(server: str, dataset: Path, 
             selected = page.get_by_text("Selected photo")
             expect(selected).to_be_visible()
             grid = page.get_by_role("button", name="look-alikes").first
-            assert selected.bounding_box()["y"] < grid.bounding_box()["y"]
+            assert top_of(selected) < top_of(grid)
             page.screenshot(path=str(tmp_path / "browse.png"), full_page=True)
 
             # Map: an own photo placed among its nearest photos and marked with a cross
