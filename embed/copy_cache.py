@@ -12,26 +12,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from embed.atomic import atomic_path
 from embed.environment import cache_dir
+from embed.manifest import BACKBONE_IDENTITY
 from embed.perturb import PERTURBATIONS
 
 CACHE_KIND = "near-copies"
 
 
 def embedder_key(identity: dict[str, Any]) -> dict[str, Any]:
-    """What a copy's vector depends on, from `Embedder.identity()`: the backbone, its
-    weights, size, preprocessing, decoder and runtime precision (not the run's timings)."""
+    """What a copy's vector depends on, from `Embedder.identity()`: the backbone identity
+    that query vectors must share with a bundle's (`BACKBONE_IDENTITY`), and the runtime and
+    precision that produced it (as `embed.build.resume_key` keys a build's shards)."""
     runtime = identity.get("runtime") or {}
-    return {**{k: identity.get(k) for k in ("name", "keras_name", "builder_kwargs",
-                                            "image_size", "preprocessing", "weights_sha256",
-                                            "decoder")},
+    return {**{k: identity.get(k) for k in BACKBONE_IDENTITY},
             "runtime": runtime.get("name"), "precision": runtime.get("precision")}
 
 
@@ -61,14 +60,9 @@ class CopyVectors:
         """Remember the vectors (written whole, then renamed: readers never see a part)."""
         if not vectors:
             return
-        tmp: str | None = None
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".npz.tmp")
-            with os.fdopen(fd, "wb") as out:
+            with atomic_path(self._path(sha256, seed)) as tmp, open(tmp, "wb") as out:
                 np.savez(out, kinds=np.array(list(vectors)),
                          vectors=np.stack([np.asarray(v, np.float32) for v in vectors.values()]))
-            os.replace(tmp, self._path(sha256, seed))
         except OSError:  # a read-only or full cache: the build goes on, only slower
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
+            pass

@@ -33,18 +33,6 @@ from ui.cli_output import (
 )
 
 
-def check_out_file(out: Path, overwrite: bool) -> None:
-    """Refuse an --out that cannot be written before any photo is read, not after."""
-    if out.is_dir():
-        raise EmbedDogsError(f"--out {out} is a folder; name a file, e.g."
-                             f" {out / 'predictions.csv'}")
-    if not out.parent.is_dir():
-        raise EmbedDogsError(f"--out {out}: folder {out.parent} does not exist; create it first")
-    if out.exists() and not overwrite:
-        raise EmbedDogsError(f"{out} exists; pass --overwrite to replace it, or choose"
-                             " another --out")
-
-
 def classify(
     inputs: Annotated[list[str], typer.Argument(
         help="Photos, folders (searched recursively), text files listing one path a line,"
@@ -66,6 +54,8 @@ def classify(
     to_stdout = out in (None, "-")
     with clear_errors():
         if not to_stdout:
+            from ui.queries import check_out_file
+
             check_out_file(Path(out), overwrite)
     with clear_errors(), progress_bar("classifying", hidden=to_stdout) as start:
         from ui.workflows import classify_images, open_for_queries, resolve_inputs

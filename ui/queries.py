@@ -178,9 +178,7 @@ def classify_images(
 
     if isinstance(out, (str, Path)):
         out_path = Path(out)
-        if out_path.is_dir():
-            raise SourceError(f"--out {out_path} is a folder; name a file, e.g."
-                              f" {out_path / 'predictions.csv'}")
+        check_out_file(out_path, overwrite=True)  # the CLI asked about overwriting already
         with atomic_path(out_path) as tmp:
             write(tmp)
         shown = str(out_path)
@@ -193,6 +191,19 @@ def classify_images(
     return {"images": len(rows), "classified": len(rows) - failed, "failed": failed,
             "out": shown, "head": ctx.predictor.name if ctx.predictor else None,
             "verdicts": {v: int((verdicts == v).sum()) for v in VERDICTS} if ctx.gate else None}
+
+
+def check_out_file(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that cannot be written: a folder, a file in a missing folder, or an
+    existing file without `overwrite`. The CLI calls it before any photo is read."""
+    if out.is_dir():
+        raise SourceError(f"--out {out} is a folder; name a file, e.g."
+                          f" {out / 'predictions.csv'}")
+    if not out.parent.is_dir():
+        raise SourceError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    if out.exists() and not overwrite:
+        raise SourceError(f"{out} exists; pass --overwrite to replace it, or choose"
+                          " another --out")
 
 
 def classify_folder(ctx: QueryContext, folder: str | Path, out_csv: str | Path,
