@@ -31,7 +31,8 @@ SHARED = REPO.parent / "shared" / "data"
 
 
 def cold(command: list[str], cwd: Path, env: dict[str, str]) -> dict:
-    """Run one command in a fresh process; its wall time and peak RSS (os.wait4)."""
+    """Run one command in a fresh process; its wall time, CPU time (user + sys) and peak RSS
+    (os.wait4)."""
     start = time.perf_counter()
     proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -40,7 +41,8 @@ def cold(command: list[str], cwd: Path, env: dict[str, str]) -> dict:
     errors = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{errors[-3000:]}")
-    return {"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024}
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_mb": usage.ru_maxrss / 1024}
 
 
 def photo_sets(source: Path, work: Path) -> tuple[Path, Path, Path]:

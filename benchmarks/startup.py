@@ -24,11 +24,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from query_latency import cold  # noqa: E402  (the path is set just above)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -51,16 +52,8 @@ def run_build(repo: Path, source: Path, out: Path, env: dict[str, str], *extra: 
     cmd = [sys.executable, "-m", "ui", "build-index", "--source", str(source), "--out",
            str(out), "--overwrite", "--backbone", "mobilenet_v2", "--image-size", "160",
            "--weights", str(WEIGHTS), *extra]
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=repo, env={**env, "PYTHONPATH": str(repo)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"build failed in {repo}:\n{stderr[-2000:]}")
-    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
-            "peak_mb": usage.ru_maxrss / 1024}
+    run = cold(cmd, repo, {**env, "PYTHONPATH": str(repo)})
+    return {"wall": run["wall_s"], "cpu": run["cpu_s"], "peak_mb": run["peak_mb"]}
 
 
 def actor_start(out: Path) -> float:
