@@ -28,6 +28,7 @@ from index.lookalikes import (
     build_bundle_index,
     build_faiss_index,
     extend_bundle_index,
+    faiss_index_from_factory,
 )
 from index.passes import recall_at_k
 
@@ -109,7 +110,7 @@ def test_estimates_match_the_bytes_faiss_stores(factory: str, estimate, slack: f
     built by FAISS from the same factory and serialised."""
     n, dim = 2000, 32
     x = _unit(n, dim)
-    index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    index = faiss_index_from_factory(dim, factory)  # as the bundle builds it
     index.train(x)
     index.add(x)
     actual = len(faiss.serialize_index(index))
@@ -427,3 +428,13 @@ def test_extend_refuses_vectors_that_are_not_in_the_shards(tmp_path: Path) -> No
     with pytest.raises(BundleError, match="would hold 450 rows but its shards hold 400"):
         extend_bundle_index(bundle, [_unit(50, 16)], "1G")
     assert bundle.index_path.read_bytes() == saved  # nothing half-done was saved
+
+
+def test_ivf_pq_skips_polysemous_training() -> None:
+    """FAISS trains it by default; it only permutes the PQ codebook for Hamming filtering
+    we never use, at seconds per build (the bytes are checked above, recall by the ladder's
+    IVF tests)."""
+    ours = faiss_index_from_factory(32, "IVF16,PQ8")
+    assert not faiss.downcast_index(faiss.extract_index_ivf(ours)).do_polysemous_training
+    default = faiss.index_factory(32, "IVF16,PQ8", faiss.METRIC_INNER_PRODUCT)
+    assert faiss.downcast_index(faiss.extract_index_ivf(default)).do_polysemous_training
