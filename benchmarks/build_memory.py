@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="default: the CLI's")
     p.add_argument("--workdir", type=Path, default=None, help="keep images here (reused)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="a LiteRT cache to use and keep (default: a fresh one, converted in the"
+                        " first run and removed)")
     p.add_argument(
         "--phases", action="store_true", help="RSS step by step, in-process, largest size only"
     )
@@ -182,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         write_jpegs(pool, biggest)
         print(f"wrote {biggest} JPEGs in {time.perf_counter() - t:.0f} s")
-    cache = Path(tempfile.mkdtemp(prefix="litert-cache-", dir=work))
+    cache = args.cache or Path(tempfile.mkdtemp(prefix="litert-cache-", dir=work))
+    first = "given cache" if args.cache else "empty cache"
     load = os.getloadavg()
     print(
         f"backbone={args.backbone} image_size={args.image_size or 'default'} "
@@ -198,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             phases(args, subset(pool, work / f"set-{n}-{time.time_ns()}", n), cache)
             return 0
         print(
-            f"  conversion run (64 images, empty cache)  peak RSS "
+            f"  conversion run (64 images, {first})  peak RSS "
             f"{res['peak_rss_bytes'] / 2**20:6.0f} MiB  wall {res['wall_s']:5.1f} s"
         )
         results = {}
@@ -226,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(d, ignore_errors=True)
         for d in work.glob("out-*"):
             shutil.rmtree(d, ignore_errors=True)
-        shutil.rmtree(cache, ignore_errors=True)
+        if not args.cache:
+            shutil.rmtree(cache, ignore_errors=True)
         if tmp is not None:
             tmp.cleanup()
     return 0

@@ -86,9 +86,10 @@ def run_config(name: str, config: dict[str, Any], args: argparse.Namespace) -> d
         _log(f"  {phase} {epoch}/{total} loss {logs.get('loss', 0):.3f}"
              f" val_loss {logs.get('val_loss', float('nan')):.3f}")
 
-    variants = [("finetune head only", "head", FinetuneParams())]
+    variants = [("finetune head only", "head", FinetuneParams(epochs=args.head_epochs))]
     variants.append((f"finetune + unfreeze {args.unfreeze}", "unfrozen", FinetuneParams(
-        unfreeze=args.unfreeze, fine_tune_epochs=args.fine_tune_epochs)))
+        epochs=args.head_epochs, unfreeze=args.unfreeze,
+        fine_tune_epochs=args.fine_tune_epochs)))
     if args.augment:
         variants.append((f"finetune + augment + unfreeze {args.unfreeze}", "augmented",
                          FinetuneParams(epochs=args.augment_epochs, augment=True,
@@ -132,11 +133,15 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from classify.finetune import FinetuneParams  # after KERAS_HOME is set above
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=SHARED / "woof-sample")
     parser.add_argument("--out", type=Path, default=Path("/tmp/finetune-compare"))
     parser.add_argument("--configs", nargs="*", default=list(MEASURED), choices=list(CONFIGS))
     parser.add_argument("--unfreeze", type=int, default=10)
+    parser.add_argument("--head-epochs", type=int, default=FinetuneParams.epochs,
+                        help="epochs of the new head on the frozen backbone")
     parser.add_argument("--fine-tune-epochs", type=int, default=4)
     parser.add_argument("--augment-epochs", type=int, default=5)
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
