@@ -20,11 +20,14 @@ from tests.conftest import REPO, TINY, write_dataset
 
 pytestmark = pytest.mark.slow
 WRITERS = ("build-index", "add", "remove", "train")
-WAVES = 4  # each wave: 3 commands at once, one of them killed (the suite's longest test)
+WAVES = 5  # each wave: 3 commands at once, one of them killed (the suite's longest test)
+# The first build converts the tiny backbone to LiteRT; every later command finds it cached
+# and runs without TensorFlow (~1-3 s, not ~5-6 s of import each), so the kills come sooner.
+KILL_AFTER = (0.3, 3.0)  # seconds after a wave starts
 
 
 def command(op: str, bundle: Path, photos: Path, extra: Path, query: Path) -> list[str]:
-    common = ["--backbone", TINY, "--weights", "none", "--runtime", "keras"]
+    common = ["--backbone", TINY, "--weights", "none", "--runtime", "litert"]
     return {
         "build-index": ["build-index", "--source", str(photos), "--out", str(bundle),
                         "--overwrite", *common],
@@ -35,8 +38,11 @@ def command(op: str, bundle: Path, photos: Path, extra: Path, query: Path) -> li
     }[op]
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def worker_env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "EMBED_DOGS_CACHE": str(cache)}
+
+
+def start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tests.stress_worker", *args], cwd=REPO,
                             env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"),
                             stdin=subprocess.DEVNULL)
@@ -48,9 +54,10 @@ def test_many_processes_with_kills_leave_a_whole_bundle(tmp_path: Path) -> None:
                           classes={"husky": (120, 120, 140)})
     query = next((photos / "Beagle").glob("*.jpg"))
     bundle = tmp_path / "bundle"
+    env = worker_env(tmp_path / "cache")
     first = subprocess.run([sys.executable, "-m", "tests.stress_worker", *command(
         "build-index", bundle, photos, extra, query)], cwd=REPO, capture_output=True,
-        text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        text=True, env=env)
     assert first.returncode == 0, first.stderr
 
     rng = random.Random(0)
@@ -61,9 +68,9 @@ def test_many_processes_with_kills_leave_a_whole_bundle(tmp_path: Path) -> None:
         for i in range(3):
             op = rng.choice(("build-index", "add", "remove", "train", "search", "search"))
             log = tmp_path / f"w{wave}-{i}-{op}.log"
-            procs.append((op, log, start(command(op, bundle, photos, extra, query), log)))
+            procs.append((op, log, start(command(op, bundle, photos, extra, query), log, env)))
         victim = rng.randrange(len(procs))
-        time.sleep(rng.uniform(0.5, 6.0))
+        time.sleep(rng.uniform(*KILL_AFTER))
         for j, (_op, _log, proc) in enumerate(procs):
             if j == victim and proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
@@ -76,7 +83,7 @@ def test_many_processes_with_kills_leave_a_whole_bundle(tmp_path: Path) -> None:
     # a reader or writer after the storm: recovers whatever a kill left, then verifies
     verify = subprocess.run([sys.executable, "-m", "tests.stress_worker", "verify", "--bundle",
                              str(bundle)], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -102,4 +109,6 @@ def test_many_processes_with_kills_leave_a_whole_bundle(tmp_path: Path) -> None:
     ok = sum(r["code"] == 0 for r in runs)
     print(f"stress: {len(runs)} commands in {WAVES} waves of 3 processes, {kills} killed, {ok}"
           f" succeeded, {len(refusals)} refused in one line, 0 lost")
-    assert ok >= 4 and kills >= 1  # a warm command can finish before its kill lands
+    # something succeeded around the kills (seen: 4-6 of 15 at 2-5 kills; a warm command can
+    # finish before its kill lands, and a writer meeting another is refused)
+    assert ok >= 3 and kills >= 1
