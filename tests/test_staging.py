@@ -127,7 +127,7 @@ from pathlib import Path
 import tests.conftest  # registers the tiny backbone
 from ui.workflows import BuildConfig, build_bundle
 result = build_bundle(BuildConfig(source=sys.argv[1], out=Path(sys.argv[2]),
-                                  backbone="tiny_test", weights="none", runtime="keras",
+                                  backbone="tiny_test", weights="none", runtime="litert",
                                   batch_size=4, rows_per_shard=16))
 print("reused", result.stats.reused, "processed", result.stats.processed)
 """
@@ -152,14 +152,17 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_at_three_moments_then_resume_equals_a_clean_build(tmp_path: Path) -> None:
+def test_kill_9_at_three_moments_then_resume_equals_a_clean_build(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = write_dataset(tmp_path / "photos", per_class=60, seed=5)  # 180 images
     cache = tmp_path / "cache"
     clean = tmp_path / "clean"
-    # the reference: the same build, uninterrupted, in this process (a fourth fresh process
-    # would only pay TensorFlow's import again)
+    # the reference: the same build, uninterrupted, in this process, where TensorFlow is
+    # loaded already; its LiteRT conversion lands in the cache the killed builds then share,
+    # so they start without TensorFlow
+    monkeypatch.setenv("EMBED_DOGS_CACHE", str(cache))
     build_bundle(BuildConfig(source=str(source), out=clean, backbone="tiny_test",
-                             weights="none", runtime="keras", batch_size=4, rows_per_shard=16))
+                             weights="none", runtime="litert", batch_size=4, rows_per_shard=16))
     reference = Bundle.open(clean)
 
     out = tmp_path / "resumed"
