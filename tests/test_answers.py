@@ -197,6 +197,7 @@ def test_fine_tune_that_does_not_pay_keeps_the_plain_backbone(dataset: Path,
     plain, tuned = done.held_out["plain"], done.held_out["tuned"]
     assert plain == tuned and plain["photos"] > 0 and not tuning_paid(plain, tuned)
     assert done.served == "plain" and "tuning did not pay" in " ".join(done.seconds)
+    assert done.tried["top1"] is not None  # the tuned build's test figures stay reported
     base, final = Bundle.open(tmp_path / "out-base"), Bundle.open(out)
     assert final.manifest.backbone.lineage is None
     assert final.manifest.backbone.weights_sha256 == base.manifest.backbone.weights_sha256

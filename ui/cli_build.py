@@ -147,11 +147,12 @@ def run_fine_tune(config: BuildConfig, params: Any, keep_tuned: bool = False) ->
     before, after = answer_figures(done.base.manifest), answer_figures(done.tuned.manifest)
     table = Table(title=f"--fine-tune: {done.base.bundle} (before) -> {done.tuned.bundle}"
                   f" (after, {done.served} backbone), same test split (only reported)")
-    for col in ("figure", "before", "after"):
+    tuned_column = done.served == "plain"  # the tuned backbone's figures, not kept
+    for col in ("figure", "before", *(("tuned (not kept)",) if tuned_column else ()), "after"):
         table.add_column(col)
     for key in before:
-        table.add_row(key, *("-" if v is None else f"{v:.3f}" for v in (before[key],
-                                                                       after[key])))
+        values = (before[key], *((done.tried[key],) if tuned_column else ()), after[key])
+        table.add_row(key, *("-" if v is None else f"{v:.3f}" for v in values))
     console.print(table)
     times = Table(title="time per stage")
     times.add_column("stage")

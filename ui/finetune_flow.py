@@ -46,6 +46,7 @@ class FinetunedBuild:
     finetune: dict[str, Any]  # the fine-tuned head's manifest record
     held_out: dict[str, dict[str, float]]  # "plain"/"tuned" figures on the held-out slice
     served: str  # "tuned", or "plain" when tuning did not pay on the held-out slice
+    tried: dict[str, float | None]  # the tuned build's test figures (reported even if not kept)
 
 
 def base_path(out: Path) -> Path:
@@ -114,11 +115,11 @@ def build_finetuned(
     held_out = {"plain": held_out_answers(base_out, paths),
                 "tuned": held_out_answers(tuned.bundle, paths)}
     seconds["judge on the held-out train photos"] = time.perf_counter() - start
-    served = "tuned"
+    served, tried = "tuned", answer_figures(tuned.manifest)
     if not keep_tuned and not tuning_paid(held_out["plain"], held_out["tuned"]):
         served, start = "plain", time.perf_counter()
         tuned = build_bundle(replace(config, overwrite=True, split_from=base_out), on_source)
         seconds["tuning did not pay: rebuild with the plain backbone"] = (
             time.perf_counter() - start)
     return FinetunedBuild(base, tuned, {k: round(v, 1) for k, v in seconds.items()}, finetune,
-                          held_out, served)
+                          held_out, served, tried)
