@@ -209,5 +209,7 @@ def test_tuning_pays_only_when_better_where_users_look() -> None:
 
     plain = {"top1": 0.9, "precision@5 learned": 0.9}
     assert tuning_paid(plain, {"top1": 0.9, "precision@5 learned": 0.91})
-    assert not tuning_paid(plain, {"top1": 0.89, "precision@5 learned": 0.95})
-    assert not tuning_paid(plain, {"top1": 0.95, "precision@5 learned": 0.9})
+    assert tuning_paid(plain, {"top1": 0.88, "precision@5 learned": 0.95})  # net gain
+    assert not tuning_paid(plain, {"top1": 0.85, "precision@5 learned": 0.92})  # net loss
+    assert not tuning_paid(plain, {"top1": 0.95, "precision@5 learned": 0.9})  # look-alikes
+    assert not tuning_paid(plain, dict(plain))

@@ -177,8 +177,8 @@ def print_held_out(done: Any) -> None:
     console.print(table)
     if done.served == "plain":
         console.print("The tuned backbone is not better on the held-out photos (learned"
-                      " precision@5 above, top-1 not below): OUT was rebuilt with the plain"
-                      " backbone (--keep-tuned keeps the tuned one).")
+                      " precision@5 above, and its mean with top-1 above): OUT was rebuilt"
+                      " with the plain backbone (--keep-tuned keeps the tuned one).")
 
 
 def print_build_summary(result: Any, total: float, clock: dict[str, float]) -> None:
