@@ -176,9 +176,10 @@ def print_held_out(done: Any) -> None:
             table.add_row(key, f"{plain_figures[key]:.3f}", f"{tuned_figures[key]:.3f}")
     console.print(table)
     if done.served == "plain":
-        console.print("The tuned backbone is not better on the held-out photos (learned"
-                      " precision@5 above, and its mean with top-1 above): OUT was rebuilt"
-                      " with the plain backbone (--keep-tuned keeps the tuned one).")
+        console.print("Tuning did not pay on the held-out photos (it needs learned"
+                      " precision@5 above the plain backbone's, and its mean with top-1 above"
+                      " too): OUT was rebuilt with the plain backbone (--keep-tuned keeps the"
+                      " tuned one).")
 
 
 def print_build_summary(result: Any, total: float, clock: dict[str, float]) -> None:
