@@ -183,21 +183,18 @@ def test_build_index_fine_tune_end_to_end(dataset: Path, tmp_path: Path) -> None
 
 def test_fine_tune_that_does_not_pay_keeps_the_plain_backbone(dataset: Path,
                                                                 tmp_path: Path) -> None:
-    """A "tuning" that leaves the backbone as it was (head only, nothing unfrozen) cannot be
-    better on the held-out train photos, so OUT is rebuilt with the plain backbone."""
-    from classify.finetune import FinetuneParams
-    from ui.build_flow import BuildConfig
-    from ui.finetune_flow import build_finetuned, tuning_paid
-
+    """A "tuning" that leaves the backbone as it was (nothing unfrozen) cannot be better on
+    the held-out train photos, so OUT is rebuilt with the plain backbone, and says so."""
     out = tmp_path / "out"
-    done = build_finetuned(
-        BuildConfig(source=str(dataset), out=out, backbone=TINY, weights="none",
-                    batch_size=8, runtime="keras"),
-        FinetuneParams(epochs=1, unfreeze=0, validation_fraction=0.25))
-    plain, tuned = done.held_out["plain"], done.held_out["tuned"]
-    assert plain == tuned and plain["photos"] > 0 and not tuning_paid(plain, tuned)
-    assert done.served == "plain" and "tuning did not pay" in " ".join(done.seconds)
-    assert done.tried["top1"] is not None  # the tuned build's test figures stay reported
+    said = runner.invoke(app, [
+        "build-index", "--source", str(dataset), "--out", str(out), "--backbone", TINY,
+        "--weights", "none", "--runtime", "keras", "--batch-size", "8", "--fine-tune",
+        "--unfreeze", "0", "--head-epochs", "1", "--tune-epochs", "0"], terminal_width=200)
+    assert said.exit_code == 0, said.output
+    text = " ".join(said.output.split())
+    for words in ("held out of tuning", "Tuning did not pay", "tuned (not kept)",
+                  "plain backbone", "tuning did not pay: rebuild with the plain backbone"):
+        assert words in text
     base, final = Bundle.open(tmp_path / "out-base"), Bundle.open(out)
     assert final.manifest.backbone.lineage is None
     assert final.manifest.backbone.weights_sha256 == base.manifest.backbone.weights_sha256
