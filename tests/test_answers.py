@@ -210,3 +210,16 @@ def test_tuning_pays_only_when_better_where_users_look() -> None:
     assert not tuning_paid(plain, {"top1": 0.85, "precision@5 learned": 0.92})  # net loss
     assert not tuning_paid(plain, {"top1": 0.95, "precision@5 learned": 0.9})  # look-alikes
     assert not tuning_paid(plain, dict(plain))
+
+
+def test_judge_on_photos_held_out_of_tuning(tiny_bundle: Path) -> None:
+    """The same vectors judged against themselves are equal, so tuning cannot pay; with no
+    slice held out there is nothing to judge on (the tuned backbone is kept unjudged)."""
+    from classify.finetune import FinetuneParams
+    from ui.finetune_flow import judge, tuning_paid
+
+    figures = judge(tiny_bundle, tiny_bundle, FinetuneParams(validation_fraction=0.25))
+    assert figures["plain"] == figures["tuned"] and figures["plain"]["photos"] > 0
+    assert 0.0 <= figures["plain"]["precision@5 learned"] <= 1.0
+    assert not tuning_paid(figures["plain"], figures["tuned"])
+    assert judge(tiny_bundle, tiny_bundle, FinetuneParams(validation_fraction=0.0)) == {}

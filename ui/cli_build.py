@@ -166,6 +166,10 @@ def run_fine_tune(config: BuildConfig, params: Any, keep_tuned: bool = False) ->
 
 def print_held_out(done: Any) -> None:
     """The held-out train photos' figures that chose the backbone, and the choice."""
+    if not done.held_out:
+        console.print("No train photos were held out of tuning: the tuned backbone is kept"
+                      " unjudged.")
+        return
     plain_figures, tuned_figures = done.held_out["plain"], done.held_out["tuned"]
     table = Table(title=f"held out of tuning: {plain_figures['photos']} train photos (this"
                   " chooses the backbone)")

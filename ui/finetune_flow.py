@@ -20,11 +20,14 @@ backbone (unless `keep_tuned`), and the summary says so.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from classify.finetune import FinetuneParams, held_out_paths
 from classify.logreg import fit_logreg
@@ -34,6 +37,7 @@ from embed.sources import Source
 from index.space_store import held_out_space_figures
 from ui.build_flow import BuildConfig, BuildResult, build_bundle, train_head
 
+log = logging.getLogger(__name__)
 DEFAULT_UNFREEZE = 10  # the README's recipe: the top 10 weighted layers, with augmentation
 HELD_OUT_FRACTION = 0.25  # of the train split, left out of tuning to judge it
 
@@ -44,7 +48,7 @@ class FinetunedBuild:
     tuned: BuildResult  # the bundle embedded with the fine-tuned backbone (after)
     seconds: dict[str, float]  # per stage
     finetune: dict[str, Any]  # the fine-tuned head's manifest record
-    held_out: dict[str, dict[str, float]]  # "plain"/"tuned" figures on the held-out slice
+    held_out: dict[str, dict[str, float]]  # "plain"/"tuned" on the held-out slice ({}: none)
     served: str  # "tuned", or "plain" when tuning did not pay on the held-out slice
     tried: dict[str, float | None]  # the tuned build's test figures (reported even if not kept)
 
@@ -90,6 +94,17 @@ def tuning_paid(plain: dict[str, float], tuned: dict[str, float]) -> bool:
     return gain > 0 and gain + tuned["top1"] - plain["top1"] > 0
 
 
+def judge(base: Path, tuned: Path, params: FinetuneParams) -> dict[str, dict[str, float]]:
+    """Both bundles' figures on the photos held out of tuning; empty when there are none to
+    judge on (no validation slice, or too few photos to fit on the rest): tuned is kept."""
+    paths = held_out_paths(Bundle(base), params)
+    try:
+        return {"plain": held_out_answers(base, paths), "tuned": held_out_answers(tuned, paths)}
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        log.warning("the tuning is not judged: %s", exc)
+        return {}
+
+
 def build_finetuned(
     config: BuildConfig, params: FinetuneParams | None = None,
     on_source: Callable[[Source], ProgressCallback | None] | None = None,
@@ -114,12 +129,10 @@ def build_finetuned(
     seconds["re-embed with the tuned backbone, index, heads, gate, space"] = (
         time.perf_counter() - start)
     start = time.perf_counter()
-    paths = held_out_paths(Bundle(base_out), params)
-    held_out = {"plain": held_out_answers(base_out, paths),
-                "tuned": held_out_answers(tuned.bundle, paths)}
+    held_out = judge(base_out, tuned.bundle, params)
     seconds["judge on the held-out train photos"] = time.perf_counter() - start
     served, tried = "tuned", answer_figures(tuned.manifest)
-    if not keep_tuned and not tuning_paid(held_out["plain"], held_out["tuned"]):
+    if held_out and not keep_tuned and not tuning_paid(held_out["plain"], held_out["tuned"]):
         served, start = "plain", time.perf_counter()
         tuned = build_bundle(replace(config, overwrite=True, split_from=base_out), on_source)
         seconds["tuning did not pay: rebuild with the plain backbone"] = (
