@@ -99,6 +99,15 @@ def _train_rows(bundle: Bundle, classes: np.ndarray, params: FinetuneParams) -> 
     )
 
 
+def held_out_paths(bundle: Bundle, params: FinetuneParams) -> set[str]:
+    """The train photos the tuning leaves out of fitting (its validation slice, from the
+    params' fraction and seed): a tuned backbone is judged on these, photos it never saw,
+    without touching the test split, which only reports."""
+    _, y_train = bundle.split_arrays()["train"]
+    rows = _train_rows(bundle, train_breeds(y_train), params)
+    return {p for p, held in zip(rows.paths, rows.validation, strict=True) if held}
+
+
 def _require_image_files(bundle: Bundle, paths: list[str]) -> None:
     """Training through images re-reads the source: say clearly when it cannot."""
     source = bundle.manifest.source

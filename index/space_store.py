@@ -18,7 +18,7 @@ import numpy as np
 from embed.bundle import Bundle
 from embed.errors import BundleError
 from index.lookalikes import LookalikeIndex
-from index.quality import space_figures
+from index.quality import neighbour_figures, space_figures
 from index.space import DEFAULT_KIND, LearnedSpace, fit_space
 
 SPACES = ("raw", "learned")
@@ -57,6 +57,21 @@ def fit_bundle_space(bundle: Bundle, kind: str = DEFAULT_KIND) -> dict[str, Any]
               "figures": figures, "fitted_on": bundle.current_rows().model_dump()}
     bundle.update_manifest(space=record)
     return record
+
+
+def held_out_space_figures(vectors: np.ndarray, labels: np.ndarray, held: np.ndarray,
+                           k: int = 5) -> dict[str, float]:
+    """Raw and learned precision@k / 1-NN of the `held` rows as queries against the others,
+    with the space fitted on the others only: how a backbone does on train photos it was not
+    tuned on, so a choice about it never needs the test split."""
+    x, y = np.asarray(vectors, np.float32), np.asarray(labels).astype(str)
+    held = np.asarray(held, bool)
+    space = fit_space(x[~held], y[~held])
+    raw = neighbour_figures(x[held], y[held], x[~held], y[~held], k)
+    learned = neighbour_figures(space.apply(x[held]), y[held], space.apply(x[~held]),
+                                y[~held], k)
+    return {f"precision@{k} raw": raw[f"precision@{k}"],
+            f"precision@{k} learned": learned[f"precision@{k}"], "1-NN learned": learned["nn1"]}
 
 
 def drop_bundle_space(bundle: Bundle) -> None:

@@ -153,11 +153,13 @@ def test_build_index_fine_tune_end_to_end(dataset: Path, tmp_path: Path) -> None
     said = runner.invoke(app, [
         "build-index", "--source", str(dataset), "--out", str(out), "--backbone", TINY,
         "--weights", "none", "--runtime", "keras", "--batch-size", "8", "--fine-tune",
-        "--unfreeze", "1", "--head-epochs", "2", "--tune-epochs", "1"], terminal_width=200)
+        "--unfreeze", "1", "--head-epochs", "2", "--tune-epochs", "1", "--keep-tuned"],
+        terminal_width=200)
     assert said.exit_code == 0, said.output
     text = " ".join(said.output.split())
     for words in ("before", "after", "top1", "precision@5 learned", "time per stage",
-                  "fine-tune the backbone's top", "total"):
+                  "fine-tune the backbone's top", "total", "held out of tuning",
+                  "judge on the held-out train photos", "tuned backbone"):
         assert words in text
     base, tuned = Bundle.open(tmp_path / "tuned-base"), Bundle.open(out)
     lineage = tuned.manifest.backbone.lineage
@@ -168,7 +170,56 @@ def test_build_index_fine_tune_end_to_end(dataset: Path, tmp_path: Path) -> None
         assert bundle.manifest.space is not None and bundle.manifest.gate is not None
         assert "logreg" in bundle.manifest.heads
     assert base.manifest.source.splits == tuned.manifest.source.splits
+    # the tuned build takes the base's split photo by photo (no regrouping on tuned vectors)
+    sides = [dict(zip(b.metadata()["path"], b.metadata()["split"], strict=True))
+             for b in (base, tuned)]
+    assert sides[0] == sides[1] and tuned.manifest.source.get("split_from") == str(
+        tmp_path / "tuned-base")
     refused = runner.invoke(app, ["build-index", "--source", str(dataset), "--out",
                                   str(tmp_path / "x"), "--fine-tune", "--backbone-from",
                                   str(out)])
     assert refused.exit_code == 2 and "--backbone-from" in refused.output
+
+
+def test_fine_tune_that_does_not_pay_keeps_the_plain_backbone(dataset: Path,
+                                                                tmp_path: Path) -> None:
+    """A "tuning" that leaves the backbone as it was (nothing unfrozen) cannot be better on
+    the held-out train photos, so OUT is rebuilt with the plain backbone, and says so."""
+    out = tmp_path / "out"
+    said = runner.invoke(app, [
+        "build-index", "--source", str(dataset), "--out", str(out), "--backbone", TINY,
+        "--weights", "none", "--runtime", "keras", "--batch-size", "8", "--fine-tune",
+        "--unfreeze", "0", "--head-epochs", "1", "--tune-epochs", "0"], terminal_width=200)
+    assert said.exit_code == 0, said.output
+    text = " ".join(said.output.split())
+    for words in ("held out of tuning", "Tuning did not pay", "tuned (not kept)",
+                  "plain backbone", "tuning did not pay: rebuild with the plain backbone"):
+        assert words in text
+    base, final = Bundle.open(tmp_path / "out-base"), Bundle.open(out)
+    assert final.manifest.backbone.lineage is None
+    assert final.manifest.backbone.weights_sha256 == base.manifest.backbone.weights_sha256
+    assert final.manifest.source.get("split_from") == str(tmp_path / "out-base")
+
+
+def test_tuning_pays_only_when_better_where_users_look() -> None:
+    from ui.finetune_flow import tuning_paid
+
+    plain = {"top1": 0.9, "precision@5 learned": 0.9}
+    assert tuning_paid(plain, {"top1": 0.9, "precision@5 learned": 0.91})
+    assert tuning_paid(plain, {"top1": 0.88, "precision@5 learned": 0.95})  # net gain
+    assert not tuning_paid(plain, {"top1": 0.85, "precision@5 learned": 0.92})  # net loss
+    assert not tuning_paid(plain, {"top1": 0.95, "precision@5 learned": 0.9})  # look-alikes
+    assert not tuning_paid(plain, dict(plain))
+
+
+def test_judge_on_photos_held_out_of_tuning(tiny_bundle: Path) -> None:
+    """The same vectors judged against themselves are equal, so tuning cannot pay; with no
+    slice held out there is nothing to judge on (the tuned backbone is kept unjudged)."""
+    from classify.finetune import FinetuneParams
+    from ui.finetune_flow import judge, tuning_paid
+
+    figures = judge(tiny_bundle, tiny_bundle, FinetuneParams(validation_fraction=0.25))
+    assert figures["plain"] == figures["tuned"] and figures["plain"]["photos"] > 0
+    assert 0.0 <= figures["plain"]["precision@5 learned"] <= 1.0
+    assert not tuning_paid(figures["plain"], figures["tuned"])
+    assert judge(tiny_bundle, tiny_bundle, FinetuneParams(validation_fraction=0.0)) == {}

@@ -48,7 +48,7 @@ from index.choice import DEFAULT_INDEX_KIND, DEFAULT_MEMORY_BUDGET, choose_index
 from index.lookalikes import build_bundle_index, extend_bundle_index
 from index.space_store import drop_bundle_space, fit_bundle_space
 from ui.audit_store import refresh_audit
-from ui.build_grouping import keep_near_copies_together
+from ui.build_grouping import adopt_split, keep_near_copies_together
 from ui.prefetch import prefetch
 
 DEFAULT_OUT = "dogs-bundle"
@@ -73,6 +73,7 @@ class BuildConfig:
     overwrite: bool = False
     rows_per_shard: int = DEFAULT_ROWS_PER_SHARD
     backbone_from: Path | None = None  # embed with this bundle's fine-tuned backbone
+    split_from: Path | None = None  # take this bundle's split (by path) instead of regrouping
     engine: str = DEFAULT_ENGINE  # "local", or "ray": the embedding stage on a Ray cluster
     ray_address: str | None = None  # ray: None starts a local cluster; "auto" joins one
     workers: int | None = None  # ray: actors (None: one per core of the cluster)
@@ -163,7 +164,10 @@ def build_bundle(
         stats = engine.embed_source_into(  # leaves the serving model in the bundle too
             bundle, src, embedder, config.batch_size, config.rows_per_shard, on_progress
         )
-        keep_near_copies_together(bundle, embedder)  # before the index and head see splits
+        if config.split_from is not None:  # before the index and head see splits
+            adopt_split(bundle, config.split_from)
+        else:
+            keep_near_copies_together(bundle, embedder)
         index_bundle(bundle, config.index_kind, config.memory_budget)
         if src.labelled and stats.embedded:
             if imports is not None:

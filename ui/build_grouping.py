@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from embed.bundle import Bundle
@@ -62,5 +63,30 @@ def keep_near_copies_together(bundle: Bundle, embedder: Any,
               "near_duplicate_rows_moved": moved,
               "near_duplicate_threshold": threshold.as_dict(),
               "near_duplicate_seconds": round(time.perf_counter() - start, 3)}
+    bundle.update_manifest(source=bundle.manifest.source.model_copy(update=record))
+    return record
+
+
+def adopt_split(bundle: Bundle, reference: Path) -> dict[str, Any]:
+    """Give the staged bundle's rows the split they have in `reference` (matched by path):
+    a `--fine-tune` build re-embeds the base bundle's photos with a backbone tuned on the
+    base's train split, so regrouping near-copies on the new vectors could move a tuned-on
+    photo into the test split (a leak) and would compare before/after on different photos.
+    Rows the reference lacks keep their own split. Recorded in the manifest's source
+    section; returns that record."""
+    start = time.perf_counter()
+    ref = Bundle(reference).metadata()
+    side = dict(zip(ref["path"].astype(str), ref["split"].astype(str), strict=True))
+    table = bundle.metadata()
+    moves, unmatched = {}, 0
+    for row_id, path in zip(table["row_id"].to_numpy(), table["path"].astype(str), strict=True):
+        if path in side:
+            moves[int(row_id)] = side[path]
+        else:
+            unmatched += 1
+    record = {"split_from": str(reference),
+              "split_rows_moved": move_rows_to_split(bundle, moves),
+              "split_rows_unmatched": unmatched,
+              "split_seconds": round(time.perf_counter() - start, 3)}
     bundle.update_manifest(source=bundle.manifest.source.model_copy(update=record))
     return record

@@ -36,7 +36,12 @@ from ui.build_flow import (
     source_root,
     train_head,
 )
-from ui.finetune_flow import FinetunedBuild, answer_figures, build_finetuned
+from ui.finetune_flow import (
+    HELD_OUT_FRACTION,
+    FinetunedBuild,
+    answer_figures,
+    build_finetuned,
+)
 from ui.gate_evaluation import GateEvaluation, evaluate_gate
 from ui.queries import (
     ImageAnswer,
@@ -53,7 +58,7 @@ from ui.verify import VerifyReport, verify_bundle
 
 __all__ = [
     "DEFAULT_OUT", "HEADS", "BuildConfig", "BuildResult", "FinetunedBuild", "GateEvaluation",
-    "ImageAnswer", "answer_figures", "build_finetuned",
+    "HELD_OUT_FRACTION", "ImageAnswer", "answer_figures", "build_finetuned",
     "QueryContext", "Removal", "VerifyReport", "add_to_bundle", "answer_query", "build_bundle",
     "build_engine", "classify_folder", "classify_images", "evaluate_gate", "fit_default_head",
     "gate_verdicts", "index_bundle", "look_up_image", "matching_positions",
