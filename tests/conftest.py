@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -210,6 +211,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.dist, config.option.tx, config.option.numprocesses = "no", [], 0
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the groups into node ids:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         module = item.module.__name__.rsplit(".", 1)[-1]
@@ -221,3 +223,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(group or module))
     rank = {m: i for i, m in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Say so when xdist ignored the groups (then each worker builds every module fixture and
+    shared bundle itself: slower, still correct). xdist marks a grouped test by its node id."""
+    if not (os.environ.get("PYTEST_XDIST_WORKER") and session.config.getvalue("loadgroup")):
+        return
+    grouped = [i for i in session.items if i.get_closest_marker("xdist_group")]
+    if grouped and not any("@" in i.nodeid for i in grouped):
+        warnings.warn(pytest.PytestWarning(
+            f"pytest {pytest.__version__} with this pytest-xdist ignores --dist loadgroup"
+            " (pytest-xdist#1386): install pytest<9.2, as the [test] extra pins"), stacklevel=1)
