@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Thread
 from typing import Any
 
 from classify.comparison import compare_heads
@@ -21,6 +22,7 @@ from classify.gate_store import drop_gate, fit_gate
 from classify.heads import train_logreg_head
 from classify.logreg import DEFAULT_C
 from embed.backbones import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
+from embed.background import Background
 from embed.build import (
     DEFAULT_ROWS_PER_SHARD,
     EmbedStats,
@@ -108,12 +110,20 @@ def index_bundle(
     return record
 
 
-def fit_default_head(bundle: Bundle) -> dict[str, Any]:
+def fit_default_head(bundle: Bundle, imports: Thread | None = None) -> dict[str, Any]:
     """The logistic-regression head every labelled build gets, with its test report, the
-    evidence gate and the learned look-alike space (both fitted on the train split)."""
+    evidence gate and the learned look-alike space (both fitted on the train split).
+
+    Ordered for a warm small build (issue 21): the space needs no scikit-learn, so it is
+    fitted while `imports` (`ui.prefetch`) may still be loading it; the report's PNG is
+    drawn beside the gate's fit, and is on disk when this returns."""
     log.info("fitting the logistic-regression breed head and the open-set gate")
-    record = train_logreg_head(bundle)
-    fit_answers(bundle)
+    fit_bundle_space(bundle)
+    if imports is not None:
+        imports.join()
+    with Background() as later:
+        record = train_logreg_head(bundle, later=later)
+        fit_gate(bundle)
     return record
 
 
@@ -166,9 +176,7 @@ def build_bundle(
         keep_near_copies_together(bundle, embedder)  # before the index and head see splits
         index_bundle(bundle, config.index_kind, config.memory_budget)
         if src.labelled and stats.embedded:
-            if imports is not None:
-                imports.join()
-            fit_default_head(bundle)
+            fit_default_head(bundle, imports)
         record_history(bundle, {"op": "build", "source": src.location})
         target = writer.commit()
     return BuildResult(target, stats, Bundle(target).manifest)

@@ -15,10 +15,11 @@ import importlib
 import threading
 from collections.abc import Iterable
 
-# what fit_default_head and its report import (classify.logreg, classify.evaluation)
+# what fit_default_head imports before its head is saved (classify.logreg, skops); the
+# report's matplotlib is imported by the thread that draws it, beside the gate's fit
 HEAD_MODULES = (
     "sklearn.linear_model", "sklearn.pipeline", "sklearn.preprocessing", "sklearn.metrics",
-    "skops.io", "matplotlib.figure", "matplotlib.backends.backend_agg",
+    "skops.io",
 )
 
 
