@@ -51,7 +51,7 @@ from index.lookalikes import build_bundle_index, extend_bundle_index
 from index.space_store import drop_bundle_space, fit_bundle_space
 from ui.audit_store import refresh_audit
 from ui.build_grouping import keep_near_copies_together
-from ui.prefetch import prefetch
+from ui.prefetch import fewer_collections, prefetch
 
 DEFAULT_OUT = "dogs-bundle"
 log = logging.getLogger(__name__)
@@ -154,7 +154,8 @@ def build_bundle(
     `on_source` is called once the source is listed and may return a progress callback.
     """
     engine = build_engine(config)
-    with BundleWriter(config.out, config.overwrite, source_root(config)) as writer, engine:
+    with fewer_collections(), BundleWriter(config.out, config.overwrite,
+                                           source_root(config)) as writer, engine:
         src = open_build_source(config)
         imports = prefetch() if src.labelled else None  # the head's libraries, meanwhile
         embedder = open_build_embedder(config)
