@@ -55,3 +55,15 @@ def test_a_warm_cache_build_and_add_import_no_tensorflow(dataset: Path, tmp_path
     assert warm["backbone"]["runtime"]["parity"]["cached"] is True
     assert warm["backbone"]["runtime"]["decision"] == runtime["decision"]
     assert warm["counts"]["embedded"] == 30 + 6
+
+
+def test_fewer_collections_restores_the_thresholds() -> None:
+    import gc
+
+    from ui.prefetch import BUILD_GC_THRESHOLDS, fewer_collections
+
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), fewer_collections():
+        assert gc.get_threshold() == BUILD_GC_THRESHOLDS
+        raise RuntimeError
+    assert gc.get_threshold() == before
