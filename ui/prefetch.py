@@ -1,12 +1,18 @@
 """Import the breed head's libraries on a spare core while the build embeds.
 
-A warm small build spends more time importing scikit-learn, skops and matplotlib (~2 s of
-CPU on a 2-core EPYC, issue 21) than embedding its photos. The build's main thread is busy
-with reading, embedding and near-duplicate grouping first, which leave the second core
-mostly idle; importing there turns those seconds into overlap. Imports are thread-safe in
-Python (per-module locks), and these libraries never import the ones the main thread loads
-meanwhile (numpy, pandas, pyarrow, PIL, OpenCV, FAISS, LiteRT), so the two cannot wait on
-each other. A failure here is left to the real import to report.
+A warm small build spends more time importing scikit-learn and skops (~1.5 s of CPU on a
+2-core EPYC, issue 21) than embedding its photos. The build's main thread is busy with
+reading, embedding, near-duplicate grouping and the learned space first, which leave the
+second core partly idle; importing there turns those seconds into overlap. (matplotlib,
+for the report's PNG only, is imported by the thread that draws it, beside the gate's fit.)
+Imports are thread-safe in Python (per-module locks). scikit-learn imports pandas, which the
+main thread may be importing at the same moment: one then waits for the other's module
+lock; no lock is taken crosswise, because these libraries never import the project's own
+modules or what the main thread imports inside them. A failure here is left to the real
+import to report.
+
+`fewer_collections` is the other start-up cost of a build that is the interpreter's: see
+there.
 """
 
 from __future__ import annotations
