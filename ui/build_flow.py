@@ -273,7 +273,7 @@ def add_to_bundle(
     current = Bundle.open(bundle_dir)
     refuse_bundle_as_source(current.root, source)
     engine = engine or make_engine()
-    with change_bundle(current.root, "add") as staged, engine:
+    with fewer_collections(), change_bundle(current.root, "add") as staged, engine:
         test_fraction = staged.manifest.source.test_fraction
         src = open_source(source, test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None
                           else test_fraction)
@@ -356,7 +356,7 @@ def remove_from_bundle(bundle_dir: str | Path, patterns: list[str]) -> list[str]
     """Drop the rows whose paths match `patterns` (paths or globs); refresh index, head and
     report. Returns the paths that went, as stored, matched under the lock (so a listing
     names exactly what this change removed)."""
-    with change_bundle(bundle_dir, "remove") as staged:
+    with fewer_collections(), change_bundle(bundle_dir, "remove") as staged:
         drop = matching_positions(staged, patterns)  # under the lock: the rows of now
         if not drop.any():
             raise SourceError(f"no image of {bundle_dir} matches {', '.join(patterns)}")
