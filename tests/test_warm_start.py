@@ -67,3 +67,19 @@ def test_fewer_collections_restores_the_thresholds() -> None:
         assert gc.get_threshold() == BUILD_GC_THRESHOLDS
         raise RuntimeError
     assert gc.get_threshold() == before
+
+
+def test_small_fits_run_on_one_blas_thread() -> None:
+    from threadpoolctl import threadpool_info
+
+    from embed.environment import SMALL_FIT_ROWS, blas_threads_for
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    before = blas_threads()
+    with blas_threads_for(40):
+        assert blas_threads() == {1}
+    assert blas_threads() == before
+    with blas_threads_for(SMALL_FIT_ROWS):
+        assert blas_threads() == before

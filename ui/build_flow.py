@@ -41,6 +41,7 @@ from embed.embedder import (
     serving_embedder,
 )
 from embed.engines import DEFAULT_ENGINE, Engine, make_engine
+from embed.environment import blas_threads_for
 from embed.errors import BundleError, SourceError
 from embed.pipeline import DEFAULT_BATCH_SIZE
 from embed.runtimes import DEFAULT_RUNTIME
@@ -174,10 +175,11 @@ def build_bundle(
         stats = engine.embed_source_into(  # leaves the serving model in the bundle too
             bundle, src, embedder, config.batch_size, config.rows_per_shard, on_progress
         )
-        keep_near_copies_together(bundle, embedder)  # before the index and head see splits
-        index_bundle(bundle, config.index_kind, config.memory_budget)
-        if src.labelled and stats.embedded:
-            fit_default_head(bundle, imports)
+        with blas_threads_for(len(src.items)):  # small fits: a second thread only spins
+            keep_near_copies_together(bundle, embedder)  # before the index and head see splits
+            index_bundle(bundle, config.index_kind, config.memory_budget)
+            if src.labelled and stats.embedded:
+                fit_default_head(bundle, imports)
         record_history(bundle, {"op": "build", "source": src.location})
         target = writer.commit()
     return BuildResult(target, stats, Bundle(target).manifest)
