@@ -258,7 +258,8 @@ def refresh_after_change(bundle: Bundle, event: dict[str, Any],
         bundle.record_files(bundle.index_path)
     else:
         index_bundle(bundle, requested, budget)
-    refit_what_is_cheap(bundle)
+    with blas_threads_for(bundle.manifest.counts.embedded):  # small fits: see build_bundle
+        refit_what_is_cheap(bundle)
     refresh_audit(bundle)
     record_history(bundle, event)
 
