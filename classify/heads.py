@@ -20,12 +20,15 @@ from classify.logreg import (
     save_serving_arrays,
 )
 from classify.selection import choose_best_head, logreg_validation
+from embed.background import Background
 from embed.bundle import Bundle
 from embed.errors import BundleError, first_line
 
 
-def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
-    """Fit on the train split, evaluate on test, save the head and report; update the manifest."""
+def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C, later: Background | None = None
+                      ) -> dict[str, Any]:
+    """Fit on the train split, evaluate on test, save the head and report; update the manifest.
+    With `later`, the report's PNG is drawn in its thread (see `write_report`)."""
     splits = bundle.split_arrays()
     x_train, y_train = splits["train"]
     x_test, y_test = splits["test"]
@@ -45,7 +48,7 @@ def train_logreg_head(bundle: Bundle, c: float = DEFAULT_C) -> dict[str, Any]:
         evaluate_probabilities(pipeline.predict_proba(x_test), classes, y_test)
         if len(x_test) else {"test_images": 0, "top1": None, "top5": None}
     )
-    files = write_report(bundle.report_dir, "logreg", metrics) if len(x_test) else {}
+    files = write_report(bundle.report_dir, "logreg", metrics, later) if len(x_test) else {}
     record = {
         "kind": "logreg",
         "file": str(bundle.head_path("logreg").relative_to(bundle.root)),

@@ -10,6 +10,7 @@ import numpy as np
 from classify.breed_head import BreedHead
 from classify.evaluation import train_breeds
 from embed.atomic import atomic_path
+from embed.environment import one_blas_thread
 from embed.errors import BundleError
 
 DEFAULT_C = 1.0
@@ -37,7 +38,8 @@ def make_logreg_pipeline(c: float = DEFAULT_C, max_iter: int = 2000) -> Any:
 def fit_logreg(vectors: np.ndarray, labels: np.ndarray, c: float = DEFAULT_C) -> Any:
     """Fit on the train split; needs at least two breeds."""
     train_breeds(labels)
-    return make_logreg_pipeline(c).fit(vectors, labels)
+    with one_blas_thread():  # lbfgs on small matrices: a second BLAS thread only spins
+        return make_logreg_pipeline(c).fit(vectors, labels)
 
 
 def save_head(pipeline: Any, path: str | Path) -> None:

@@ -57,3 +57,35 @@ def quiet_native_output() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread for the block (threadpoolctl, a scikit-learn dependency).
+
+    For small fits (a build's heads, LDA): on the 2-core EPYC a waiting OpenBLAS thread
+    spins while its partner is descheduled, so two threads cost more CPU and wall time than
+    one (issue 21: a 30-row logistic regression 0.70 s against 0.04 s wall at load 6)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+# Below this many rows a bundle's fits (near-duplicate kNN, gate, space, figures) run on one
+# BLAS thread: their matrices are small, and a second OpenBLAS thread spins between calls.
+SMALL_FIT_ROWS = 2_000
+
+
+@contextmanager
+def blas_threads_for(rows: int) -> Iterator[None]:
+    """One BLAS thread for the block when `rows` < `SMALL_FIT_ROWS`, else as configured.
+
+    Measured on the 2-core EPYC (issue 21), a warm 40-photo build: CPU 3.0-3.5 s with two
+    BLAS threads after embedding, 2.8-2.9 s with one; larger bundles keep both threads for
+    their O(n^2 d) kNN products."""
+    if rows >= SMALL_FIT_ROWS:
+        yield
+        return
+    with one_blas_thread():
+        yield

@@ -151,3 +151,62 @@ def test_bundle_head_is_recorded_and_predicts(tiny_bundle: Path) -> None:
     assert sum(p for _, p in ranked[0]) == pytest.approx(1.0)
     with pytest.raises(BundleError, match="no 'finetune' head"):
         load_predictor(bundle, "finetune")
+
+
+def test_report_png_drawn_beside_the_caller_is_the_same_file(tmp_path: Path) -> None:
+    """A warm build draws the confusion PNG in a background thread (issue 21): the file on
+    disk when the block ends must be byte for byte the one drawn in line."""
+    from classify.evaluation import write_report
+    from embed.background import Background
+
+    probs = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.5, 0.1, 0.4]])
+    m = evaluate_probabilities(probs, np.array(["a", "b", "c"]), np.array(["a", "b", "c", "c"]))
+    inline = write_report(tmp_path / "inline" / "report", "logreg", m)
+    with Background() as later:
+        beside = write_report(tmp_path / "beside" / "report", "logreg", m, later)
+    assert beside == inline  # the same relative files are recorded
+    for rel in inline.values():
+        assert (tmp_path / "beside" / rel).read_bytes() == (tmp_path / "inline" / rel).read_bytes()
+    assert not list((tmp_path / "beside").rglob("*.tmp*"))  # nothing half-written left
+
+
+def test_background_joins_its_work_and_raises_its_first_error() -> None:
+    import threading
+    import time
+
+    from embed.background import Background
+
+    done: list[int] = []
+    with Background() as later:
+        later.submit(lambda: (time.sleep(0.05), done.append(1)))
+    assert done == [1]  # finished when the block ended
+
+    def boom() -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"), Background() as later:
+        later.submit(boom)
+    # a failing block waits for its threads too, and its own error goes on
+    release = threading.Event()
+    with pytest.raises(KeyError), Background() as later:
+        later.submit(lambda: (release.wait(1), done.append(2)))
+        release.set()
+        raise KeyError("the block's own")
+    assert done == [1, 2]
+
+
+def test_logreg_fit_is_the_same_on_one_blas_thread() -> None:
+    """The head is fitted on one BLAS thread now (issue 21); its coefficients must not move
+    beyond rounding from an unrestricted fit."""
+    from threadpoolctl import threadpool_limits
+
+    from classify.logreg import make_logreg_pipeline
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 64)).astype(np.float32)
+    y = np.repeat(np.array(["a", "b", "c"]), 20)
+    x[y == "b"] += 0.5
+    with threadpool_limits(2, user_api="blas"):
+        free = make_logreg_pipeline().fit(x, y)
+    one = fit_logreg(x, y)
+    np.testing.assert_allclose(one[-1].coef_, free[-1].coef_, rtol=1e-6, atol=1e-8)

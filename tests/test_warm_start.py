@@ -55,3 +55,31 @@ def test_a_warm_cache_build_and_add_import_no_tensorflow(dataset: Path, tmp_path
     assert warm["backbone"]["runtime"]["parity"]["cached"] is True
     assert warm["backbone"]["runtime"]["decision"] == runtime["decision"]
     assert warm["counts"]["embedded"] == 30 + 6
+
+
+def test_fewer_collections_restores_the_thresholds() -> None:
+    import gc
+
+    from ui.prefetch import BUILD_GC_THRESHOLDS, fewer_collections
+
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), fewer_collections():
+        assert gc.get_threshold() == BUILD_GC_THRESHOLDS
+        raise RuntimeError
+    assert gc.get_threshold() == before
+
+
+def test_small_fits_run_on_one_blas_thread() -> None:
+    from threadpoolctl import threadpool_info
+
+    from embed.environment import SMALL_FIT_ROWS, blas_threads_for
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    before = blas_threads()
+    with blas_threads_for(40):
+        assert blas_threads() == {1}
+    assert blas_threads() == before
+    with blas_threads_for(SMALL_FIT_ROWS):
+        assert blas_threads() == before

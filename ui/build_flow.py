@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from threading import Thread
 from typing import Any
 
 from classify.comparison import compare_heads
@@ -21,6 +22,7 @@ from classify.gate_store import drop_gate, fit_gate
 from classify.heads import train_logreg_head
 from classify.logreg import DEFAULT_C
 from embed.backbones import DEFAULT_BACKBONE, DEFAULT_WEIGHTS
+from embed.background import Background
 from embed.build import (
     DEFAULT_ROWS_PER_SHARD,
     EmbedStats,
@@ -39,6 +41,7 @@ from embed.embedder import (
     serving_embedder,
 )
 from embed.engines import DEFAULT_ENGINE, Engine, make_engine
+from embed.environment import blas_threads_for
 from embed.errors import BundleError, SourceError
 from embed.pipeline import DEFAULT_BATCH_SIZE
 from embed.runtimes import DEFAULT_RUNTIME
@@ -49,7 +52,7 @@ from index.lookalikes import build_bundle_index, extend_bundle_index
 from index.space_store import drop_bundle_space, fit_bundle_space
 from ui.audit_store import refresh_audit
 from ui.build_grouping import adopt_split, keep_near_copies_together
-from ui.prefetch import prefetch
+from ui.prefetch import fewer_collections, prefetch
 
 DEFAULT_OUT = "dogs-bundle"
 log = logging.getLogger(__name__)
@@ -109,12 +112,20 @@ def index_bundle(
     return record
 
 
-def fit_default_head(bundle: Bundle) -> dict[str, Any]:
+def fit_default_head(bundle: Bundle, imports: Thread | None = None) -> dict[str, Any]:
     """The logistic-regression head every labelled build gets, with its test report, the
-    evidence gate and the learned look-alike space (both fitted on the train split)."""
+    evidence gate and the learned look-alike space (both fitted on the train split).
+
+    Ordered for a warm small build (issue 21): the space needs no scikit-learn, so it is
+    fitted while `imports` (`ui.prefetch`) may still be loading it; the report's PNG is
+    drawn beside the gate's fit, and is on disk when this returns."""
     log.info("fitting the logistic-regression breed head and the open-set gate")
-    record = train_logreg_head(bundle)
-    fit_answers(bundle)
+    fit_bundle_space(bundle)
+    if imports is not None:
+        imports.join()
+    with Background() as later:
+        record = train_logreg_head(bundle, later=later)
+        fit_gate(bundle)
     return record
 
 
@@ -145,7 +156,8 @@ def build_bundle(
     `on_source` is called once the source is listed and may return a progress callback.
     """
     engine = build_engine(config)
-    with BundleWriter(config.out, config.overwrite, source_root(config)) as writer, engine:
+    with fewer_collections(), BundleWriter(config.out, config.overwrite,
+                                           source_root(config)) as writer, engine:
         src = open_build_source(config)
         imports = prefetch() if src.labelled else None  # the head's libraries, meanwhile
         embedder = open_build_embedder(config)
@@ -164,15 +176,14 @@ def build_bundle(
         stats = engine.embed_source_into(  # leaves the serving model in the bundle too
             bundle, src, embedder, config.batch_size, config.rows_per_shard, on_progress
         )
-        if config.split_from is not None:  # before the index and head see splits
-            adopt_split(bundle, config.split_from)
-        else:
-            keep_near_copies_together(bundle, embedder)
-        index_bundle(bundle, config.index_kind, config.memory_budget)
-        if src.labelled and stats.embedded:
-            if imports is not None:
-                imports.join()
-            fit_default_head(bundle)
+        with blas_threads_for(len(src.items)):  # small fits: a second thread only spins
+            if config.split_from is not None:  # before the index and head see splits
+                adopt_split(bundle, config.split_from)
+            else:
+                keep_near_copies_together(bundle, embedder)
+            index_bundle(bundle, config.index_kind, config.memory_budget)
+            if src.labelled and stats.embedded:
+                fit_default_head(bundle, imports)
         record_history(bundle, {"op": "build", "source": src.location})
         target = writer.commit()
     return BuildResult(target, stats, Bundle(target).manifest)
@@ -251,7 +262,8 @@ def refresh_after_change(bundle: Bundle, event: dict[str, Any],
         bundle.record_files(bundle.index_path)
     else:
         index_bundle(bundle, requested, budget)
-    refit_what_is_cheap(bundle)
+    with blas_threads_for(bundle.manifest.counts.embedded):  # small fits: see build_bundle
+        refit_what_is_cheap(bundle)
     refresh_audit(bundle)
     record_history(bundle, event)
 
@@ -268,7 +280,7 @@ def add_to_bundle(
     current = Bundle.open(bundle_dir)
     refuse_bundle_as_source(current.root, source)
     engine = engine or make_engine()
-    with change_bundle(current.root, "add") as staged, engine:
+    with fewer_collections(), change_bundle(current.root, "add") as staged, engine:
         test_fraction = staged.manifest.source.test_fraction
         src = open_source(source, test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None
                           else test_fraction)
@@ -351,7 +363,7 @@ def remove_from_bundle(bundle_dir: str | Path, patterns: list[str]) -> list[str]
     """Drop the rows whose paths match `patterns` (paths or globs); refresh index, head and
     report. Returns the paths that went, as stored, matched under the lock (so a listing
     names exactly what this change removed)."""
-    with change_bundle(bundle_dir, "remove") as staged:
+    with fewer_collections(), change_bundle(bundle_dir, "remove") as staged:
         drop = matching_positions(staged, patterns)  # under the lock: the rows of now
         if not drop.any():
             raise SourceError(f"no image of {bundle_dir} matches {', '.join(patterns)}")

@@ -4,6 +4,8 @@ the option types, one-line errors and the progress bar. The commands live in `ui
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import os
 import signal
@@ -59,6 +61,22 @@ def _terminate(signum: int, frame: Any) -> None:
     raise Terminated
 
 
+def freeze_at_exit() -> None:
+    """Once per process: at exit, after the command's work, its threads and the other exit
+    handlers (registered later, so run earlier), move every object to the garbage
+    collector's permanent generation, so that the interpreter's shutdown does not walk them.
+
+    Why: a build imports scikit-learn and skops, which imports every scikit-learn module
+    (`all_estimators`); the shutdown's collections over those objects took 0.46 s of a warm
+    40-photo build's wall time, 0.07 s frozen (issue 21, measured on the 2-core EPYC).
+    Objects are still released by reference counting; only cycles left at exit go
+    uncollected, and nothing a command writes waits on them (files are closed, bundles
+    committed, stdout and stderr flushed by the interpreter itself)."""
+    if not state.get("freeze_registered"):
+        atexit.register(gc.freeze)
+        state["freeze_registered"] = True
+
+
 def _version(value: bool) -> None:
     if value:
         from importlib import metadata
@@ -81,6 +99,7 @@ def main(
     """Embed dog photos with a pretrained backbone, search look-alikes with FAISS and classify
     breeds."""
     signal.signal(signal.SIGTERM, _terminate)
+    freeze_at_exit()
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
