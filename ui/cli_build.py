@@ -271,7 +271,7 @@ def add(
     print_change_effects(bundle)
 
 
-def print_change_effects(bundle: Path) -> None:
+def print_change_effects(bundle: Path, removed: bool = False) -> None:
     """After add/remove: the new breeds, what was refitted, what is stale and its fix."""
     from ui.build_flow import change_effects
 
@@ -281,7 +281,8 @@ def print_change_effects(bundle: Path) -> None:
         console.print(f"new breed{'' if n == 1 else 's'}: " + ", ".join(effects["new_breeds"]),
                       highlight=False)
     if effects["refitted"]:
-        console.print("refitted on the new rows: " + ", ".join(effects["refitted"]),
+        rows = "the remaining rows" if removed else "the new rows"
+        console.print(f"refitted on {rows}: " + ", ".join(effects["refitted"]),
                       highlight=False)
     for item in effects["stale"]:
         fix = (f"embed-dogs train --head {item.split()[-1]} --bundle {bundle}"
@@ -331,9 +332,10 @@ def remove(
             verb = "would remove" if dry_run else "removed"
             console.print(f"{verb} {len(result.removed)} images from {bundle}"
                           + (f"; {len(result.unknown)} listed paths are not in it"
-                             if result.unknown else ""))
+                             if result.unknown else "")
+                          + (" (dry run: nothing changed)" if dry_run else ""), highlight=False)
             if not dry_run:
-                print_change_effects(bundle)
+                print_change_effects(bundle, removed=True)
             return
         if not wanted:
             raise EmbedDogsError("name the images to remove: paths, globs or --from-file")
@@ -350,7 +352,7 @@ def remove(
         gone = remove_from_bundle(bundle, wanted)
     print_paths(gone, bundle)
     console.print(f"removed {len(gone)} images from {bundle}", highlight=False)
-    print_change_effects(bundle)
+    print_change_effects(bundle, removed=True)
 
 
 def print_paths(paths: list[str], bundle: Path) -> None:
