@@ -31,6 +31,8 @@ def info(
         print(manifest.to_json())
         return
     table = Table(title=f"bundle {bundle}", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # a long weights path folds whole instead of ending in …
     for name, value in manifest_facts(manifest):
         table.add_row(name, value)
     console.print(table)
