@@ -31,6 +31,7 @@ from ui.cli_common import (
     err,
     memory_size,
     plain,
+    progress_and_epochs,
     progress_bar,
 )
 from ui.facts import manifest_facts
@@ -132,13 +133,8 @@ def build_index(
 
 def run_fine_tune(config: BuildConfig, params: Any, keep_tuned: bool = False) -> Any:
     """`--fine-tune`: the three stages, then before/after figures and stage times."""
-    with clear_errors(), progress_bar("embedding") as start:
+    with clear_errors(), progress_and_epochs("embedding") as (start, on_epoch):
         from ui.workflows import answer_figures, build_finetuned
-
-        def on_epoch(phase: str, epoch: int, total: int, logs: dict[str, float]) -> None:
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
-            err.print(f"[bold]{phase}[/] epoch {epoch}/{total}  {shown}", highlight=False,
-                      soft_wrap=True)
 
         done = build_finetuned(config, params,
                                on_source=lambda src: start(len(src.items)), on_epoch=on_epoch,
