@@ -25,6 +25,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 
 from embed.engines import ENGINE_CHOICES
 from embed.environment import VERBOSE_ENV
@@ -208,9 +209,11 @@ def progress_and_epochs(description: str, hidden: bool = False
     """Image bars (`start`) and a bar per training phase (`on_epoch`) in ONE live display:
     `--fine-tune` embeds, trains, then embeds again, and rich before 14 refuses a second live
     display inside the first (LiveError), which is why it used to print a line per epoch."""
+    times = Column(min_width=7, no_wrap=True)  # a long epoch note wraps; the clocks stay whole
     columns = [
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}", table_column=Column(overflow="fold")),
+        TimeElapsedColumn(table_column=times), TimeRemainingColumn(table_column=times),
     ]
     with Progress(*columns, console=err, transient=False, disable=state["quiet"] or hidden) as bar:
         def start(total: int) -> Callable[[int], None]:
