@@ -54,6 +54,12 @@ KEEP_KNOWN = 0.95  # out-of-fold known dogs kept as a known breed
 SEED = 0
 
 
+def spoken(label: Any) -> str:
+    """A breed label as a sentence says it ("old_english_sheepdog" -> "old english sheepdog"):
+    the reasons are read by people; the labels stay as they are in CSV and JSON fields."""
+    return str(label).replace("_", " ")
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
@@ -166,8 +172,9 @@ class EvidenceGate:
             elif near < t["breed_similarity_min"]:
                 out.append(Answer(UNKNOWN_BREED, False, (
                     f"It looks like a dog (its nearest photos are {score:.2f} similar), but"
-                    f" its similarity to the closest breed, {sig['nearest_breed'][i]}, is only"
-                    f" {near:.2f}; dogs of the known breeds reach"
+                    " its similarity to the closest breed,"
+                    f" {spoken(sig['nearest_breed'][i])}, is only {near:.2f};"
+                    " dogs of the known breeds reach"
                     f" {t['breed_similarity_min']:.2f}.")))
             else:
                 out.append(self._known(i, near, head_breeds, neighbour_breeds))
@@ -177,12 +184,13 @@ class EvidenceGate:
         if head_breeds is None or neighbour_breeds is None:
             return Answer(DOG, True, f"It is {near:.2f} similar to a known breed.")
         head = str(head_breeds[i])
+        said = spoken(head)
         found = [str(b) for b in list(neighbour_breeds[i])[:self.k]]
         agree = sum(b == head for b in found)
         if found and agree * 2 > len(found):
-            return Answer(DOG, True, (f"The breed head says {head}, and {agree} of its"
-                                      f" {len(found)} nearest look-alikes are {head} too."))
-        return Answer(DOG, False, (f"A dog of a known breed, but the breed head says {head}"
+            return Answer(DOG, True, (f"The breed head says {said}, and {agree} of its"
+                                      f" {len(found)} nearest look-alikes are {said} too."))
+        return Answer(DOG, False, (f"A dog of a known breed, but the breed head says {said}"
                                    f" while only {agree} of its {len(found)} nearest look-alikes"
                                    " agree: not a sure answer."))
 

@@ -161,6 +161,7 @@ def test_build_index_fine_tune_end_to_end(dataset: Path, tmp_path: Path) -> None
                   "fine-tune the backbone's top", "total", "held out of tuning",
                   "judge on the held-out train photos", "tuned backbone"):
         assert words in text
+    assert "2/2 epochs" in text and "fine tune" in text and "epoch 1/2" not in text
     base, tuned = Bundle.open(tmp_path / "tuned-base"), Bundle.open(out)
     lineage = tuned.manifest.backbone.lineage
     assert lineage["bundle"] == str(base.root.resolve()) and lineage["unfrozen_layers"] == 1
@@ -195,6 +196,8 @@ def test_fine_tune_that_does_not_pay_keeps_the_plain_backbone(dataset: Path,
     for words in ("held out of tuning", "Tuning did not pay", "tuned (not kept)",
                   "plain backbone", "tuning did not pay: rebuild with the plain backbone"):
         assert words in text
+    # the head phase as a bar, as `train` shows it, not a line per epoch
+    assert "head" in text and "1/1 epochs" in text and "epoch 1/1" not in text
     base, final = Bundle.open(tmp_path / "out-base"), Bundle.open(out)
     assert final.manifest.backbone.lineage is None
     assert final.manifest.backbone.weights_sha256 == base.manifest.backbone.weights_sha256

@@ -171,6 +171,7 @@ def test_remove_from_file_takes_the_audit_csv(mislabelled: tuple[Path, list[str]
     assert dry.exit_code == 0, dry.output
     said = unboxed(dry.output)
     assert all(p in said for p in flagged) and "no/such/photo.jpg" in said
+    assert "(dry run: nothing changed)" in said  # as remove's glob dry run says it
     assert len(Bundle.open(bundle_dir).metadata()) == rows_before  # nothing changed
 
     done = invoke("remove", "--bundle", bundle_dir, "--from-file", csv, "--issue", "label")
@@ -178,6 +179,7 @@ def test_remove_from_file_takes_the_audit_csv(mislabelled: tuple[Path, list[str]
     labels = (findings["issue"] == "label").sum()
     assert f"removed {labels} images" in unboxed(done.output)
     assert "1 listed paths are not in it" in unboxed(done.output)
+    assert "refitted on the remaining rows" in unboxed(done.output)
     assert set(flagged) <= set(done.output.split())  # lists what went, one a line
     bundle = Bundle.open(bundle_dir)
     left = set(bundle.metadata()["path"])

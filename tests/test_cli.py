@@ -257,6 +257,12 @@ def test_version_and_help_fit_80_columns() -> None:
         assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
 
 
+def test_backbones_table_keeps_its_cells_whole_at_80_columns() -> None:
+    text = runner.invoke(app, ["backbones"], env={"COLUMNS": "80"}).output
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    assert "alpha=0.25" in text and "alpha=0.5" in text  # mobilenet_025 and _050 told apart
+
+
 def test_help_has_no_type_placeholders_and_keeps_defaults_whole() -> None:
     for command in ("build-index", "classify", "remove", "search", "train", "evaluate"):
         text = runner.invoke(app, [command, "--help"], terminal_width=80).output
@@ -343,7 +349,7 @@ def test_remove_dry_run_lists_then_remove_and_add_say_what_changed(
     gone = invoke("remove", "--bundle", copy, "Beagle/00[01].jpg")
     assert gone.exit_code == 0, gone.output
     assert "Beagle/000.jpg" in gone.output and "removed 2 images" in gone.output
-    assert ("refitted on the new rows: head logreg, open-set gate, look-alike space"
+    assert ("refitted on the remaining rows: head logreg, open-set gate, look-alike space"
             in unboxed(gone.output))
 
     new = write_dataset(tmp_path / "new", per_class=4, seed=9,

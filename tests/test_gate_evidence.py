@@ -145,3 +145,18 @@ def test_needs_two_breeds(world):
     x, _ = world["train"]
     with pytest.raises(ValueError, match="two breeds"):
         fit_evidence_gate(x, np.full(len(x), "only"))
+
+
+def test_reasons_name_breeds_as_words_not_labels(world):
+    """Labels come from folder names such as old_english_sheepdog; the sentence a person reads
+    says "old english sheepdog" (the CSV and JSON fields keep the label)."""
+    x, y = world["train"]
+    named = fit_evidence_gate(x, np.char.add("old_english_", y))
+    unknown = next(a for a in _answers(named, world, world["unknown"])
+                   if a.verdict == UNKNOWN_BREED)
+    tx, ty = world["test"]
+    ty = np.char.add("old_english_", ty)
+    sure = next(a for a in _answers(named, world, tx, ty, [[b] * 5 for b in ty])
+                if a.verdict == DOG)
+    for why in (unknown.why, sure.why):
+        assert "old english breed" in why and "old_english" not in why, why

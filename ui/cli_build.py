@@ -31,6 +31,7 @@ from ui.cli_common import (
     err,
     memory_size,
     plain,
+    progress_and_epochs,
     progress_bar,
 )
 from ui.facts import manifest_facts
@@ -132,13 +133,8 @@ def build_index(
 
 def run_fine_tune(config: BuildConfig, params: Any, keep_tuned: bool = False) -> Any:
     """`--fine-tune`: the three stages, then before/after figures and stage times."""
-    with clear_errors(), progress_bar("embedding") as start:
+    with clear_errors(), progress_and_epochs("embedding") as (start, on_epoch):
         from ui.workflows import answer_figures, build_finetuned
-
-        def on_epoch(phase: str, epoch: int, total: int, logs: dict[str, float]) -> None:
-            shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items())
-            err.print(f"[bold]{phase}[/] epoch {epoch}/{total}  {shown}", highlight=False,
-                      soft_wrap=True)
 
         done = build_finetuned(config, params,
                                on_source=lambda src: start(len(src.items)), on_epoch=on_epoch,
@@ -271,7 +267,7 @@ def add(
     print_change_effects(bundle)
 
 
-def print_change_effects(bundle: Path) -> None:
+def print_change_effects(bundle: Path, removed: bool = False) -> None:
     """After add/remove: the new breeds, what was refitted, what is stale and its fix."""
     from ui.build_flow import change_effects
 
@@ -281,7 +277,8 @@ def print_change_effects(bundle: Path) -> None:
         console.print(f"new breed{'' if n == 1 else 's'}: " + ", ".join(effects["new_breeds"]),
                       highlight=False)
     if effects["refitted"]:
-        console.print("refitted on the new rows: " + ", ".join(effects["refitted"]),
+        rows = "the remaining rows" if removed else "the new rows"
+        console.print(f"refitted on {rows}: " + ", ".join(effects["refitted"]),
                       highlight=False)
     for item in effects["stale"]:
         fix = (f"embed-dogs train --head {item.split()[-1]} --bundle {bundle}"
@@ -331,9 +328,10 @@ def remove(
             verb = "would remove" if dry_run else "removed"
             console.print(f"{verb} {len(result.removed)} images from {bundle}"
                           + (f"; {len(result.unknown)} listed paths are not in it"
-                             if result.unknown else ""))
+                             if result.unknown else "")
+                          + (" (dry run: nothing changed)" if dry_run else ""), highlight=False)
             if not dry_run:
-                print_change_effects(bundle)
+                print_change_effects(bundle, removed=True)
             return
         if not wanted:
             raise EmbedDogsError("name the images to remove: paths, globs or --from-file")
@@ -350,7 +348,7 @@ def remove(
         gone = remove_from_bundle(bundle, wanted)
     print_paths(gone, bundle)
     console.print(f"removed {len(gone)} images from {bundle}", highlight=False)
-    print_change_effects(bundle)
+    print_change_effects(bundle, removed=True)
 
 
 def print_paths(paths: list[str], bundle: Path) -> None:

@@ -31,6 +31,8 @@ def info(
         print(manifest.to_json())
         return
     table = Table(title=f"bundle {bundle}", show_header=False)
+    table.add_column()
+    table.add_column(overflow="fold")  # a long weights path folds whole instead of ending in …
     for name, value in manifest_facts(manifest):
         table.add_row(name, value)
     console.print(table)
@@ -68,8 +70,10 @@ def backbones() -> None:
     for name in known_backbones():
         s = get_backbone(name)
         kw = ", ".join(f"{k}={v}" for k, v in s.builder_kwargs.items())
-        table.add_row(name, f"{s.keras_name}({kw})", str(s.default_image_size), s.preprocessing,
-                      str(s.dim))
+        # a space before the options lets the cell wrap there at 80 columns instead of cutting
+        # "MobileNet(alpha=…", which hid the one thing telling mobilenet_025 from _050
+        table.add_row(name, f"{s.keras_name} ({kw})" if kw else s.keras_name,
+                      str(s.default_image_size), s.preprocessing, str(s.dim))
     console.print(table)
 
 

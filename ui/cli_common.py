@@ -27,6 +27,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 
 from embed.engines import ENGINE_CHOICES
 from embed.environment import VERBOSE_ENV
@@ -209,31 +210,45 @@ def clear_errors() -> Iterator[None]:
         raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
 
+Start = Callable[[int], Callable[[int], None]]
+EPOCH_LOGS = {"loss": "loss", "accuracy": "acc", "val_accuracy": "val acc"}
+EpochCallback = Callable[[str, int, int, dict[str, float]], None]
+
+
 @contextmanager
-def progress_bar(description: str, hidden: bool = False
-                 ) -> Iterator[Callable[[int], Callable[[int], None]]]:
+def progress_bar(description: str, hidden: bool = False) -> Iterator[Start]:
     """Yields `start(total) -> advance(n)`, a rich bar with images/s (on stderr)."""
+    with progress_and_epochs(description, hidden) as (start, _):
+        yield start
+
+
+@contextmanager
+def progress_and_epochs(description: str, hidden: bool = False
+                        ) -> Iterator[tuple[Start, EpochCallback]]:
+    """Image bars (`start`) and a bar per training phase (`on_epoch`) in ONE live display:
+    `--fine-tune` embeds, trains, then embeds again, and rich before 14 refuses a second live
+    display inside the first (LiveError), which is why it used to print a line per epoch."""
+    times = Column(min_width=7, no_wrap=True)  # a long epoch note wraps; the clocks stay whole
     columns = [
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} img/s"), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[note]}", table_column=Column(overflow="fold")),
+        TimeElapsedColumn(table_column=times), TimeRemainingColumn(table_column=times),
     ]
     with Progress(*columns, console=err, transient=False, disable=state["quiet"] or hidden) as bar:
         def start(total: int) -> Callable[[int], None]:
-            task = bar.add_task(description, total=total, rate="-")
+            task = bar.add_task(description, total=total, note="- img/s")
 
             def advance(n: int) -> None:
                 bar.advance(task, n)
                 t = bar.tasks[task]
                 if t.elapsed:
-                    bar.update(task, rate=f"{t.completed / t.elapsed:.1f}")
+                    bar.update(task, note=f"{t.completed / t.elapsed:.1f} img/s")
 
             return advance
 
-        yield start
-
-
-EPOCH_LOGS = {"loss": "loss", "accuracy": "acc", "val_accuracy": "val acc"}
-EpochCallback = Callable[[str, int, int, dict[str, float]], None]
+        on_epoch, finish = epoch_tasks(bar)
+        yield start, on_epoch
+        finish()
 
 
 @contextmanager
@@ -242,23 +257,31 @@ def epoch_bar() -> Iterator[EpochCallback]:
     `classify.finetune` calls) that drives one bar per training phase, with the latest loss and
     accuracy beside it, instead of a line per epoch. Early stopping fills the bar at once."""
     columns = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=20),
-               MofNCompleteColumn(), TextColumn("epochs  {task.fields[logs]}"),
-               TimeElapsedColumn()]
+               MofNCompleteColumn(), TextColumn("{task.fields[note]}"), TimeElapsedColumn()]
     with Progress(*columns, console=err, transient=False, disable=state["quiet"]) as bar:
-        tasks: dict[str, Any] = {}
-
-        def on_epoch(phase: str, epoch: int, total: int, logs: dict[str, float]) -> None:
-            for other, task in tasks.items():  # a new phase: the previous one has ended
-                if other != phase:
-                    bar.update(task, total=bar.tasks[task].completed)
-            if phase not in tasks:
-                tasks[phase] = bar.add_task(phase.replace("_", " "), total=total,
-                                            logs="")
-            shown = "  ".join(f"{name} {logs[k]:.3g}" if k.endswith("loss") else
-                              f"{name} {logs[k]:.0%}" for k, name in EPOCH_LOGS.items()
-                              if k in logs)
-            bar.update(tasks[phase], completed=epoch, logs=shown)
-
+        on_epoch, finish = epoch_tasks(bar)
         yield on_epoch
-        for task in tasks.values():  # early stopping ends a phase before its last epoch
+        finish()
+
+
+def epoch_tasks(bar: Progress) -> tuple[EpochCallback, Callable[[], None]]:
+    """`on_epoch` adding a task per phase to `bar`, and `finish`, which fills the bars that
+    early stopping ended before their last epoch."""
+    tasks: dict[str, Any] = {}
+
+    def on_epoch(phase: str, epoch: int, total: int, logs: dict[str, float]) -> None:
+        for other, task in tasks.items():  # a new phase: the previous one has ended
+            if other != phase:
+                bar.update(task, total=bar.tasks[task].completed)
+        if phase not in tasks:
+            tasks[phase] = bar.add_task(phase.replace("_", " "), total=total, note="epochs")
+        shown = "  ".join(f"{name} {logs[k]:.3g}" if k.endswith("loss") else
+                          f"{name} {logs[k]:.0%}" for k, name in EPOCH_LOGS.items()
+                          if k in logs)
+        bar.update(tasks[phase], completed=epoch, note=f"epochs  {shown}")
+
+    def finish() -> None:
+        for task in tasks.values():
             bar.update(task, total=bar.tasks[task].completed)
+
+    return on_epoch, finish
