@@ -290,8 +290,8 @@ def add_to_bundle(
         stats = engine.append_source(staged, src, embedder, batch_size, on_progress)
         new_breeds = sorted(set(staged.split_arrays()["train"][1]) - set(
             current.split_arrays()["train"][1]))
-        if new_breeds:
-            log.info("new breed%s: %s", "" if len(new_breeds) == 1 else "s",
+        if new_breeds:  # debug: the CLI's summary and the app name them once
+            log.debug("new breed%s: %s", "" if len(new_breeds) == 1 else "s",
                      ", ".join(new_breeds))
         refresh_after_change(staged, {"op": "add", "source": src.location,
                                       "added": stats.embedded, "skipped": stats.skipped,

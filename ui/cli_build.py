@@ -76,7 +76,7 @@ def build_index(
     ray_address: RayAddressOpt = None,
     workers: WorkersOpt = None,
     fine_tune: Annotated[bool, typer.Option(
-        "--fine-tune", help="The best recipe in one command: build into OUT-base, fine-tune"
+        "--fine-tune", help="Try fine-tuning in one command: build into OUT-base, fine-tune"
         " the top of its backbone on the train split (with augmentation), then build OUT with"
         " the tuned backbone; prints before/after figures and each stage's time. A quarter of"
         " the train split is held out of tuning to judge it: where the tuned backbone is not"
