@@ -255,6 +255,8 @@ def test_version_and_help_fit_80_columns() -> None:
     for command in (["--help"], ["build-index", "--help"], ["classify", "--help"]):
         text = runner.invoke(app, command, terminal_width=80).output
         assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    listing = runner.invoke(app, ["--help"], terminal_width=80).output.split("Commands:")[1]
+    assert not [line for line in listing.splitlines() if line.rstrip().endswith("...")]
 
 
 def test_backbones_table_keeps_its_cells_whole_at_80_columns() -> None:

@@ -14,9 +14,23 @@ from ui import cli_audit, cli_build, cli_bundle, cli_query
 from ui.cli_bundle import streamlit_args
 from ui.cli_common import app
 
-for command in (cli_build.build_index, cli_build.add, cli_build.remove, cli_build.train,
-                cli_query.classify, cli_query.search, cli_query.evaluate, cli_audit.audit,
-                cli_bundle.info, cli_bundle.verify, cli_bundle.backbones, cli_bundle.ui):
-    app.command()(command)
+# One line each in `embed-dogs --help` (click would cut each docstring's first sentence with
+# "..." at 80 columns); `embed-dogs COMMAND --help` shows the whole docstring.
+SUMMARIES = (
+    (cli_build.build_index, "Embed a folder or Stanford Dogs into a new bundle."),
+    (cli_build.add, "Add new photos to a bundle, refit what depends on them."),
+    (cli_build.remove, "Remove photos from a bundle (--dry-run lists them)."),
+    (cli_build.train, "(Re)train a breed head on the bundle's train split."),
+    (cli_query.classify, "Breed, verdict and look-alikes of every photo -> CSV."),
+    (cli_query.search, "The photos of the bundle most like one image."),
+    (cli_query.evaluate, "Test metrics of the heads and the not-a-dog gate."),
+    (cli_audit.audit, "Find duplicates, leaks, likely wrong labels, non-dogs."),
+    (cli_bundle.info, "What a bundle holds: breeds, counts, accuracy, gate."),
+    (cli_bundle.verify, "Check every file of a bundle against its checksum."),
+    (cli_bundle.backbones, "The backbones you can build with."),
+    (cli_bundle.ui, "Open the app: identify, browse, map, report, audit."),
+)
+for command, summary in SUMMARIES:
+    app.command(short_help=summary)(command)
 
 __all__ = ["app", "streamlit_args"]
