@@ -346,6 +346,9 @@ def test_app_says_not_a_dog_and_hides_lookalikes(tiny_bundle: Path, tmp_path: Pa
     # a dog of an unknown breed is still a dog: its look-alikes show without a toggle
     assert not [t for t in at.toggle if t.label == "Show the closest dataset photos anyway"]
     assert len([m for m in at.markdown if "· similarity" in m.value]) == 12
+    # no breed to filter by: a caption says so instead of a one-option "Show" radio
+    assert not [r for r in at.radio if r.label == "Show"]
+    assert any("breed is not one the bundle knows" in c.value for c in at.caption)
 
 
 def test_prediction_headline() -> None:

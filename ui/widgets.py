@@ -299,7 +299,14 @@ def gallery(ctx: Any, query: core.Query, prediction: core.Prediction | None) -> 
     def label(mode: str) -> str:
         return f"{same} ({pretty(breed)})" if mode == "same" else core.FILTERS[mode]
 
-    mode = right.radio("Show", options, key=GALLERY_FILTER, horizontal=True, format_func=label)
+    if len(options) > 1:
+        mode = right.radio("Show", options, key=GALLERY_FILTER, horizontal=True,
+                           format_func=label)
+    else:  # no breed to filter by (an unknown breed): a one-option radio only puzzles
+        mode = "all"
+        unknown = prediction is not None and prediction.verdict == "unknown_breed"
+        right.caption("Nearest photos of every breed: this dog's breed is not one the bundle"
+                      " knows." if unknown else "Nearest photos of every breed.")
     hits = ctx.index.search_filtered(query.vector, int(k), breed=breed, mode=mode,
                                      exclude=query.position)
     if not hits:
