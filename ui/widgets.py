@@ -373,6 +373,12 @@ def missing_bundle_page(path: str | None, problem: str | None) -> None:
                 f" `{core.BUNDLE_ENV}=DIR`.")
 
 
+def table_height(rows: int) -> int:
+    """Pixels that show a dataframe's header and `rows` rows and no more: Streamlit's grid
+    draws 35 px a row plus 3 px of border (a taller box showed part of an empty row)."""
+    return (rows + 1) * 35 + 3
+
+
 def sidebar_facts(ctx: Any) -> None:
     """Which bundle is open and what it knows: its breeds and how many photos each."""
     counts = facts.breed_counts(ctx.index.metadata)
@@ -386,7 +392,7 @@ def sidebar_facts(ctx: Any) -> None:
             st.dataframe(
                 [{"breed": pretty(b) if b != core.UNLABELLED else b, "photos": n}
                  for b, n in counts],
-                hide_index=True, width="stretch", height=min(36 * len(counts) + 38, 420),
+                hide_index=True, width="stretch", height=min(table_height(len(counts)), 420),
                 column_config={"breed": st.column_config.TextColumn("Breed"),
                                "photos": st.column_config.NumberColumn("Photos")})
         st.toggle("Learned look-alike space", key=SPACE_TOGGLE, value=True,
