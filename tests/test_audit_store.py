@@ -278,3 +278,14 @@ def test_audit_page_says_stale(audited_bundle: Path, monkeypatch: pytest.MonkeyP
         index_bundle(staged)  # the index follows; the audit does not
     at = open_page(bundle_dir, monkeypatch, tmp_path)
     assert any("Stale" in w.value for w in at.warning)
+
+
+def test_the_build_and_the_audit_draw_the_same_near_copy_line(audited_bundle: Path):
+    """A build keeps near-copies in one split with the threshold `audit` then calibrates on
+    the same rows, so an audit right after a build finds no near-copy across the split."""
+    bundle = Bundle.open(audited_bundle)
+    built = bundle.manifest.source.get("near_duplicate_threshold")
+    audited = bundle.manifest.audit.threshold
+    assert built["value"] == pytest.approx(audited.value, abs=1e-6)
+    assert built["copies"] == audited.copies  # the same photos copied the same ways
+    assert bundle.manifest.audit.counts["split_leak"] == 0

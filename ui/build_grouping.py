@@ -20,18 +20,18 @@ from embed.bundle import Bundle
 from embed.copy_cache import CopyVectors, embedder_key
 from embed.regroup import move_rows_to_split
 from index.duplicates import knn_graph, near_duplicates, one_split_per_group
-from ui.audit_report import calibrate_near_duplicates
+from ui.audit_report import CALIBRATION_PHOTOS, calibrate_near_duplicates
 
 log = logging.getLogger(__name__)
-BUILD_CALIBRATION_PHOTOS = 40  # x 5 edited copies embedded: seconds, not minutes
-# a small folder calibrates on a quarter of its photos (at least 10): 40 photos x 5 copies
-# would cost a 40-photo build more than embedding the folder itself
-SMALL_FOLDER_SHARE, SMALL_FOLDER_MIN = 4, 10
-BUILD_GRAPH_K = 8  # neighbours per row looked at for near-copies
+# The build calibrates and looks for near-copies exactly as `audit` does (its sample size,
+# seed and kNN width), so an audit right after a build finds no near-copy crossing the split
+# the build just kept whole (the trial saw "split_leak 2" from a 40-photo, 8-neighbour build
+# calibration against the audit's 100 photos, 16 neighbours). The copies' vectors are cached
+# by photo and embedder (embed.copy_cache): a warm rebuild embeds none of them.
 
 
 def keep_near_copies_together(bundle: Bundle, embedder: Any,
-                              photos: int = BUILD_CALIBRATION_PHOTOS) -> dict[str, Any] | None:
+                              photos: int = CALIBRATION_PHOTOS) -> dict[str, Any] | None:
     """Calibrate, find near-duplicate groups, move the crossing ones to one side; records
     what it did in the manifest's source section and returns that record (None when the
     split is not the build's own hold-out or there is too little to calibrate on)."""
@@ -43,7 +43,6 @@ def keep_near_copies_together(bundle: Bundle, embedder: Any,
     vectors = bundle.embeddings()
     if len(table) < 3 or table["label"].notna().sum() < 2:
         return None
-    photos = min(photos, max(SMALL_FOLDER_MIN, len(table) // SMALL_FOLDER_SHARE))
     log.info("keeping near-duplicate groups in one split (calibrating on %s photos)",
              min(photos, len(table)))
     try:
@@ -55,7 +54,7 @@ def keep_near_copies_together(bundle: Bundle, embedder: Any,
         log.warning("near-duplicate groups not checked: %s", exc)
         return None
     hashes = table["sha256"].to_numpy(object)
-    i, j, _ = near_duplicates(*knn_graph(vectors, BUILD_GRAPH_K), threshold.value, hashes)
+    i, j, _ = near_duplicates(*knn_graph(vectors), threshold.value, hashes)
     moves, groups, crossed = one_split_per_group(i, j, table["split"].to_numpy(object))
     row_ids = table["row_id"].to_numpy()
     moved = move_rows_to_split(bundle, {int(row_ids[p]): side for p, side in moves.items()})
