@@ -60,7 +60,7 @@ def test_a_warm_cache_build_and_add_import_no_tensorflow(dataset: Path, tmp_path
 def test_fewer_collections_restores_the_thresholds() -> None:
     import gc
 
-    from ui.prefetch import BUILD_GC_THRESHOLDS, fewer_collections
+    from embed.environment import BUILD_GC_THRESHOLDS, fewer_collections
 
     before = gc.get_threshold()
     with pytest.raises(RuntimeError), fewer_collections():

@@ -41,7 +41,7 @@ from embed.embedder import (
     serving_embedder,
 )
 from embed.engines import DEFAULT_ENGINE, Engine, make_engine
-from embed.environment import blas_threads_for
+from embed.environment import blas_threads_for, fewer_collections
 from embed.errors import BundleError, SourceError
 from embed.pipeline import DEFAULT_BATCH_SIZE
 from embed.runtimes import DEFAULT_RUNTIME
@@ -52,7 +52,7 @@ from index.lookalikes import build_bundle_index, extend_bundle_index
 from index.space_store import drop_bundle_space, fit_bundle_space
 from ui.audit_store import refresh_audit
 from ui.build_grouping import adopt_split, keep_near_copies_together
-from ui.prefetch import fewer_collections, prefetch
+from ui.prefetch import prefetch
 
 DEFAULT_OUT = "dogs-bundle"
 log = logging.getLogger(__name__)
