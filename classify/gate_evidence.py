@@ -43,6 +43,7 @@ import numpy as np
 from classify.gate import DOG, NOT_A_DOG, UNKNOWN_BREED, knn_similarity
 from embed.checked_arrays import read_checked_npz, save_checked_npz
 from embed.errors import BundleError
+from embed.labels import spoken_breed
 
 EVIDENCE_VERSION = 2  # 2 adds the joint dog test; 1 is still read (no joint test)
 READABLE_VERSIONS = (1, 2)
@@ -52,12 +53,6 @@ FOLDS = 5
 KEEP_UNKNOWN = 0.95  # simulated unknown-breed dogs kept as dogs by each dog test
 KEEP_KNOWN = 0.95  # out-of-fold known dogs kept as a known breed
 SEED = 0
-
-
-def spoken(label: Any) -> str:
-    """A breed label as a sentence says it ("old_english_sheepdog" -> "old english sheepdog"):
-    the reasons are read by people; the labels stay as they are in CSV and JSON fields."""
-    return str(label).replace("_", " ")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -173,7 +168,7 @@ class EvidenceGate:
                 out.append(Answer(UNKNOWN_BREED, False, (
                     f"It looks like a dog (its nearest photos are {score:.2f} similar), but"
                     " its similarity to the closest breed,"
-                    f" {spoken(sig['nearest_breed'][i])}, is only {near:.2f};"
+                    f" {spoken_breed(sig['nearest_breed'][i])}, is only {near:.2f};"
                     " dogs of the known breeds reach"
                     f" {t['breed_similarity_min']:.2f}.")))
             else:
@@ -184,7 +179,7 @@ class EvidenceGate:
         if head_breeds is None or neighbour_breeds is None:
             return Answer(DOG, True, f"It is {near:.2f} similar to a known breed.")
         head = str(head_breeds[i])
-        said = spoken(head)
+        said = spoken_breed(head)
         found = [str(b) for b in list(neighbour_breeds[i])[:self.k]]
         agree = sum(b == head for b in found)
         if found and agree * 2 > len(found):

@@ -21,6 +21,7 @@ import numpy as np
 from embed.bundle import Bundle
 from embed.errors import EmbedDogsError
 from embed.images import ImageDecodeError, decode_image, read_and_decode
+from embed.labels import spoken_breed
 from ui.queries import answer_query, embed_photo
 
 BUNDLE_ENV = "EMBED_DOGS_BUNDLE"
@@ -153,7 +154,7 @@ def query_from_row(vectors: ShardVectors, metadata: Any, position: int) -> Query
 def pretty_breed(breed: str | None) -> str:
     """A breed as people write it (`english_foxhound` -> `english foxhound`), one way
     everywhere in the app."""
-    return breed.replace("_", " ") if breed else "unknown breed"
+    return spoken_breed(breed) if breed else "unknown breed"
 
 
 def file_name(path: str) -> str:
