@@ -226,7 +226,8 @@ def serving_embedder(bundle: Bundle, runtime: str | None = None) -> Embedder:
     spec = get_backbone(recorded.name)
     built = recorded.runtime
     try:
-        rt = BundledLiteRTRuntime(path, parity=built.get("parity"), name=built.name)
+        rt = BundledLiteRTRuntime(path, parity=built.get("parity"), name=built.name,
+                                  precision=built.get("precision"))
     except Exception as exc:  # LiteRT raises ValueError/RuntimeError for a damaged model
         raise BundleError(
             f"the bundle's serving model {path} cannot be loaded ({first_line(exc)}); run"

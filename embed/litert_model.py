@@ -202,10 +202,11 @@ class BundledLiteRTRuntime:
 
     def __init__(self, path: str | os.PathLike[str], parity: dict[str, Any] | None = None,
                  num_threads: int | None = None, name: str = "litert",
-                 replicas: int | None = None) -> None:
+                 replicas: int | None = None, precision: str | None = None) -> None:
         self.model_ = TFLiteModel(path, num_threads, replicas=replicas or default_replicas())
         self.parity = parity
         self.name = name
+        self.precision = precision  # as recorded by the build that made the model
         self.requested = name
 
     @property
@@ -238,6 +239,7 @@ class BundledLiteRTRuntime:
         return None  # judged where it was made
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "requested": self.name, "parity": self.parity,
+        return {"name": self.name, "requested": self.name, "precision": self.precision,
+                "parity": self.parity,
                 "num_threads": self.model_.num_threads, "replicas": self.model_.replicas,
                 "model_file": str(self.model_.path)}

@@ -278,3 +278,37 @@ def test_findings_have_the_columns_and_the_most_certain_kind_first():
     assert found["why"].str.len().gt(10).all()
     ranks = found["issue"].map(KINDS.index).to_numpy()
     assert (np.diff(ranks) >= 0).all()
+
+
+def test_an_audit_after_a_build_reuses_the_builds_near_copy_vectors(
+        litert_bundle, monkeypatch, tmp_path):
+    """The build embeds the calibration copies with the model it ships; the audit, serving
+    that same model from the bundle, finds them in the cache (no copy embedded again) and
+    draws the build's threshold. With an empty cache it has to embed every copy."""
+    import shutil
+
+    import embed.perturb
+    from embed.bundle import Bundle
+    from ui.audit_report import calibrate_near_duplicates
+
+    made = []
+    real = embed.perturb.embed_copies
+
+    def counting(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(embed.perturb, "embed_copies", counting)
+    bundle = Bundle.open(litert_bundle)
+    table, vectors = bundle.metadata(), bundle.embeddings()
+    built = bundle.manifest.source.get("near_duplicate_threshold")
+    cache = tmp_path / "cache"
+    shutil.copytree(litert_bundle.parent / "cache", cache)  # the build's, left as it was
+    monkeypatch.setenv("EMBED_DOGS_CACHE", str(cache))
+    warm = calibrate_near_duplicates(bundle, table, vectors)
+    assert made == []
+    assert warm.value == pytest.approx(built["value"], abs=1e-6)
+    monkeypatch.setenv("EMBED_DOGS_CACHE", str(tmp_path / "empty"))
+    cold = calibrate_near_duplicates(bundle, table, vectors)
+    assert len(made) == len(table)  # 30 photos, fewer than the 100 sampled: all copied
+    assert cold.value == pytest.approx(warm.value, abs=1e-5)

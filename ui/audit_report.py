@@ -139,8 +139,13 @@ def calibrate_near_duplicates(bundle: Any, table: Any, vectors: np.ndarray,
 
     rng = np.random.default_rng(seed)
     labelled = np.flatnonzero(table["label"].notna().to_numpy())
-    if embed is None:
-        embed = serving_embedder(bundle).embed_image_bytes
+    if embed is None:  # the bundle's own model: the build cached these copies under its key
+        from embed.copy_cache import CopyVectors, embedder_key
+
+        embedder = serving_embedder(bundle)
+        embed = embedder.embed_image_bytes
+        if cache is None:
+            cache = CopyVectors(embedder_key(embedder.identity()))
     sample = np.sort(rng.choice(len(table), min(photos, len(table)), replace=False))
     paths = table["path"].astype(str).to_numpy()
     hashes = table["sha256"].astype(str).to_numpy()[sample]
