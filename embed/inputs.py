@@ -56,8 +56,9 @@ def resolve_inputs(inputs: list[str], stdin: TextIO | None = None) -> ImageListi
         path = Path(entry).expanduser()
         if path.is_dir():
             listing = list_images(path)
-            paths.extend(listing.paths)
-            rejected.extend(listing.rejected)
+            paths.extend(_as_typed(p, path) for p in listing.paths)
+            rejected.extend(Rejected(str(_as_typed(Path(r.path), path)), r.reason)
+                            for r in listing.rejected)
         elif path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
             paths.append(path)
         elif path.is_file() and path.suffix.lower() in LIST_SUFFIXES:
@@ -100,6 +101,16 @@ def resolve_inputs(inputs: list[str], stdin: TextIO | None = None) -> ImageListi
                    f" {rejected[0].reason}") if rejected else ""
         raise SourceError(f"no images found in {', '.join(inputs)}{example}")
     return ImageListing(paths, rejected)
+
+
+def _as_typed(found: Path, folder: Path) -> Path:
+    """A photo found in `folder` (which `list_images` resolved) named under the folder as the
+    user typed it, as a single file is: a results file then says `photos/a.jpg` for both
+    `classify photos/` and `classify photos/a.jpg`, not an absolute path for one of them."""
+    try:
+        return folder / found.relative_to(os.path.realpath(folder))
+    except ValueError:  # outside the resolved folder (cannot happen for a listed photo)
+        return found
 
 
 def _lines(text: str) -> list[str]:

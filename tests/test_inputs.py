@@ -40,6 +40,22 @@ def test_files_folders_and_lists_in_the_order_given(tmp_path: Path) -> None:
         ("notes.pdf", "unsupported format .pdf"), ("gone.jpg", "no such file or folder")]
 
 
+def test_a_folder_s_photos_are_named_as_the_folder_was_typed(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    """A results file names `photos/a.jpg` whether the user typed the folder or the file,
+    also through a link to the folder (not the absolute, resolved path)."""
+    _photo(tmp_path / "real" / "a.jpg")
+    (tmp_path / "real" / "notes.pdf").write_bytes(b"%PDF")
+    (tmp_path / "photos").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path)
+
+    got = resolve_inputs(["photos", "photos/a.jpg"])
+
+    assert got.paths == [Path("photos/a.jpg"), Path("photos/a.jpg")]
+    assert [r.path for r in got.rejected] == ["photos/notes.pdf"]
+
+
 def test_a_list_file_that_lists_itself_is_a_row_not_a_recursion_error(tmp_path: Path) -> None:
     photo = _photo(tmp_path / "dog.jpg")
     lst = tmp_path / "self.txt"
