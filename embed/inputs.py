@@ -56,8 +56,9 @@ def resolve_inputs(inputs: list[str], stdin: TextIO | None = None) -> ImageListi
         path = Path(entry).expanduser()
         if path.is_dir():
             listing = list_images(path)
-            paths.extend(_as_typed(p, path) for p in listing.paths)
-            rejected.extend(Rejected(str(_as_typed(Path(r.path), path)), r.reason)
+            real = Path(os.path.realpath(path))  # what list_images names its entries under
+            paths.extend(_as_typed(p, real, path) for p in listing.paths)
+            rejected.extend(Rejected(str(_as_typed(Path(r.path), real, path)), r.reason)
                             for r in listing.rejected)
         elif path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
             paths.append(path)
@@ -103,14 +104,11 @@ def resolve_inputs(inputs: list[str], stdin: TextIO | None = None) -> ImageListi
     return ImageListing(paths, rejected)
 
 
-def _as_typed(found: Path, folder: Path) -> Path:
-    """A photo found in `folder` (which `list_images` resolved) named under the folder as the
-    user typed it, as a single file is: a results file then says `photos/a.jpg` for both
-    `classify photos/` and `classify photos/a.jpg`, not an absolute path for one of them."""
-    try:
-        return folder / found.relative_to(os.path.realpath(folder))
-    except ValueError:  # outside the resolved folder (cannot happen for a listed photo)
-        return found
+def _as_typed(found: Path, real: Path, typed: Path) -> Path:
+    """A photo `list_images` found under the resolved folder `real`, named under the folder
+    as the user `typed` it, as a single file is: a results file then says `photos/a.jpg` for
+    both `classify photos/` and `classify photos/a.jpg`, not an absolute path for one."""
+    return typed / found.relative_to(real) if found.is_relative_to(real) else found
 
 
 def _lines(text: str) -> list[str]:

@@ -128,24 +128,25 @@ def compose_findings(table: Any, signals: Signals) -> Any:
 # ---- running the signals on a bundle ---------------------------------------------------------
 def calibrate_near_duplicates(bundle: Any, table: Any, vectors: np.ndarray,
                               embed: Any = None, photos: int = CALIBRATION_PHOTOS,
-                              seed: int = 0, cache: Any = None) -> Any:
+                              seed: int = 0, embedder: Any = None) -> Any:
     """The near-duplicate threshold from this bundle's own photos: a seeded sample copied five
     ways (embed.perturb) and embedded with the bundle's own embedder, against each sampled
-    row's nearest distinct photo of its label. `cache` (embed.copy_cache.CopyVectors for
-    that embedder) remembers the copies' vectors between builds."""
+    row's nearest distinct photo of its label. The embedder is `embedder` (the build's) or
+    the bundle's serving one; both remember the copies' vectors by embedder
+    (embed.copy_cache), so a rebuild, and an audit after the build, embed none again. `embed`
+    (bytes -> vector) replaces them, uncached."""
+    from embed.copy_cache import CopyVectors, embedder_key
     from embed.embedder import serving_embedder
     from embed.perturb import copy_similarities
     from index.duplicates import calibrate_threshold, same_label_neighbour_sims
 
     rng = np.random.default_rng(seed)
     labelled = np.flatnonzero(table["label"].notna().to_numpy())
-    if embed is None:  # the bundle's own model: the build cached these copies under its key
-        from embed.copy_cache import CopyVectors, embedder_key
-
-        embedder = serving_embedder(bundle)
+    cache = None
+    if embed is None:
+        embedder = embedder or serving_embedder(bundle)
         embed = embedder.embed_image_bytes
-        if cache is None:
-            cache = CopyVectors(embedder_key(embedder.identity()))
+        cache = CopyVectors(embedder_key(embedder.identity()))
     sample = np.sort(rng.choice(len(table), min(photos, len(table)), replace=False))
     paths = table["path"].astype(str).to_numpy()
     hashes = table["sha256"].astype(str).to_numpy()[sample]

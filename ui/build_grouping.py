@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from embed.bundle import Bundle
-from embed.copy_cache import CopyVectors, embedder_key
 from embed.regroup import move_rows_to_split
 from index.duplicates import knn_graph, near_duplicates, one_split_per_group
 from ui.audit_report import CALIBRATION_PHOTOS, calibrate_near_duplicates
@@ -46,10 +45,8 @@ def keep_near_copies_together(bundle: Bundle, embedder: Any,
     log.info("keeping near-duplicate groups in one split (calibrating on %s photos)",
              min(photos, len(table)))
     try:
-        cache = CopyVectors(embedder_key(embedder.identity()))  # warm rebuilds skip the copies
-        threshold = calibrate_near_duplicates(bundle, table, vectors,
-                                              embedder.embed_image_bytes, photos=photos,
-                                              cache=cache)
+        threshold = calibrate_near_duplicates(bundle, table, vectors, photos=photos,
+                                              embedder=embedder)  # copies cached by embedder
     except ValueError as exc:  # no photo could be copied and embedded
         log.warning("near-duplicate groups not checked: %s", exc)
         return None
