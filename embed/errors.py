@@ -25,6 +25,10 @@ class IncompatibleBundleError(BundleError):
     pass
 
 
+class BundleNotWritableError(BundleError):
+    """The bundle can be read but not changed here (a read-only folder, a mount point)."""
+
+
 class EngineError(EmbedDogsError):
     """The embedding engine cannot run: Ray not installed, or no cluster at the address."""
 

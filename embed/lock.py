@@ -7,6 +7,7 @@ two writers at once. The file only carries who holds it, for the refusal message
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -14,7 +15,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from embed.errors import BundleError
+from embed.errors import BundleError, BundleNotWritableError
 
 
 def lock_path_for(target: Path) -> Path:
@@ -37,8 +38,20 @@ class BundleLock:
 
     def acquire(self, blocking: bool = False) -> bool:
         """Take the lock; False (non-blocking) when someone else holds it."""
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            why = (f"its folder {self.target.parent} is not writable"
+                   f" ({os.strerror(exc.errno)}); embed-dogs writes a lock and the new version"
+                   " beside the bundle.")
+            raise BundleNotWritableError(
+                f"cannot change {self.target}: {why} Copy the bundle to a writable folder"
+                " (cp -r) and run the command on the copy" if self.target.exists() else
+                f"cannot write {self.target}: {why} Choose an --out in a folder you can write"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:

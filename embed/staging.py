@@ -13,6 +13,9 @@
   step (embed.swap); a crash at any point leaves the old or the new bundle, and the next
   command that takes the lock finishes or undoes a half-done swap and says so.
 - A full disk ends in one line, and the staging folder is removed.
+- A bundle that cannot be changed where it is ends in one line before any work: a folder
+  that is not writable (the lock), or a bundle that is itself a mount point (a container
+  volume), where nothing can be linked or renamed between it and its staging folder.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +34,7 @@ from typing import Any
 
 from embed.atomic import atomic_write_text
 from embed.bundle import MANIFEST, Bundle
-from embed.errors import BundleError
+from embed.errors import BundleError, BundleNotWritableError
 from embed.lock import BundleLock
 from embed.swap import recover, replace_dir
 
@@ -73,7 +77,42 @@ def check_target(target: str | Path, overwrite: bool, source_root: str | Path | 
                 f"{target} is not an embed-dogs bundle (no {MANIFEST} of this tool);"
                 " --overwrite only replaces bundles. Choose another --out"
             )
+        if own_filesystem(target):
+            raise BundleNotWritableError(
+                f"{target} is a mount point (a filesystem of its own, e.g. a container volume"
+                " mounted right at the bundle); embed-dogs stages a change beside the bundle"
+                " and swaps the two folders, which needs one filesystem. Mount the folder that"
+                f" holds it instead (e.g. `-v HOST_FOLDER:/data`, then `/data/{target.name}`),"
+                " or copy the bundle into a folder and run the command there"
+            )
     return target
+
+
+def own_filesystem(path: Path) -> bool:
+    """Whether a folder is a mount point, so nothing can be hard-linked or renamed between
+    it and a sibling. A bind mount of the parent's own filesystem has the parent's device
+    number, so Linux's mount table is read too."""
+    try:
+        if os.path.ismount(path) or path.stat().st_dev != path.parent.stat().st_dev:
+            return True
+    except OSError:
+        return False
+    return str(path) in _mount_points()
+
+
+def _mount_points() -> set[str]:
+    """This process's mount points (Linux: field 5 of /proc/self/mountinfo, octal escapes
+    decoded); empty elsewhere."""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    points = set()
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) > 4:
+            points.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    return points
 
 
 def disk_full(exc: BaseException | None) -> bool:

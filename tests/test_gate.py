@@ -318,6 +318,24 @@ def test_evaluate_with_photo_sets_writes_the_gate_report(vector_bundle: Path, tm
     assert pd.read_csv(copy / "report" / "gate_dev.csv")["images"].tolist() == [6, 4, 4]
 
 
+def test_evaluate_on_a_read_only_bundle_still_shows_its_figures(
+        vector_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_store import _read_only_lock_folder
+
+    copy = Path(shutil.copytree(vector_bundle, tmp_path / "copy"))
+    noise = tmp_path / "noise"
+    noise.mkdir()
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+                    ).save(noise / "0.png")
+    _read_only_lock_folder(monkeypatch)
+    result = runner.invoke(app, ["evaluate", "--bundle", str(copy), "--not-dogs", str(noise)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "not a dog" in said and "noise" in said  # the table is there
+    assert "not saved: cannot change" in said and "written:" not in said
+    assert not (copy / "report" / "gate_dev.json").exists()
+
+
 def test_app_says_not_a_dog_and_hides_lookalikes(tiny_bundle: Path, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from streamlit.testing.v1 import AppTest

@@ -3,6 +3,7 @@ new bundle whatever happens, and a typed manifest that refuses bad values in one
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -13,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from embed.bundle import Bundle
-from embed.errors import BundleError
+from embed.errors import BundleError, BundleNotWritableError
 from embed.lock import BundleLock
 from embed.manifest import MAX_IMAGE_SIZE, parse_manifest
 from embed.reading import read_whole
-from embed.staging import BundleWriter, change_bundle
+from embed.staging import BundleWriter, change_bundle, own_filesystem
 from embed.swap import recover
 
 BACKBONE = {"name": "tiny_test", "image_size": 32, "preprocessing": "tf", "dim": 16,
@@ -103,6 +104,46 @@ def test_change_bundle_leaves_the_bundle_untouched_on_failure(tmp_path: Path) ->
         raise RuntimeError("the change failed")
     assert (tmp_path / "b" / "marker.txt").read_text() == "one"
     assert Bundle.open(tmp_path / "b").check() == []
+
+
+def _read_only_lock_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock file cannot be created, as on a read-only mount (root ignores chmod)."""
+    real_open = os.open
+
+    def refuse(path, *args, **kwargs):  # noqa: ANN001, ANN202
+        if str(path).endswith(".lock"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("embed.lock.os.open", refuse)
+
+
+def test_an_unwritable_folder_is_one_line_saying_what_to_do(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_bundle(tmp_path / "b", "one")
+    _read_only_lock_folder(monkeypatch)
+    with (pytest.raises(BundleNotWritableError, match=r"not writable.*cp -r") as refused,
+          change_bundle(tmp_path / "b", "remove")):
+        pass
+    assert str(tmp_path) in str(refused.value) and "\n" not in str(refused.value)
+    assert (tmp_path / "b" / "marker.txt").read_text() == "one"
+    assert not (tmp_path / ".b.partial").exists()
+
+
+def test_a_bundle_that_is_a_mount_point_is_refused_before_the_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert own_filesystem(Path("/proc"))  # a mount point on every Linux
+    make_bundle(tmp_path / "b", "one")
+    assert not own_filesystem(tmp_path / "b")
+    # a bind mount of the parent's own filesystem keeps its device number: only the mount
+    # table tells, so that is what this pretends
+    point = str((tmp_path / "b").resolve())
+    monkeypatch.setattr("embed.staging._mount_points", lambda: {point})
+    with (pytest.raises(BundleNotWritableError, match="mount point.*HOST_FOLDER:/data"),
+          change_bundle(tmp_path / "b", "add")):
+        pass
+    assert not (tmp_path / ".b.partial").exists()
+    assert (tmp_path / "b" / "marker.txt").read_text() == "one"
 
 
 def test_a_read_only_bundle_refuses_to_write(tmp_path: Path) -> None:

@@ -140,4 +140,7 @@ def print_gate_evaluation(result: Any, root: Path) -> None:
             low, high = row["dog_ci95"]
             console.print(f"  {row['set']}: dog {share(row['dog'])}, 95% CI {low:.1%}–{high:.1%}",
                           highlight=False, soft_wrap=True)
-    console.print("written: " + ", ".join(str(root / f) for f in result.files.values()))
+    if result.files:
+        console.print("written: " + ", ".join(str(root / f) for f in result.files.values()))
+    else:
+        console.print(f"not saved: {result.not_saved}", highlight=False, soft_wrap=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from embed.atomic import atomic_path
-from embed.errors import BundleError, SourceError
+from embed.errors import BundleError, BundleNotWritableError, SourceError
 from embed.pipeline import DEFAULT_BATCH_SIZE
 from embed.sources import ImageItem, list_images
 from embed.staging import change_bundle
@@ -21,6 +21,7 @@ class GateEvaluation:
     rows: list[dict[str, Any]]
     files: dict[str, str]
     head: str | None
+    not_saved: str = ""  # why the report files could not be written (a read-only bundle)
 
 
 def _score_folder(ctx: QueryContext, folder: Path, batch_size: int) -> Any:
@@ -58,14 +59,10 @@ def evaluate_gate(
 ) -> GateEvaluation:
     """Score folders of photos that are no dogs and dogs of breeds the bundle does not know
     against its held-out test dogs: AUROC and false-positive rate at 95 % dog recall of each
-    signal, and the gate's verdict shares. Writes report/gate_dev.{json,csv}. The folders
-    only measure the gate; its thresholds come from the bundle's own rows."""
-    import json
-
-    import pandas as pd
-
+    signal, and the gate's verdict shares. Writes report/gate_dev.{json,csv}, or says why
+    not (a read-only bundle still gets its figures). The folders only measure the gate; its
+    thresholds come from the bundle's own rows."""
     from classify.gate import Scored, dev_report, held_out_scores, top_probability
-    from embed.atomic import atomic_write_text
 
     ctx = open_for_queries(bundle_dir, runtime=runtime)
     if ctx.gate is None:
@@ -93,10 +90,25 @@ def evaluate_gate(
             name += f" as {kind}" if name in sets else ""
             sets[name] = (kind, _score_folder(ctx, folder, batch_size))
     rows = dev_report(dogs, sets)
+    try:
+        shown = _save_report(ctx, bundle_dir, rows, head)
+    except BundleNotWritableError as exc:  # the figures are still worth showing
+        return GateEvaluation(rows, {}, head, not_saved=str(exc))
+    return GateEvaluation(rows, shown, head)
+
+
+def _save_report(ctx: QueryContext, bundle_dir: str | Path, rows: list[dict[str, Any]],
+                 head: str | None) -> dict[str, str]:
+    """report/gate_dev.{json,csv}, written like every other change: through a transaction."""
+    import json
+
+    import pandas as pd
+
+    from embed.atomic import atomic_write_text
+
     gate = ctx.bundle.manifest.gate
-    assert gate is not None  # checked above: ctx.gate exists
+    assert gate is not None  # evaluate_gate checked it: ctx.gate exists
     commit = ctx.bundle.manifest.commit
-    # the report is written like every other change: through a transaction
     with change_bundle(ctx.bundle.root, "evaluate") as staged:
         if staged.manifest.commit != commit:
             raise BundleError(f"{bundle_dir} changed while its gate was being evaluated; run"
@@ -114,4 +126,4 @@ def evaluate_gate(
         with atomic_path(files["csv"]) as tmp:
             pd.DataFrame(rows).to_csv(tmp, index=False)
         shown = {k: str(v.relative_to(staged.root)) for k, v in files.items()}
-    return GateEvaluation(rows, shown, head)
+    return shown
