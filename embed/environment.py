@@ -7,9 +7,12 @@ agree on what "every core" and "the cache" mean.
 
 from __future__ import annotations
 
+import functools
 import gc
+import logging
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,10 +37,35 @@ def threads_from_env(variable: str) -> int:
 
 def cache_dir(kind: str) -> Path:
     """`$EMBED_DOGS_CACHE/<kind>`, else `~/.cache/embed-dogs/<kind>`: caches live outside
-    bundles, so serving never writes into one."""
+    bundles, so serving never writes into one. Where that folder cannot be written (a
+    container's read-only or missing home), a private folder under the system's temporary
+    folder serves instead, with one warning: caches only save time, so they never stop a
+    command."""
     root = os.environ.get(CACHE_ENV)
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "embed-dogs"
-    return base / kind
+    return _writable_cache(str(base)) / kind
+
+
+@functools.lru_cache(maxsize=8)
+def _writable_cache(preferred: str) -> Path:
+    base = Path(preferred)
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        if os.access(base, os.W_OK | os.X_OK):
+            return base
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / f"embed-dogs-cache-{os.getuid()}"
+    try:
+        fallback.mkdir(mode=0o700, exist_ok=True)
+        if fallback.is_symlink() or fallback.stat().st_uid != os.getuid():
+            raise PermissionError(f"{fallback} belongs to someone else")
+    except OSError:
+        fallback = Path(tempfile.mkdtemp(prefix="embed-dogs-cache-"))
+    logging.getLogger(__name__).warning(
+        "cache folder %s cannot be written; caching in %s instead. Set %s to a writable"
+        " folder to keep the caches between runs", base, fallback, CACHE_ENV)
+    return fallback
 
 
 @contextmanager

@@ -83,3 +83,29 @@ def test_small_fits_run_on_one_blas_thread() -> None:
     assert blas_threads() == before
     with blas_threads_for(SMALL_FIT_ROWS):
         assert blas_threads() == before
+
+
+def test_an_unwritable_cache_folder_falls_back_to_a_private_temporary_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A container's read-only home must not stop a build: caches only save time."""
+    import tempfile
+
+    from embed import environment
+
+    (tmp_path / "a-file").write_text("not a folder")  # nothing can be made under it, even as root
+    monkeypatch.setenv(environment.CACHE_ENV, str(tmp_path / "a-file" / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    environment._writable_cache.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            folder = environment.cache_dir("litert")
+        assert folder.parent == tmp_path / "tmp" / f"embed-dogs-cache-{os.getuid()}"
+        assert oct(folder.parent.stat().st_mode & 0o777) == oct(0o700)
+        assert "cannot be written" in caplog.text and environment.CACHE_ENV in caplog.text
+        monkeypatch.setenv(environment.CACHE_ENV, str(tmp_path / "ok"))
+        assert environment.cache_dir("litert") == tmp_path / "ok" / "litert"
+        assert (tmp_path / "ok").is_dir()
+    finally:
+        environment._writable_cache.cache_clear()
