@@ -63,6 +63,16 @@ def test_add_then_remove_round_trip(tmp_path: Path) -> None:
     # the first image's vector is unchanged by the append
     np.testing.assert_array_equal(bundle.embeddings()[:18], before.embeddings())
 
+    (more / "beagle" / "broken.jpg").unlink()  # the same photos again: nothing to do
+    commit = bundle.manifest.commit
+    again = runner.invoke(app, ["add", "--bundle", str(out), "--source", str(more),
+                                "--runtime", "keras"])
+    assert again.exit_code == 0, again.output
+    said = " ".join(again.output.split())
+    assert "added 0 images" in said and "the bundle is unchanged" in said
+    assert "refitted" not in said
+    assert Bundle.open(out).manifest.commit == commit  # no new commit, no refit
+
     removed = runner.invoke(app, ["remove", "--bundle", str(out), "samoyed/new_*.jpg",
                                   str(first / "Beagle" / "001.jpg")])
     assert removed.exit_code == 0, removed.output

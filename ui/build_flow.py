@@ -280,6 +280,22 @@ def add_to_bundle(
     current = Bundle.open(bundle_dir)
     refuse_bundle_as_source(current.root, source)
     engine = engine or make_engine()
+    try:
+        return _add(current, source, batch_size, runtime, on_source, engine)
+    except _NothingNew as nothing:  # the staged copy is dropped: the bundle stays as it was
+        return nothing.stats
+
+
+class _NothingNew(Exception):
+    """Every photo of an `add` was already in the bundle: nothing to commit or refit."""
+
+    def __init__(self, stats: EmbedStats) -> None:
+        self.stats = stats
+
+
+def _add(current: Bundle, source: str, batch_size: int, runtime: str | None,
+         on_source: Callable[[Source], ProgressCallback | None] | None,
+         engine: Engine) -> EmbedStats:
     with fewer_collections(), change_bundle(current.root, "add") as staged, engine:
         test_fraction = staged.manifest.source.test_fraction
         src = open_source(source, test_fraction=DEFAULT_TEST_FRACTION if test_fraction is None
@@ -288,6 +304,8 @@ def add_to_bundle(
         on_progress = on_source(src) if on_source else None
         old_shards = len(staged.manifest.embeddings.shards)
         stats = engine.append_source(staged, src, embedder, batch_size, on_progress)
+        if not stats.embedded and not stats.skipped:
+            raise _NothingNew(stats)
         new_breeds = sorted(set(staged.split_arrays()["train"][1]) - set(
             current.split_arrays()["train"][1]))
         if new_breeds:  # debug: the CLI's summary and the app name them once

@@ -264,7 +264,10 @@ def add(
                   + (f", {stats.skipped} could not be used (see skipped.csv)"
                      if stats.skipped else "")
                   + f"; {stats.reused} {'was' if stats.reused == 1 else 'were'} already there")
-    print_change_effects(bundle)
+    if stats.embedded or stats.skipped:
+        print_change_effects(bundle)
+    else:
+        console.print("nothing new: the bundle is unchanged")
 
 
 def print_change_effects(bundle: Path, removed: bool = False) -> None:
