@@ -22,6 +22,7 @@ from index.passes import (
     RECALL_K,
     RECALL_QUERIES,
     SEED,
+    ExactTopK,
     Shards,
     count_rows,
     gather_rows,
@@ -121,7 +122,7 @@ def _dim(shards: Shards) -> int:
     return next(int(shard.shape[1]) for shard in shards())
 
 
-def _measure(index: Any, choice: IndexChoice, queries: np.ndarray, truth: np.ndarray,
+def _measure(index: Any, choice: IndexChoice, queries: np.ndarray, truth: ExactTopK,
              k: int) -> tuple[IndexChoice, float]:
     """Recall@k against exact search; an IVF index searches twice as many lists until it
     reaches RECALL_TARGET (or MAX_NPROBE), and records the nprobe it settled on."""

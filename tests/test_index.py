@@ -330,6 +330,17 @@ def test_recall_can_be_measured_shard_by_shard() -> None:
         index, vectors, n_queries=300)
 
 
+def test_a_flat_index_over_duplicate_photos_has_full_recall() -> None:
+    """Exact search is exact: rows stored several times tie, and whichever of them an index
+    lists is as right as the one the exact search listed."""
+    vectors = np.repeat(_unit(40, 16, seed=6), 3, axis=0)  # every photo stored three times
+    index = build_faiss_index(vectors, choose_index("flat", len(vectors), 16, "1G"))
+    assert recall_at_k(index, vectors, k=10, n_queries=60) == 1.0
+    # ... while an index that misses rows is still caught: one that holds only the first half
+    half = build_faiss_index(vectors[:60], choose_index("flat", 60, 16, "1G"))
+    assert recall_at_k(half, vectors, k=10, n_queries=120) < 0.9
+
+
 def test_ivf_trains_on_a_sample_and_searches_enough_lists(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     vectors = _unit(12_000, 16, seed=5)
