@@ -34,6 +34,7 @@ JSON-able record of thresholds and figures; `EvidenceGate.verdicts` answers with
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,14 +233,26 @@ def simulated_unknown(vectors: np.ndarray, labels: np.ndarray, k: int = KNN_K,
 
 def out_of_fold_known(vectors: np.ndarray, labels: np.ndarray, folds: int = FOLDS,
                       seed: int = SEED) -> np.ndarray:
-    """Each row's similarity to its nearest breed centre, centres from the other folds."""
+    """Each row's similarity to its nearest breed centre, centres from the other folds. A
+    breed with one train photo cannot be held out and still have a centre: its row stays in
+    every fit and gets NaN (unmeasured), unless no breed has two photos."""
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels).astype(str)
-    folds = max(2, min(folds, int(np.unique(labels, return_counts=True)[1].min())))
-    near = np.empty(len(labels))
-    for fit_rows, held in StratifiedKFold(folds, shuffle=True, random_state=seed).split(
-            vectors, labels):
+    names, counts = np.unique(labels, return_counts=True)
+    measurable = np.isin(labels, names[counts >= 2])
+    if not measurable.any():
+        measurable[:] = True  # nothing can be measured properly: hold out what there is
+    held_out = np.flatnonzero(measurable)
+    folds = max(2, min(folds, int(np.unique(labels[held_out], return_counts=True)[1].min())))
+    near = np.full(len(labels), np.nan)
+    with warnings.catch_warnings():  # only the fall-back above has breeds of one row
+        warnings.filterwarnings("ignore", message="The least populated class")
+        splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(
+            held_out, labels[held_out]))
+    for _, fold in splits:
+        held = held_out[fold]
+        fit_rows = np.setdiff1d(np.arange(len(labels)), held)
         _, centres = breed_centres(vectors[fit_rows], labels[fit_rows])
         near[held] = (_unit(vectors[held]) @ centres.T).max(axis=1)
     return near
@@ -281,7 +294,7 @@ def fit_evidence_gate(vectors: np.ndarray, labels: np.ndarray, k: int = KNN_K,
                                     for i in range(len(x))]) < t["breed_similarity_min"]))),
                 4),
             "known_out_of_fold_kept_as_known": round(float(np.mean(
-                known_near >= t["breed_similarity_min"])), 4),
+                known_near[np.isfinite(known_near)] >= t["breed_similarity_min"])), 4),
         },
         "calibrated_on": "the train split only: breeds left out in turn (dog tests) and"
                          f" {folds} folds (known-breed test); the test split is never used",

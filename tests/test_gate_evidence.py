@@ -147,6 +147,25 @@ def test_needs_two_breeds(world):
         fit_evidence_gate(x, np.full(len(x), "only"))
 
 
+def test_a_breed_with_one_train_photo_is_not_measured_out_of_fold(world):
+    """Held out, a lone photo's breed has no centre left, so its similarity says nothing; the
+    other rows' folds and the threshold stay as they were without it (and no warning)."""
+    import warnings
+
+    from classify.gate_evidence import out_of_fold_known
+
+    x, y = world["train"]
+    lone = world["unknown"][:1]  # a breed the train split lacks, one photo of it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        near = out_of_fold_known(np.concatenate([x, lone]), np.append(y, "lonely"))
+        gate = fit_evidence_gate(np.concatenate([x, lone]), np.append(y, "lonely"))
+    assert np.isnan(near[-1]) and np.isfinite(near[:-1]).all()
+    np.testing.assert_allclose(near[:-1], out_of_fold_known(x, y), atol=0.05)
+    assert 0.9 <= gate.record["figures"]["known_out_of_fold_kept_as_known"] <= 1.0
+    assert "lonely" in gate.classes  # still a breed it can name
+
+
 def test_reasons_name_breeds_as_words_not_labels(world):
     """Labels come from folder names such as old_english_sheepdog; the sentence a person reads
     says "old english sheepdog" (the CSV and JSON fields keep the label)."""
