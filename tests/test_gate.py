@@ -334,6 +334,11 @@ def test_evaluate_on_a_read_only_bundle_still_shows_its_figures(
     assert "not a dog" in said and "noise" in said  # the table is there
     assert "not saved: cannot change" in said and "written:" not in said
     assert not (copy / "report" / "gate_dev.json").exists()
+    as_json = runner.invoke(app, ["evaluate", "--bundle", str(copy), "--not-dogs", str(noise),
+                                  "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    said = json.loads(as_json.output)
+    assert said["gate_dev"] and "not writable" in said["gate_dev_not_saved"]
 
 
 def test_app_says_not_a_dog_and_hides_lookalikes(tiny_bundle: Path, tmp_path: Path,

@@ -168,6 +168,8 @@ def evaluate(
                 "gate": b.manifest.gate.model_dump() if b.manifest.gate else None,
                 "stale": b.manifest.stale(),
                 "gate_dev": gate_dev.rows if gate_dev is not None else None,
+                **({"gate_dev_not_saved": gate_dev.not_saved}
+                   if gate_dev is not None and gate_dev.not_saved else {}),
             }, indent=2, default=str))
             return
         for name, record in heads.items():
