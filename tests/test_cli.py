@@ -359,3 +359,31 @@ def test_remove_dry_run_lists_then_remove_and_add_say_what_changed(
     added = invoke("add", "--bundle", copy, "--source", new)
     assert added.exit_code == 0, added.output
     assert "added 4 images" in added.output and "new breed: corgi" in added.output
+
+
+@pytest.mark.parametrize(("command", "said"), [
+    ("classify", "No results file was written"),
+    ("add", "The bundle is as it was before the command"),
+])
+def test_a_stopped_command_says_what_it_left_for_that_command(
+        command: str, said: str, tiny_bundle: Path, dataset: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (a container stop) in the middle of the work: exit 143, and a line that fits
+    the command (a classify has no build to continue)."""
+    from ui import workflows
+    from ui.cli_common import Terminated
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise Terminated
+
+    monkeypatch.setattr(workflows, "classify_images" if command == "classify"
+                        else "add_to_bundle", stopped)
+    out = tmp_path / "predictions.csv"
+    args = (["classify", str(dataset), "--bundle", str(tiny_bundle), "--out", str(out)]
+            if command == "classify" else ["add", "--bundle", str(tiny_bundle), "--source",
+                                           str(dataset)])
+    result = runner.invoke(app, args)
+    assert result.exit_code == 143
+    text = " ".join(result.output.split())
+    assert "interrupted" in text and said in text and "build-index" not in text
+    assert not out.exists()

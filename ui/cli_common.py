@@ -51,7 +51,7 @@ app = typer.Typer(
 )
 console = Console()
 err = Console(stderr=True)
-state = {"quiet": False}
+state: dict[str, Any] = {"quiet": False, "command": None}
 
 
 class Terminated(KeyboardInterrupt):
@@ -88,6 +88,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     verbose: Annotated[bool, typer.Option(
         "--verbose", "-v", help="Also show TensorFlow's and LiteRT's own log lines.")] = False,
     quiet: Annotated[bool, typer.Option(
@@ -101,6 +102,7 @@ def main(
     breeds."""
     signal.signal(signal.SIGTERM, _terminate)
     freeze_at_exit()
+    state["command"] = ctx.invoked_subcommand
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
@@ -205,9 +207,20 @@ def clear_errors() -> Iterator[None]:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt as exc:
-        err.print("[yellow]interrupted; nothing half-written was left behind. A build-index"
-                  " run again with the same options continues where it stopped.[/]")
+        err.print(f"[yellow]interrupted; nothing half-written was left behind. {_after_stop()}[/]")
         raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
+
+
+def _after_stop() -> str:
+    """What an interrupted command left, in words: it depends on the command."""
+    command = state.get("command")
+    if command == "build-index":
+        return "Run it again with the same options: it continues where it stopped."
+    if command in ("add", "remove", "train", "audit", "evaluate"):
+        return "The bundle is as it was before the command."
+    if command == "classify":
+        return "No results file was written; run it again to classify the photos."
+    return ""
 
 
 Start = Callable[[int], Callable[[int], None]]
