@@ -289,3 +289,28 @@ def test_the_build_and_the_audit_draw_the_same_near_copy_line(audited_bundle: Pa
     assert built["value"] == pytest.approx(audited.value, abs=1e-6)
     assert built["copies"] == audited.copies  # the same photos copied the same ways
     assert bundle.manifest.audit.counts["split_leak"] == 0
+
+
+def test_an_audit_of_a_bundle_moved_without_its_photos_reuses_the_builds_threshold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """On another machine the photos are not there: the near-copy calibration, which edits
+    and embeds them, cannot run, so the threshold the build calibrated on the same photos with
+    the same embedder serves, and the audit says so instead of failing."""
+    from tests.conftest import TINY
+
+    photos = write_dataset(tmp_path / "photos", per_class=4, seed=3)
+    bundle = tmp_path / "bundle"
+    built = invoke("build-index", "--source", photos, "--out", bundle, "--backbone", TINY,
+                   "--weights", "none", "--runtime", "keras")
+    assert built.exit_code == 0, built.output
+    build_threshold = json.loads((bundle / "manifest.json").read_text())["source"][
+        "near_duplicate_threshold"]["value"]
+    shutil.rmtree(photos)
+    monkeypatch.setenv("EMBED_DOGS_CACHE", str(tmp_path / "fresh-cache"))  # no copy vectors
+    result = invoke("audit", "--bundle", bundle)
+    assert result.exit_code == 0, result.output
+    said = unboxed(result.output)
+    assert "can be read here" in said and "reusing the threshold" in said
+    assert "the low-quality check skips them" in said
+    section = Bundle.open(bundle).manifest.audit
+    assert section.threshold.value == pytest.approx(build_threshold, abs=1e-6)

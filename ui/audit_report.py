@@ -12,11 +12,16 @@ kind's own score, highest first. Each score is in [0, 1]; what it measures is in
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from embed.errors import BundleError
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("issue", "path", "label", "split", "score", "suggested_label", "related_path", "why")
 KINDS = ("exact_duplicate", "split_leak", "near_duplicate", "not_a_dog", "label", "outlier",
@@ -151,10 +156,52 @@ def calibrate_near_duplicates(bundle: Any, table: Any, vectors: np.ndarray,
     paths = table["path"].astype(str).to_numpy()
     hashes = table["sha256"].astype(str).to_numpy()[sample]
     copy_sims, _ = copy_similarities(paths[sample], vectors[sample], embed, seed, hashes, cache)
+    if not len(copy_sims):
+        raise PhotosUnavailable(
+            f"none of the {len(sample)} sampled photos of {bundle.root} can be read here (e.g."
+            f" {paths[sample][0]}), so the near-duplicate threshold cannot be calibrated")
     negatives = np.sort(rng.choice(labelled, min(NEGATIVE_ROWS, len(labelled)), replace=False))
     neighbour_sims = same_label_neighbour_sims(vectors, table["label"].to_numpy(object),
                                                table["sha256"].to_numpy(object), negatives)
     return calibrate_threshold(copy_sims, neighbour_sims)
+
+
+class PhotosUnavailable(BundleError):
+    """The bundle's photos are not where it recorded them (moved without them)."""
+
+
+def calibrated_or_stored(bundle: Any, table: Any, vectors: np.ndarray, embed: Any = None
+                         ) -> Any:
+    """The near-duplicate threshold calibrated afresh, or, where the photos cannot be read
+    (a bundle moved without them), the one calibrated earlier by the same embedder: the last
+    audit's, else the build's. Without either it is one line saying what to do."""
+    try:
+        return calibrate_near_duplicates(bundle, table, vectors, embed)
+    except PhotosUnavailable as exc:
+        stored = stored_threshold(bundle.manifest)
+        if stored is None:
+            raise PhotosUnavailable(
+                f"{exc}; run the audit where the photos are, or leave near-copies out:"
+                " --kinds without near_duplicate and split_leak") from None
+        log.warning("%s; reusing the threshold %.3f calibrated earlier on this bundle's"
+                    " photos", exc, stored.value)
+        return stored
+
+
+def stored_threshold(manifest: Any) -> Any:
+    """The near-duplicate threshold recorded by the last audit, else by the build."""
+    from index.duplicates import Threshold
+
+    audit = manifest.audit
+    record: Any = audit.threshold if audit is not None else None
+    if record is None:
+        record = (manifest.source.model_dump().get("near_duplicate_threshold")
+                  if manifest.source is not None else None)
+    if record is None:
+        return None
+    get = record.get if isinstance(record, dict) else lambda key: getattr(record, key)
+    return Threshold(float(get("value")), int(get("copies")), int(get("neighbours")),
+                     float(get("copy_recall")), float(get("neighbour_rate")))
 
 
 def trusted_rows(n: int, signals: Signals) -> np.ndarray:
@@ -216,7 +263,7 @@ def compute_signals(bundle: Any, kinds: tuple[str, ...] = KINDS, embed: Any = No
         out.exact = exact_duplicates(hashes)
         lap("exact duplicates")
     if {"near_duplicate", "split_leak"} & set(kinds):
-        out.threshold = threshold or calibrate_near_duplicates(bundle, table, vectors, embed)
+        out.threshold = threshold or calibrated_or_stored(bundle, table, vectors, embed)
         lap("calibration")
         out.near = near_duplicates(*graph, out.threshold.value, hashes)
         lap("near duplicates")
@@ -240,7 +287,11 @@ def compute_signals(bundle: Any, kinds: tuple[str, ...] = KINDS, embed: Any = No
         lap("not a dog")
     if "low_quality" in kinds:
         paths = table["path"].astype(str).to_numpy()
-        present = np.array([Path(p).is_file() for p in paths])
+        present = np.array([Path(p).is_file() for p in paths], dtype=bool)
+        if not present.all():
+            log.warning("%d of %d photos are not where the bundle recorded them (e.g. %s):"
+                        " the low-quality check skips them", int((~present).sum()),
+                        len(paths), paths[~present][0])
         size = bundle.manifest.backbone.image_size
         found = find_low_quality(paths[present], table["width"].to_numpy()[present],
                                  table["height"].to_numpy()[present], size)
