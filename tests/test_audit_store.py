@@ -314,3 +314,10 @@ def test_an_audit_of_a_bundle_moved_without_its_photos_reuses_the_builds_thresho
     assert "the low-quality check skips them" in said
     section = Bundle.open(bundle).manifest.audit
     assert section.threshold.value == pytest.approx(build_threshold, abs=1e-6)
+    # the build's own regrouping, which has nothing stored to fall back on, goes on without it
+    from embed.embedder import serving_embedder
+    from embed.staging import change_bundle
+    from ui.build_grouping import keep_near_copies_together
+
+    with change_bundle(bundle, "test") as staged:
+        assert keep_near_copies_together(staged, serving_embedder(staged)) is None

@@ -166,8 +166,10 @@ def calibrate_near_duplicates(bundle: Any, table: Any, vectors: np.ndarray,
     return calibrate_threshold(copy_sims, neighbour_sims)
 
 
-class PhotosUnavailable(BundleError):
-    """The bundle's photos are not where it recorded them (moved without them)."""
+class PhotosUnavailable(BundleError, ValueError):
+    """The bundle's photos are not where it recorded them (moved without them). Also a
+    ValueError, as calibrate_threshold's own "nothing to calibrate on", which the build's
+    regrouping catches to go on without it."""
 
 
 def calibrated_or_stored(bundle: Any, table: Any, vectors: np.ndarray, embed: Any = None
