@@ -14,6 +14,7 @@ Python. A photo with more than k - 1 near-copies keeps its k - 1 closest.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +136,12 @@ class Threshold:
         return {"value": round(self.value, 6), "copies": self.copies,
                 "neighbours": self.neighbours, "copy_recall": round(self.copy_recall, 4),
                 "neighbour_rate": round(self.neighbour_rate, 4), "how": self.how}
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> Threshold:
+        """The threshold `as_dict` recorded (in an audit's or a build's manifest section)."""
+        return cls(float(record["value"]), int(record["copies"]), int(record["neighbours"]),
+                   float(record["copy_recall"]), float(record["neighbour_rate"]))
 
 
 def calibrate_threshold(copy_sims: np.ndarray, neighbour_sims: np.ndarray) -> Threshold:

@@ -236,3 +236,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         warnings.warn(pytest.PytestWarning(
             f"pytest {pytest.__version__} with this pytest-xdist ignores --dist loadgroup"
             " (pytest-xdist#1386): install pytest<9.2, as the [test] extra pins"), stacklevel=1)
+
+
+@pytest.fixture
+def read_only_lock_folder(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """Call it to make the bundle lock's file impossible to create, as on a read-only mount
+    (root ignores chmod, so the one call that creates it is refused with EROFS)."""
+    import errno
+
+    def switch_on() -> None:
+        real_open = os.open
+
+        def refuse(path, *args, **kwargs):  # noqa: ANN001, ANN202
+            if str(path).endswith(".lock"):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr("embed.lock.os.open", refuse)
+
+    return switch_on

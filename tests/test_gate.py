@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -319,15 +320,14 @@ def test_evaluate_with_photo_sets_writes_the_gate_report(vector_bundle: Path, tm
 
 
 def test_evaluate_on_a_read_only_bundle_still_shows_its_figures(
-        vector_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.test_store import _read_only_lock_folder
-
+        vector_bundle: Path, tmp_path: Path, read_only_lock_folder: Callable[[], None]
+) -> None:
     copy = Path(shutil.copytree(vector_bundle, tmp_path / "copy"))
     noise = tmp_path / "noise"
     noise.mkdir()
     Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 40, 3), dtype=np.uint8)
                     ).save(noise / "0.png")
-    _read_only_lock_folder(monkeypatch)
+    read_only_lock_folder()
     result = runner.invoke(app, ["evaluate", "--bundle", str(copy), "--not-dogs", str(noise)])
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())

@@ -3,12 +3,12 @@ new bundle whatever happens, and a typed manifest that refuses bad values in one
 
 from __future__ import annotations
 
-import errno
 import json
 import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -106,22 +106,10 @@ def test_change_bundle_leaves_the_bundle_untouched_on_failure(tmp_path: Path) ->
     assert Bundle.open(tmp_path / "b").check() == []
 
 
-def _read_only_lock_folder(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The lock file cannot be created, as on a read-only mount (root ignores chmod)."""
-    real_open = os.open
-
-    def refuse(path, *args, **kwargs):  # noqa: ANN001, ANN202
-        if str(path).endswith(".lock"):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr("embed.lock.os.open", refuse)
-
-
 def test_an_unwritable_folder_is_one_line_saying_what_to_do(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, read_only_lock_folder: Callable[[], None]) -> None:
     make_bundle(tmp_path / "b", "one")
-    _read_only_lock_folder(monkeypatch)
+    read_only_lock_folder()
     with (pytest.raises(BundleNotWritableError, match=r"not writable.*cp -r") as refused,
           change_bundle(tmp_path / "b", "remove")):
         pass

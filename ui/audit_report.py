@@ -195,15 +195,11 @@ def stored_threshold(manifest: Any) -> Any:
     from index.duplicates import Threshold
 
     audit = manifest.audit
-    record: Any = audit.threshold if audit is not None else None
-    if record is None:
-        record = (manifest.source.model_dump().get("near_duplicate_threshold")
-                  if manifest.source is not None else None)
-    if record is None:
-        return None
-    get = record.get if isinstance(record, dict) else lambda key: getattr(record, key)
-    return Threshold(float(get("value")), int(get("copies")), int(get("neighbours")),
-                     float(get("copy_recall")), float(get("neighbour_rate")))
+    if audit is not None and audit.threshold is not None:
+        return Threshold.from_record(audit.threshold.model_dump())
+    built = (manifest.source.model_dump().get("near_duplicate_threshold")
+             if manifest.source is not None else None)
+    return Threshold.from_record(built) if built else None
 
 
 def trusted_rows(n: int, signals: Signals) -> np.ndarray:

@@ -132,9 +132,7 @@ def refresh_audit(staged: Bundle) -> None:
         return
     kinds = tuple(k for k in section.kinds if k in KINDS)
     record = section.threshold
-    threshold = None if record is None else Threshold(
-        record.value, record.copies, record.neighbours, record.copy_recall,
-        record.neighbour_rate)
+    threshold = None if record is None else Threshold.from_record(record.model_dump())
     vector_kinds = tuple(k for k in kinds if k in VECTOR_KINDS)
     if threshold is None and {"near_duplicate", "split_leak"} & set(vector_kinds):
         vector_kinds = tuple(k for k in vector_kinds if k not in ("near_duplicate",
